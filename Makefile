@@ -1,0 +1,34 @@
+# ptblm developer commands. `make setup` then `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch, pinned for the dev/CI path only; the package itself accepts torch>=2.4.
+TORCH_DEV := torch==2.13.0
+
+.PHONY: setup test test-fast lint format bench smoke clean
+
+setup:  ## create .venv and install ptblm (editable) with its dev tools
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_DEV)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	@echo "ready: $(BIN)/ptblm --help"
+
+test:  ## the full test suite (the real-corpus tests read ../shared/ptb)
+	$(BIN)/pytest -q
+
+lint:  ## static checks
+	$(BIN)/ruff check ptblm tests scripts
+
+format:  ## rewrite the code in the project's style
+	$(BIN)/ruff format ptblm tests scripts
+	$(BIN)/ruff check --fix ptblm tests scripts
+
+bench:  ## training throughput: ptblm vs a bare PyTorch loop, fp32 and bf16, small and medium
+	$(BIN)/python scripts/bench.py
+
+smoke:  ## a 1-minute end-to-end run of the test config on ../shared/ptb
+	$(BIN)/ptblm train --config test --corpus ../shared/ptb --max-steps 2000 --runs-dir runs --name smoke-$$(date +%s)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,269 @@
+"""The `ptblm` command. The only module that turns errors into messages and exit codes:
+2 for usage and config errors, 1 for failures at run time, 130/143 for SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ptblm import __version__
+from ptblm.config import config_to_yaml, load_config, resolve_config_path, shipped_configs
+from ptblm.errors import CheckpointError, ConfigError, PtblmError
+
+app = typer.Typer(
+    name="ptblm",
+    help="Train and evaluate Zaremba et al.'s LSTM language models on the Penn Treebank.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+DataDir = Annotated[
+    Path, typer.Option("--data-dir", help="Where the PTB download is cached (DIR/ptb/).")
+]
+CorpusDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--corpus",
+        help="Train/evaluate on your own corpus: a directory with ptb.train.txt, ptb.valid.txt and "
+        "ptb.test.txt (one sentence a line). No download, no checksum.",
+    ),
+]
+RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Parent directory of run directories.")]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda[:N].")]
+Overrides = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a config field, e.g. --set learning_rate=0.5 (repeatable)."),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ptblm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    pass
+
+
+@app.command()
+def download(data_dir: DataDir = Path("data")) -> None:
+    """Download the three PTB files into DATA_DIR/ptb/ and verify their sha256.
+
+    Set PTBLM_DATA_URL to fetch from a mirror (http, https or file URL of the folder).
+    """
+    from ptblm.data import SHA256, download_ptb
+
+    folder = download_ptb(data_dir)
+    typer.echo(f"{folder}: {', '.join(SHA256)} present and verified.")
+
+
+@config_app.command("show")
+def config_show(
+    name: Annotated[str, typer.Argument(help="A shipped config (small, medium, large, test) or a YAML path.")],
+    overrides: Overrides = None,
+) -> None:
+    """Print the resolved config (with overrides applied) as YAML."""
+    config = load_config(name, overrides or [])
+    typer.echo(config_to_yaml(config, f"ptblm config show {name}"), nl=False)
+
+
+@config_app.command("list")
+def config_list() -> None:
+    """List the shipped configs."""
+    for name, path in shipped_configs().items():
+        typer.echo(f"{name:8} {path}")
+
+
+@app.command()
+def train(
+    config: Annotated[
+        Optional[str],
+        typer.Option("--config", "-c", help="A shipped config (small, medium, large, test) or a YAML path."),
+    ] = None,
+    overrides: Overrides = None,
+    data_dir: DataDir = Path("data"),
+    corpus: CorpusDir = None,
+    runs_dir: RunsDir = Path("runs"),
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="Run directory name (default CONFIG-TIMESTAMP).")
+    ] = None,
+    device: Device = "auto",
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Same as --set seed=N (default 0).")] = None,
+    precision: Annotated[
+        Optional[str], typer.Option("--precision", help="fp32 (default, faithful), bf16 or fp16.")
+    ] = None,
+    max_steps: Annotated[
+        Optional[int],
+        typer.Option("--max-steps", min=0, help="Stop after N training windows, then validate, test and save."),
+    ] = None,
+    checkpoint_every: Annotated[
+        Optional[int],
+        typer.Option("--checkpoint-every", min=0, help="Also write last.pt every N windows (0: per epoch only)."),
+    ] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its last.pt.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")] = False,
+) -> None:
+    """Train a model, validate each epoch, test with the table's protocol, save the run."""
+    overrides = list(overrides or [])
+    for key, value in (("seed", seed), ("precision", precision), ("checkpoint_every", checkpoint_every)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if resume is not None:
+        if config is not None or overrides or max_steps is not None or name is not None:
+            raise ConfigError(
+                "--resume continues a run with its own config and limits: drop --config, --set, "
+                "--seed, --precision, --checkpoint-every, --max-steps and --name."
+            )
+        trainer = _resume_trainer(resume, data_dir, corpus, device, not quiet)
+    else:
+        if config is None:
+            raise ConfigError("say which config to train: --config small (or medium, large, test, or a YAML path).")
+        trainer = _new_trainer(config, overrides, data_dir, corpus, runs_dir, name, device, max_steps, not quiet)
+    from ptblm.train import format_summary
+
+    metrics = trainer.run()
+    typer.echo(format_summary(metrics, trainer.run_dir))
+
+
+def _new_trainer(config_name, overrides, data_dir, corpus_dir, runs_dir, name, device, max_steps, progress):
+    from ptblm.data import load_corpus
+    from ptblm.train import Trainer, command_line, resolve_device
+
+    config = load_config(config_name, overrides)
+    torch_device = resolve_device(device)
+    label = resolve_config_path(config_name).stem
+    corpus = load_corpus(data_dir, corpus_dir, progress=progress)
+    run_dir = Path(runs_dir) / (name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return Trainer(
+        config,
+        corpus,
+        run_dir,
+        torch_device,
+        max_steps=max_steps,
+        command=command_line(),
+        config_name=label,
+        progress=progress,
+    )
+
+
+def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, progress):
+    from ptblm.checkpoint import checkpoint_config, load_checkpoint
+    from ptblm.data import load_corpus
+    from ptblm.train import Trainer, command_line, resolve_device
+
+    config_file, last = run_dir / "config.yaml", run_dir / "last.pt"
+    if not run_dir.is_dir() or not config_file.is_file() or not last.is_file():
+        raise CheckpointError(
+            f"{run_dir} is not a ptblm run directory with a checkpoint (it needs config.yaml and "
+            f"last.pt). Name the directory a `ptblm train` run wrote, e.g. runs/small-20261122-101500."
+        )
+    checkpoint = load_checkpoint(last)
+    saved = checkpoint_config(checkpoint, last)
+    try:
+        edited = load_config(str(config_file))
+    except ConfigError as error:
+        raise CheckpointError(f"{config_file} was edited and no longer loads: {error}") from None
+    changed = [
+        f"{key}: {value!r} in config.yaml, {getattr(saved, key)!r} in last.pt"
+        for key, value in edited.to_dict().items()
+        if value != getattr(saved, key)
+    ]
+    if changed:
+        raise CheckpointError(
+            f"{config_file} does not match the run's checkpoint ({'; '.join(changed)}). A run "
+            f"continues with the config it started with: restore config.yaml, or start a new run "
+            f"with ptblm train --config {config_file}."
+        )
+    if corpus_dir is None and checkpoint.get("corpus_dir"):
+        corpus_dir = Path(checkpoint["corpus_dir"])
+    corpus = load_corpus(data_dir, corpus_dir, progress=progress)
+    if corpus.vocab != {word: index for index, word in enumerate(checkpoint["vocab"])}:
+        raise CheckpointError(
+            f"{last} was trained on another vocabulary than {corpus.folder}; resume it with the "
+            f"corpus it was trained on (--corpus DIR or --data-dir DIR)."
+        )
+    trainer = Trainer(
+        saved,
+        corpus,
+        run_dir,
+        resolve_device(device),
+        max_steps=checkpoint["max_steps"],
+        command=command_line(),
+        config_name=checkpoint.get("config_name"),
+        progress=progress,
+        resume=checkpoint,
+    )
+    if progress:
+        typer.echo(
+            f"Resuming {run_dir} at step {checkpoint['global_step']} "
+            f"(epoch {checkpoint['epoch'] + 1}, window {checkpoint['window']})."
+        )
+    return trainer
+
+
+@app.command("eval")
+def eval_(
+    target: Annotated[
+        Optional[Path],
+        typer.Argument(help="A run directory (its best.pt) or a checkpoint file. Default: the newest run."),
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="test, valid or train.")] = "test",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="1: the table's protocol.")] = 1,
+    num_steps: Annotated[
+        Optional[int],
+        typer.Option("--num-steps", min=1, help="Window length (default: long windows with batch size 1, "
+                     "else the config's num_steps)."),
+    ] = None,
+    data_dir: DataDir = Path("data"),
+    corpus: CorpusDir = None,
+    runs_dir: RunsDir = Path("runs"),
+    device: Device = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+) -> None:
+    """Perplexity of a checkpoint on a split (default: test, batch size 1, the table's protocol)."""
+    from ptblm.evaluate import evaluate_checkpoint, resolve_checkpoint
+    from ptblm.train import resolve_device
+
+    if split not in ("test", "valid", "train"):
+        raise ConfigError(f"--split {split}: use test, valid or train.")
+    path = resolve_checkpoint(target, runs_dir)
+    result = evaluate_checkpoint(
+        path, split, batch_size, num_steps, data_dir, corpus, resolve_device(device), progress=not as_json
+    )
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(
+            f"{split} perplexity {result['perplexity']:.3f} over {result['tokens']} tokens "
+            f"(batch size {batch_size}, {path}, {result['seconds']:.1f} s)"
+        )
+
+
+def main() -> None:
+    try:
+        app(prog_name="ptblm")
+    except PtblmError as error:
+        print(f"error: {error}" if error.exit_code != 130 and error.exit_code != 143 else str(error),
+              file=sys.stderr)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted.", file=sys.stderr)
+        sys.exit(130)

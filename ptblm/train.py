@@ -1,0 +1,535 @@
+"""The training loop: REFERENCE.md's "Training", top to bottom.
+
+One window of truncated BPTT:
+    logits, state = model(x, state)                    state carried from the previous window
+    loss = sum over steps of batch-mean cross-entropy  (NOT the mean over tokens: see window_loss)
+    loss.backward(); clip all gradients to global norm max_grad_norm; SGD step at the epoch's lr
+    state = state.detach()                             values carried, gradients cut
+
+Per epoch: lr = learning_rate * lr_decay ** max(epoch + 1 - max_epoch, 0), the state starts at
+zero, then validation (training batch_size and num_steps, dropout off). At the end: test with
+the table's protocol (batch_size 1, the whole stream), for the final model and for best.pt.
+
+Everything a run writes lives in its run directory (see README, "Run directory"); only rank 0
+prints, logs and saves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ptblm import __version__
+from ptblm.checkpoint import (
+    CHECKPOINT_FORMAT,
+    atomic_write,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    vocab_list,
+)
+from ptblm.config import Config, config_to_yaml
+from ptblm.data import Corpus, batchify, num_windows, windows
+from ptblm.errors import ConfigError, DataError, DivergenceError, Interrupted
+from ptblm.evaluate import TEST_BATCH_SIZE, TEST_NUM_STEPS, evaluate, perplexity
+from ptblm.model import LSTMLanguageModel, detach_state, window_loss
+
+# The published rows (REFERENCE.md), shown beside a run's own numbers.
+PUBLISHED = {
+    "small": {"train": 37.99, "valid": 121.39, "test": 115.91},
+    "medium": {"train": 48.45, "valid": 86.16, "test": 82.07},
+    "large": {"train": 37.87, "valid": 82.62, "test": 78.29},
+}
+LOGS_PER_EPOCH = 10
+
+
+def learning_rate_at(config: Config, epoch: int) -> float:
+    """The learning rate of 0-based `epoch`: constant for max_epoch epochs, then decayed."""
+    return config.learning_rate * config.lr_decay ** max(epoch + 1 - config.max_epoch, 0)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available here. Use --device cpu or auto.")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name}: unknown device; use auto, cpu or cuda.") from None
+
+
+def autocast_context(precision: str, device: torch.device):
+    """fp32: nothing. bf16/fp16: autocast for the model (the loss is computed in fp32 anyway).
+
+    On CUDA, autocast runs cuDNN LSTMs in fp16 whatever dtype is asked for, so both bf16 and
+    fp16 there use a GradScaler (see make_scaler). On CPU only bf16 is supported.
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if device.type == "cpu" and precision == "fp16":
+        raise ConfigError("precision fp16 needs a CUDA device; on the CPU use bf16 (or fp32).")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    if device.type == "cuda" and precision != "fp32":
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Position:
+    """Where a run stands; saved in every checkpoint so a resumed run continues exactly."""
+
+    epoch: int = 0  # 0-based epoch of the next window
+    window: int = 0  # index in that epoch of the next window (0: epoch boundary)
+    global_step: int = 0  # training windows done in total
+    train_nll: float = 0.0  # this epoch's summed training NLL so far (nats)
+    train_tokens: int = 0
+    best_valid_ppl: float = math.inf
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_step: int = -1  # global_step of best.pt
+    finished: bool = False  # training done; only the final test (and metrics) remain
+    train_seconds: float = 0.0  # time spent in training windows (evaluation excluded)
+    timed_tokens: int = 0  # training tokens processed in that time
+    wall_seconds: float = 0.0  # wall-clock time of the run so far, across resumes
+
+
+class StopOnSignal:
+    """First SIGINT/SIGTERM: ask the loop to stop after the current window (it saves last.pt).
+    A second SIGINT: leave at once; every file is written atomically, so nothing is corrupted."""
+
+    EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for signum in self.EXIT_CODES:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            os._exit(self.EXIT_CODES[signum])
+        self.received = signum
+
+    def __call__(self) -> bool:
+        return self.received is not None
+
+
+class Trainer:
+    """Holds one run's state; `run()` trains, tests and writes the run directory."""
+
+    def __init__(
+        self,
+        config: Config,
+        corpus: Corpus,
+        run_dir: Path,
+        device: torch.device,
+        max_steps: int | None = None,
+        command: str = "",
+        config_name: str | None = None,
+        progress: bool = True,
+        resume: dict[str, Any] | None = None,
+    ):
+        self.config = config
+        self.corpus = corpus
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.max_steps = max_steps
+        self.progress = progress
+        if len(corpus.vocab) != config.vocab_size:
+            raise DataError(
+                f"the training split of {corpus.folder} has {len(corpus.vocab)} distinct words but "
+                f"vocab_size is {config.vocab_size}. Use --set vocab_size={len(corpus.vocab)}."
+            )
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
+            torch.backends.cudnn.allow_tf32 = config.allow_tf32
+        self.autocast = autocast_context(config.precision, device)
+        self.scaler = make_scaler(config.precision, device)
+
+        seed_everything(config.seed)
+        self.model = LSTMLanguageModel.from_config(config).to(device)
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(self.parameters, lr=config.learning_rate)
+        # Moved to the device once; windows are views cut from it, no per-window copy.
+        self.train_data = batchify(corpus.train, config.batch_size).to(device)
+        self.windows_per_epoch = num_windows(self.train_data.size(1), config.num_steps)
+        if self.windows_per_epoch < 1:
+            raise DataError(
+                f"the training split is too short for batch_size {config.batch_size} and "
+                f"num_steps {config.num_steps}: not one window fits."
+            )
+        self.position = Position()
+        self.state = None
+        self.command = command
+        self.config_name = config_name
+        if resume is not None:
+            self._restore(resume)
+        else:
+            self._create_run_dir()
+
+    # --- run directory and checkpoints ---------------------------------------------------
+
+    def _create_run_dir(self) -> None:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise ConfigError(
+                f"{self.run_dir} already exists. Choose another --name, or continue it with "
+                f"ptblm train --resume {self.run_dir}."
+            ) from None
+        except OSError as error:
+            raise DataError(
+                f"cannot create the run directory {self.run_dir} ({error.strerror}). "
+                f"Choose a writable one with --runs-dir DIR."
+            ) from None
+        header = (
+            f"Resolved config of this run (ptblm {__version__}), written by:\n  {self.command}\n"
+            f"Train again with: ptblm train --config {self.run_dir / 'config.yaml'}"
+        )
+        text = config_to_yaml(self.config, header)
+        try:
+            atomic_write(self.run_dir / "config.yaml", lambda file: file.write(text.encode()))
+        except OSError as error:
+            raise DataError(f"cannot write {self.run_dir / 'config.yaml'} ({error.strerror}).") from None
+
+    def _checkpoint(self) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self.position),
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "config": self.config.to_dict(),
+            "config_name": self.config_name,
+            "vocab": vocab_list(self.corpus.vocab),
+            "corpus_dir": str(self.corpus.folder) if self.corpus.custom else None,
+            "state": None if self.state is None else [t.cpu() for t in self.state],
+            "max_steps": self.max_steps,
+            "rng": rng_state(),
+            "versions": {"ptblm": __version__, "torch": str(torch.__version__)},
+        }
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.scaler and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.position = Position(**{f.name: checkpoint[f.name] for f in dataclasses.fields(Position)})
+        if checkpoint["state"] is not None:
+            self.state = tuple(t.to(self.device) for t in checkpoint["state"])
+        set_rng_state(checkpoint["rng"])
+
+    def save(self, name: str) -> None:
+        save_checkpoint(self.run_dir / name, self._checkpoint())
+
+    # --- output ----------------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        if self.progress:
+            tqdm.write(text, file=sys.stdout)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def train_window(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """One SGD step on one window; returns (the window's mean per-token NLL, grad norm)."""
+        with self.autocast:
+            logits, state = self.model(x, self.state)
+            loss = window_loss(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        # One host sync a window: the divergence guard must stop before a NaN reaches the weights.
+        if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())) and not self.scaler:
+            lr = self.optimizer.param_groups[0]["lr"]
+            raise DivergenceError(
+                f"training diverged at step {self.position.global_step + 1} (epoch "
+                f"{self.position.epoch + 1}, window {self.position.window + 1}, learning rate "
+                f"{lr:g}): loss {loss.item():g}, gradient norm {grad_norm.item():g}. The last "
+                f"checkpoint in {self.run_dir} is intact. Lower learning_rate or max_grad_norm "
+                f"(--set learning_rate=...), or use --precision fp32."
+            )
+        if self.scaler:
+            self.scaler.step(self.optimizer)  # skips the step if the scaled gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.state = detach_state(state)
+        return loss.detach() / y.size(1), grad_norm.item()
+
+    def train_epoch(self, writer, stop: StopOnSignal) -> bool:
+        """Train the rest of the current epoch; False if stopped early (signal or max_steps)."""
+        config, position = self.config, self.position
+        lr = learning_rate_at(config, position.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if position.window == 0:
+            self.state = self.model.initial_state(config.batch_size, self.device)
+            position.train_nll, position.train_tokens = 0.0, 0
+        self.model.train()
+        tokens_per_window = config.batch_size * config.num_steps
+        log_every = max(1, self.windows_per_epoch // LOGS_PER_EPOCH)
+        # Summed on the device and read back once per log line, not once per window.
+        epoch_nll = torch.tensor(position.train_nll, dtype=torch.float64, device=self.device)
+        logged_nll, logged_tokens, norm_sum = position.train_nll, position.train_tokens, 0.0
+        interval_start = time.perf_counter()
+        show_bar = self.progress and sys.stdout.isatty()
+        bar = tqdm(
+            total=self.windows_per_epoch,
+            initial=position.window,
+            desc=f"epoch {position.epoch + 1}/{config.max_max_epoch}",
+            unit="win",
+            file=sys.stdout,
+            disable=not show_bar,
+            dynamic_ncols=True,
+        )
+        stopped = False
+        with bar:
+            for x, y in windows(self.train_data, config.num_steps, start=position.window):
+                if self.max_steps is not None and position.global_step >= self.max_steps:
+                    stopped = True
+                    break
+                mean_nll, grad_norm = self.train_window(x, y)
+                epoch_nll += mean_nll * tokens_per_window
+                norm_sum += grad_norm
+                position.window += 1
+                position.global_step += 1
+                position.train_tokens += tokens_per_window
+                bar.update()
+                at_log = position.window % log_every == 0 or position.window == self.windows_per_epoch
+                at_checkpoint = config.checkpoint_every and position.global_step % config.checkpoint_every == 0
+                stopped = stop()
+                if not (at_log or at_checkpoint or stopped):
+                    continue
+                position.train_nll = epoch_nll.item()
+                if at_log:
+                    seconds = time.perf_counter() - interval_start
+                    tokens = position.train_tokens - logged_tokens
+                    position.train_seconds += seconds
+                    position.timed_tokens += tokens
+                    loss = (position.train_nll - logged_nll) / tokens
+                    ppl = perplexity(position.train_nll, position.train_tokens)
+                    wps = tokens / seconds
+                    step = position.global_step
+                    writer.add_scalar("train/loss", loss, step)
+                    writer.add_scalar("train/ppl", ppl, step)
+                    writer.add_scalar("train/lr", lr, step)
+                    writer.add_scalar("train/grad_norm", norm_sum / (tokens // tokens_per_window), step)
+                    writer.add_scalar("train/wps", wps, step)
+                    if show_bar:
+                        bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{ppl:.2f}", wps=f"{wps:.0f}", lr=f"{lr:g}")
+                    elif self.progress:
+                        print(
+                            f"epoch {position.epoch + 1} {position.window / self.windows_per_epoch:.3f} "
+                            f"perplexity: {ppl:.3f} speed: {wps:.0f} wps lr: {lr:g}",
+                            flush=True,
+                        )
+                    logged_nll, logged_tokens, norm_sum = position.train_nll, position.train_tokens, 0.0
+                    interval_start = time.perf_counter()
+                if at_checkpoint or stopped:
+                    self.save("last.pt")
+                if stopped:
+                    break
+        # Account for the windows since the last log line (a stop between two of them).
+        position.train_nll = epoch_nll.item()
+        position.train_seconds += time.perf_counter() - interval_start if position.train_tokens > logged_tokens else 0.0
+        position.timed_tokens += position.train_tokens - logged_tokens
+        return not stopped
+
+    # --- the whole run -----------------------------------------------------------------------
+
+    def validate(self, stop: StopOnSignal) -> float:
+        config = self.config
+        nll, tokens = evaluate(
+            self.model, self.corpus.valid, config.batch_size, config.num_steps, partial=False, should_stop=stop
+        )
+        return perplexity(nll, tokens)
+
+    def test(self, model: LSTMLanguageModel, stop: StopOnSignal) -> float:
+        """The table's protocol: batch_size 1 over the whole test stream."""
+        return perplexity(*evaluate(model, self.corpus.test, TEST_BATCH_SIZE, TEST_NUM_STEPS, should_stop=stop))
+
+    def interrupted(self, stop: StopOnSignal) -> Interrupted:
+        name = signal.Signals(stop.received).name
+        return Interrupted(
+            f"{name} received: stopped at step {self.position.global_step} (epoch "
+            f"{self.position.epoch + 1}) and saved {self.run_dir / 'last.pt'}.\n"
+            f"Continue with: ptblm train --resume {self.run_dir}",
+            StopOnSignal.EXIT_CODES[stop.received],
+        )
+
+    def run(self) -> dict[str, Any]:
+        """Train to the end (or max_steps), test, write metrics.json; return the metrics."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        config, position = self.config, self.position
+        resumed = position.global_step > 0 or position.history
+        process_start = time.perf_counter()
+        wall_before = position.wall_seconds
+        # On resume, TensorBoard drops whatever the killed process logged after the checkpoint.
+        writer = SummaryWriter(str(self.run_dir), purge_step=position.global_step + 1 if resumed else None)
+        if not resumed:
+            writer.add_text("config", "    " + config_to_yaml(self.config).replace("\n", "\n    "))
+        with writer, StopOnSignal() as stop:
+            while not position.finished:
+                if position.epoch >= config.max_max_epoch or (
+                    self.max_steps is not None and position.global_step >= self.max_steps and position.window == 0
+                ):
+                    position.finished = True
+                    break
+                seconds_before, tokens_before = position.train_seconds, position.timed_tokens
+                complete = self.train_epoch(writer, stop)
+                if stop():
+                    raise self.interrupted(stop)
+                valid_ppl = self.validate(stop)
+                if stop():
+                    raise self.interrupted(stop)
+                train_ppl = perplexity(position.train_nll, position.train_tokens)
+                seconds = position.train_seconds - seconds_before
+                position.history.append({
+                    "epoch": position.epoch + 1,
+                    "learning_rate": learning_rate_at(config, position.epoch),
+                    "windows": position.window,
+                    "train_ppl": train_ppl,
+                    "valid_ppl": valid_ppl,
+                    "train_wps": (position.timed_tokens - tokens_before) / seconds if seconds else None,
+                })
+                writer.add_scalar("valid/ppl", valid_ppl, position.global_step)
+                self.say(
+                    f"Epoch {position.epoch + 1}: learning rate {learning_rate_at(config, position.epoch):g}, "
+                    f"train perplexity {train_ppl:.3f}, valid perplexity {valid_ppl:.3f}"
+                )
+                if complete:
+                    position.epoch, position.window, self.state = position.epoch + 1, 0, None
+                else:
+                    position.finished = True  # max_steps reached within the epoch
+                position.wall_seconds = wall_before + time.perf_counter() - process_start
+                if valid_ppl < position.best_valid_ppl or not (self.run_dir / "best.pt").exists():
+                    position.best_valid_ppl = min(valid_ppl, position.best_valid_ppl)
+                    position.best_step = position.global_step
+                    self.save("best.pt")
+                self.save("last.pt")
+            if not position.history:
+                raise DataError("no training window ran (max_steps is 0?); nothing to test.")
+
+            self.say("Testing (batch size 1, the whole test stream)...")
+            test_ppl = self.test(self.model, stop)
+            if position.best_step == position.global_step:
+                best_test_ppl = test_ppl  # best.pt holds these very weights
+            else:
+                best_model = LSTMLanguageModel.from_config(config).to(self.device)
+                best_model.load_state_dict(
+                    torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=True)["model"]
+                )
+                best_test_ppl = self.test(best_model, stop)
+            if stop():
+                raise self.interrupted(stop)
+            writer.add_scalar("test/ppl", test_ppl, position.global_step)
+            metrics = self.metrics(test_ppl, best_test_ppl, wall_before + time.perf_counter() - process_start)
+            write_hparams(writer, config, metrics)
+        atomic_write(
+            self.run_dir / "metrics.json", lambda file: file.write(json.dumps(metrics, indent=2).encode() + b"\n")
+        )
+        return metrics
+
+    def metrics(self, test_ppl: float, best_test_ppl: float, wall_seconds: float) -> dict[str, Any]:
+        position = self.position
+        last = position.history[-1]
+        return {
+            "config_name": self.config_name,
+            "train_ppl": last["train_ppl"],
+            "valid_ppl": last["valid_ppl"],
+            "test_ppl": test_ppl,
+            "best_valid_ppl": position.best_valid_ppl,
+            "best_test_ppl": best_test_ppl,
+            "epochs": len(position.history),
+            "global_step": position.global_step,
+            "train_wps": position.timed_tokens / position.train_seconds if position.train_seconds else None,
+            "wall_seconds": wall_seconds,
+            "device": device_description(self.device),
+            "precision": self.config.precision,
+            "versions": {
+                "ptblm": __version__,
+                "torch": str(torch.__version__),
+                "python": platform.python_version(),
+                "numpy": np.__version__,
+            },
+            "published": PUBLISHED.get(self.config_name),
+            "history": position.history,
+        }
+
+
+def write_hparams(writer, config: Config, metrics: dict[str, Any]) -> None:
+    """The HParams tab entry, written into the run itself (SummaryWriter.add_hparams would make a
+    separate sub-run). Its metrics are the run's own valid/ppl, test/ppl and train/ppl scalars."""
+    from torch.utils.tensorboard.summary import hparams
+
+    values = dict(config.to_dict(), config_name=metrics["config_name"] or "")
+    experiment, start, end = hparams(values, {"train/ppl": 0.0, "valid/ppl": 0.0, "test/ppl": 0.0})
+    file_writer = writer._get_file_writer()
+    for summary in (experiment, start, end):
+        file_writer.add_summary(summary)
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
+    """The final table row, beside the published one when there is one."""
+    published = metrics.get("published")
+    lines = [
+        f"{'':>10} {'train':>8} {'valid':>8} {'test':>8}",
+        f"{'ptblm':>10} {metrics['train_ppl']:8.2f} {metrics['valid_ppl']:8.2f} {metrics['test_ppl']:8.2f}"
+        f"   ({metrics['epochs']} epochs, {metrics['wall_seconds'] / 60:.1f} min, "
+        f"{metrics['train_wps'] or 0:.0f} words/s, {metrics['device']})",
+    ]
+    if published:
+        lines.append(f"{'published':>10} {published['train']:8.2f} {published['valid']:8.2f} {published['test']:8.2f}")
+    lines.append(
+        f"best.pt: valid {metrics['best_valid_ppl']:.2f}, test {metrics['best_test_ppl']:.2f}.  "
+        f"Run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})"
+    )
+    return "\n".join(lines)
+
+
+def command_line() -> str:
+    return shlex.join(["ptblm", *sys.argv[1:]])
