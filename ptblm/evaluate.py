@@ -67,7 +67,13 @@ def evaluate(
 
 
 def perplexity(nll: float, tokens: int) -> float:
-    return math.exp(nll / tokens) if tokens else math.nan
+    """exp(mean NLL); inf when that overflows a float (a diverging model), nan for no tokens."""
+    if not tokens:
+        return math.nan
+    try:
+        return math.exp(nll / tokens)
+    except OverflowError:
+        return math.inf
 
 
 def newest_run(runs_dir: Path) -> Path:

@@ -57,6 +57,7 @@ PUBLISHED = {
     "large": {"train": 37.87, "valid": 82.62, "test": 78.29},
 }
 LOGS_PER_EPOCH = 10
+DIVERGED_LOSS_FACTOR = 10  # a per-token loss above 10 * log(vocab_size) means training diverged
 
 
 def learning_rate_at(config: Config, epoch: int) -> float:
@@ -263,7 +264,7 @@ class Trainer:
 
     # --- the loop --------------------------------------------------------------------------
 
-    def train_window(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def train_window(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         """One SGD step on one window; returns (the window's mean per-token NLL, grad norm)."""
         with self.autocast:
             logits, state = self.model(x, self.state)
@@ -276,12 +277,18 @@ class Trainer:
             loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
         # One host sync a window: the divergence guard must stop before a NaN reaches the weights.
-        if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())) and not self.scaler:
+        # Clipping keeps a huge learning rate from ever producing a NaN (the LSTM's gates saturate),
+        # so a loss far beyond the untrained model's log(vocab) per token counts as divergence too.
+        mean_nll, norm = loss.item() / y.size(1), grad_norm.item()
+        finite = math.isfinite(mean_nll) and math.isfinite(norm)
+        if not finite and self.scaler:
+            pass  # fp16 overflow: the GradScaler skips this step and lowers its scale
+        elif not finite or mean_nll > DIVERGED_LOSS_FACTOR * math.log(self.config.vocab_size):
             lr = self.optimizer.param_groups[0]["lr"]
             raise DivergenceError(
                 f"training diverged at step {self.position.global_step + 1} (epoch "
                 f"{self.position.epoch + 1}, window {self.position.window + 1}, learning rate "
-                f"{lr:g}): loss {loss.item():g}, gradient norm {grad_norm.item():g}. The last "
+                f"{lr:g}): loss per token {mean_nll:g}, gradient norm {norm:g}. The last "
                 f"checkpoint in {self.run_dir} is intact. Lower learning_rate or max_grad_norm "
                 f"(--set learning_rate=...), or use --precision fp32."
             )
@@ -291,7 +298,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.state = detach_state(state)
-        return loss.detach() / y.size(1), grad_norm.item()
+        return mean_nll, norm
 
     def train_epoch(self, writer, stop: StopOnSignal) -> bool:
         """Train the rest of the current epoch; False if stopped early (signal or max_steps)."""
@@ -305,8 +312,6 @@ class Trainer:
         self.model.train()
         tokens_per_window = config.batch_size * config.num_steps
         log_every = max(1, self.windows_per_epoch // LOGS_PER_EPOCH)
-        # Summed on the device and read back once per log line, not once per window.
-        epoch_nll = torch.tensor(position.train_nll, dtype=torch.float64, device=self.device)
         logged_nll, logged_tokens, norm_sum = position.train_nll, position.train_tokens, 0.0
         interval_start = time.perf_counter()
         show_bar = self.progress and sys.stdout.isatty()
@@ -326,7 +331,7 @@ class Trainer:
                     stopped = True
                     break
                 mean_nll, grad_norm = self.train_window(x, y)
-                epoch_nll += mean_nll * tokens_per_window
+                position.train_nll += mean_nll * tokens_per_window
                 norm_sum += grad_norm
                 position.window += 1
                 position.global_step += 1
@@ -335,9 +340,6 @@ class Trainer:
                 at_log = position.window % log_every == 0 or position.window == self.windows_per_epoch
                 at_checkpoint = config.checkpoint_every and position.global_step % config.checkpoint_every == 0
                 stopped = stop()
-                if not (at_log or at_checkpoint or stopped):
-                    continue
-                position.train_nll = epoch_nll.item()
                 if at_log:
                     seconds = time.perf_counter() - interval_start
                     tokens = position.train_tokens - logged_tokens
@@ -367,7 +369,6 @@ class Trainer:
                 if stopped:
                     break
         # Account for the windows since the last log line (a stop between two of them).
-        position.train_nll = epoch_nll.item()
         position.train_seconds += time.perf_counter() - interval_start if position.train_tokens > logged_tokens else 0.0
         position.timed_tokens += position.train_tokens - logged_tokens
         return not stopped

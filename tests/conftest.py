@@ -1,0 +1,116 @@
+"""Shared fixtures: the real PTB files, a tiny hand-made corpus, and a local HTTP server."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+# ../shared/ptb relative to the repository root (this file is <root>/tests/conftest.py).
+PTB_DIR = Path(__file__).resolve().parents[2] / "shared" / "ptb"
+PTB_FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
+
+# The tiny corpus, written out by hand. Every word of valid and test occurs in train.
+# Train word counts: the 6, <eos> 4, a 3, cat 3, dog 3, on 3, mat 2, sat 2, and 1, log 1, saw 1
+# (29 tokens, 11 distinct words).
+TINY_TRAIN = (
+    "the cat sat on the mat\n"
+    "the dog sat on the log\n"
+    "a cat and a dog\n"
+    "the dog saw a cat on the mat\n"
+)
+TINY_VALID = "the cat sat on the log\n"
+TINY_TEST = "a dog sat on the mat\n"
+
+
+@pytest.fixture(scope="session")
+def ptb_dir() -> Path:
+    """The real PTB corpus (ptb.train.txt, ptb.valid.txt, ptb.test.txt), read-only.
+
+    Missing files skip the test locally and fail it in CI (CI=true), where they must be there.
+    """
+    missing = [name for name in PTB_FILES if not (PTB_DIR / name).is_file()]
+    if missing:
+        message = f"the PTB corpus is not at {PTB_DIR} (missing: {', '.join(missing)})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return PTB_DIR
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path: Path) -> Path:
+    """A folder with a tiny hand-made corpus in PTB's layout; returns the folder."""
+    folder = tmp_path / "tiny_corpus"
+    folder.mkdir()
+    (folder / "ptb.train.txt").write_text(TINY_TRAIN, encoding="utf-8")
+    (folder / "ptb.valid.txt").write_text(TINY_VALID, encoding="utf-8")
+    (folder / "ptb.test.txt").write_text(TINY_TEST, encoding="utf-8")
+    return folder
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files without logging to stderr; records each request's path."""
+
+    def __init__(self, *args, requests: list[str], **kwargs):
+        self._requests = requests
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self):  # noqa: N802 (the stdlib's name)
+        self._requests.append(self.path)
+        super().do_GET()
+
+    def do_HEAD(self):  # noqa: N802
+        self._requests.append(self.path)
+        super().do_HEAD()
+
+    def log_message(self, format, *args):  # noqa: A002 (the stdlib's signature)
+        pass
+
+
+class _Servers:
+    """`serve_dir(directory)` -> base URL ("http://127.0.0.1:PORT") of a server for that folder.
+
+    `serve_dir.requests(url)` lists the paths requested from the server at that URL so far.
+    """
+
+    def __init__(self):
+        self._running: list[tuple[http.server.ThreadingHTTPServer, threading.Thread]] = []
+        self._requests: dict[str, list[str]] = {}
+
+    def __call__(self, directory: str | os.PathLike) -> str:
+        requests: list[str] = []
+        handler = functools.partial(_QuietHandler, directory=str(directory), requests=requests)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        thread.start()
+        self._running.append((server, thread))
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        self._requests[url] = requests
+        return url
+
+    def requests(self, url: str) -> list[str]:
+        return list(self._requests[url.rstrip("/")])
+
+    def close(self) -> None:
+        for server, thread in self._running:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+        self._running.clear()
+
+
+@pytest.fixture
+def serve_dir():
+    """A factory: serve_dir(directory) starts an HTTP server on 127.0.0.1 (a free port) serving
+    that directory in a daemon thread and returns its base URL; all are shut down at teardown."""
+    servers = _Servers()
+    yield servers
+    servers.close()

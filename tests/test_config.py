@@ -1,0 +1,355 @@
+"""The shipped configs against REFERENCE.md's table, and every way a config can be wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ptblm.config import Config, config_to_yaml, load_config, shipped_configs
+from ptblm.errors import ConfigError
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+# REFERENCE.md, "Configurations (the tutorial's, field names as there)", typed by hand.
+# fmt: off
+REFERENCE_TABLE = {
+    "small": dict(
+        init_scale=0.1, learning_rate=1.0, max_grad_norm=5, num_layers=2, num_steps=20,
+        hidden_size=200, max_epoch=4, max_max_epoch=13, keep_prob=1.0, lr_decay=0.5,
+        batch_size=20, vocab_size=10000,
+    ),
+    "medium": dict(
+        init_scale=0.05, learning_rate=1.0, max_grad_norm=5, num_layers=2, num_steps=35,
+        hidden_size=650, max_epoch=6, max_max_epoch=39, keep_prob=0.5, lr_decay=0.8,
+        batch_size=20, vocab_size=10000,
+    ),
+    "large": dict(
+        init_scale=0.04, learning_rate=1.0, max_grad_norm=10, num_layers=2, num_steps=35,
+        hidden_size=1500, max_epoch=14, max_max_epoch=55, keep_prob=0.35, lr_decay=1 / 1.15,
+        batch_size=20, vocab_size=10000,
+    ),
+    "test": dict(
+        init_scale=0.1, learning_rate=1.0, max_grad_norm=1, num_layers=1, num_steps=2,
+        hidden_size=2, max_epoch=1, max_max_epoch=1, keep_prob=1.0, lr_decay=0.5,
+        batch_size=20, vocab_size=10000,
+    ),
+}
+FLOAT_FIELDS = ("init_scale", "learning_rate", "max_grad_norm", "keep_prob", "lr_decay")
+INT_FIELDS = (
+    "num_layers", "num_steps", "hidden_size", "max_epoch", "max_max_epoch", "batch_size",
+    "vocab_size",
+)
+# fmt: on
+# ptblm's own fields; their defaults keep a run exactly as the tutorial's.
+DEFAULTS = dict(seed=0, precision="fp32", checkpoint_every=0, allow_tf32=False)
+
+
+def write_yaml(folder: Path, values: dict, name: str = "my.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def small_with(**changes) -> dict:
+    """The small config's values with some changed; a value of None removes that key."""
+    values = dict(REFERENCE_TABLE["small"])
+    for key, value in changes.items():
+        if value is None:
+            values.pop(key, None)
+        else:
+            values[key] = value
+    return values
+
+
+def problems_of(excinfo) -> list[str]:
+    return excinfo.value.problems
+
+
+# --- the shipped configs ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_TABLE))
+def test_shipped_config_matches_reference_table(name):
+    config = load_config(name)
+    expected = REFERENCE_TABLE[name]
+    for field, value in expected.items():
+        assert getattr(config, field) == value, f"{name}.{field}"
+    for field in FLOAT_FIELDS:
+        assert type(getattr(config, field)) is float, f"{name}.{field} should be a float"
+    for field in INT_FIELDS:
+        assert type(getattr(config, field)) is int, f"{name}.{field} should be an int"
+    for field, value in DEFAULTS.items():
+        assert getattr(config, field) == value, f"{name}.{field}"
+        assert type(getattr(config, field)) is type(value)
+    assert config == Config(**expected, **DEFAULTS)
+
+
+def test_large_lr_decay_is_one_over_1_15():
+    assert load_config("large").lr_decay == 1 / 1.15
+
+
+def test_small_trains_four_epochs_then_halves():
+    # REFERENCE.md: "Small trains 4 epochs at 1.0, then halves it every epoch."
+    config = load_config("small")
+    rates = [
+        config.learning_rate * config.lr_decay ** max(i + 1 - config.max_epoch, 0)
+        for i in range(config.max_max_epoch)
+    ]
+    assert rates[:4] == [1.0] * 4
+    assert rates[4:7] == [0.5, 0.25, 0.125]
+
+
+def test_shipped_configs_are_exactly_the_four():
+    shipped = shipped_configs()
+    assert set(shipped) == {"small", "medium", "large", "test"}
+    for name, path in shipped.items():
+        assert Path(path).is_file()
+        assert Path(path).name == f"{name}.yaml"
+
+
+def test_every_yaml_in_configs_loads():
+    paths = sorted(CONFIGS_DIR.glob("*.yaml"))
+    assert len(paths) >= 4
+    for path in paths:
+        assert isinstance(load_config(str(path)), Config), path
+        assert load_config(str(path)) == load_config(path.stem)
+
+
+# --- resolving a config -----------------------------------------------------------------------
+
+
+def test_unknown_config_name_lists_the_shipped_names():
+    with pytest.raises(ConfigError) as excinfo:
+        load_config("smal")
+    message = str(excinfo.value)
+    assert "smal" in message
+    for name in ("small", "medium", "large", "test"):
+        assert name in message
+
+
+def test_yaml_path_loads(tmp_path):
+    values = small_with(hidden_size=64, keep_prob=0.9, seed=3, precision="bf16")
+    path = write_yaml(tmp_path, values)
+    config = load_config(str(path))
+    assert config.hidden_size == 64
+    assert config.keep_prob == 0.9
+    assert config.seed == 3
+    assert config.precision == "bf16"
+    assert config.num_steps == 20
+    assert config.checkpoint_every == 0
+    assert config.allow_tf32 is False
+
+
+# --- malformed files --------------------------------------------------------------------------
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("init_scale: 0.1\nlearning_rate: 1.0\nmax_grad_norm: 5: 6\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(str(path))
+    message = str(excinfo.value)
+    assert "broken.yaml" in message
+    assert "line 3" in message
+
+
+@pytest.mark.parametrize("text", ["- init_scale\n- 0.1\n", "just some words\n", "42\n"])
+def test_non_mapping_yaml(tmp_path, text):
+    path = tmp_path / "notamap.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(str(path))
+    message = str(excinfo.value)
+    assert "notamap.yaml" in message
+    assert "mapping" in message
+
+
+def test_unknown_key(tmp_path):
+    path = write_yaml(tmp_path, small_with(hiden_size=200))
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(str(path))
+    assert len(problems_of(excinfo)) == 1
+    assert "hiden_size" in str(excinfo.value)
+    assert "unknown" in str(excinfo.value)
+
+
+def test_missing_key(tmp_path):
+    path = write_yaml(tmp_path, small_with(num_steps=None))
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(str(path))
+    assert len(problems_of(excinfo)) == 1
+    assert "num_steps" in str(excinfo.value)
+    assert "missing" in str(excinfo.value)
+
+
+def test_empty_file_reports_every_missing_key(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(str(path))
+    assert len(problems_of(excinfo)) == len(REFERENCE_TABLE["small"])
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("num_layers", "two"),  # string for int
+        ("hidden_size", True),  # bool for int
+        ("num_steps", 20.0),  # float for int
+        ("batch_size", 20.5),  # float for int
+        ("init_scale", "0.1x"),  # string for float
+        ("keep_prob", False),  # bool for float
+        ("precision", 32),  # int for str
+        ("allow_tf32", 1),  # int for bool
+    ],
+)
+def test_wrong_type_in_file(tmp_path, field, value):
+    path = write_yaml(tmp_path, {**small_with(), field: value})
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(str(path))
+    assert len(problems_of(excinfo)) == 1
+    assert field in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("keep_prob=0", "keep_prob"),
+        ("keep_prob=1.5", "keep_prob"),
+        ("lr_decay=0", "lr_decay"),
+        ("learning_rate=-1", "learning_rate"),
+        ("num_steps=0", "num_steps"),
+        ("max_epoch=14", "max_epoch"),  # small has max_max_epoch 13
+        ("precision=fp64", "precision"),
+        ("init_scale=.nan", "init_scale"),
+        ("max_grad_norm=.inf", "max_grad_norm"),
+        ("batch_size=-3", "batch_size"),
+        ("checkpoint_every=-1", "checkpoint_every"),
+    ],
+)
+def test_out_of_range_override(override, field):
+    with pytest.raises(ConfigError) as excinfo:
+        load_config("small", [override])
+    assert len(problems_of(excinfo)) == 1
+    assert field in str(excinfo.value)
+
+
+@pytest.mark.parametrize("field, value", [("keep_prob", 0.0), ("max_epoch", 14)])
+def test_out_of_range_in_file(tmp_path, field, value):
+    path = write_yaml(tmp_path, small_with(**{field: value}))
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(str(path))
+    assert len(problems_of(excinfo)) == 1
+    assert field in str(excinfo.value)
+    assert "my.yaml" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    "override, field, value",
+    [
+        ("keep_prob=1", "keep_prob", 1.0),
+        ("lr_decay=1", "lr_decay", 1.0),
+        ("max_epoch=13", "max_epoch", 13),
+        ("max_epoch=0", "max_epoch", 0),
+        ("precision=bf16", "precision", "bf16"),
+        ("precision=fp16", "precision", "fp16"),
+        ("allow_tf32=true", "allow_tf32", True),
+        ("checkpoint_every=500", "checkpoint_every", 500),
+    ],
+)
+def test_boundary_values_are_accepted(override, field, value):
+    config = load_config("small", [override])
+    assert getattr(config, field) == value
+    assert type(getattr(config, field)) is type(value)
+
+
+def test_several_problems_reported_at_once(tmp_path):
+    values = small_with(keep_prob=0.0, num_steps=0, batch_size=None, colour="blue")
+    values["hidden_size"] = "big"
+    path = write_yaml(tmp_path, values)
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(str(path))
+    problems = problems_of(excinfo)
+    assert len(problems) == 5
+    message = str(excinfo.value)
+    assert message.startswith("5 problems")
+    for word in ("keep_prob", "num_steps", "batch_size", "colour", "hidden_size"):
+        assert word in message
+
+
+def test_problems_from_file_and_overrides_are_collected_together(tmp_path):
+    path = write_yaml(tmp_path, small_with(lr_decay=0.0))
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(str(path), ["num_layers=0", "nosuchkey=1", "missing_equals_sign"])
+    assert len(problems_of(excinfo)) == 4
+
+
+# --- --set overrides --------------------------------------------------------------------------
+
+
+def test_set_overrides_are_parsed_as_yaml():
+    config = load_config("small", ["learning_rate=0.5", "max_grad_norm=5", "hidden_size=300"])
+    assert config.learning_rate == 0.5
+    assert config.max_grad_norm == 5.0
+    assert type(config.max_grad_norm) is float
+    assert config.hidden_size == 300
+    assert type(config.hidden_size) is int
+    # Everything else stays as shipped.
+    assert config == load_config("small").replace(
+        learning_rate=0.5, max_grad_norm=5.0, hidden_size=300
+    )
+
+
+def test_later_set_wins():
+    assert load_config("small", ["seed=1", "seed=2"]).seed == 2
+
+
+def test_set_string_for_int_is_a_type_error():
+    with pytest.raises(ConfigError) as excinfo:
+        load_config("small", ["num_layers=two"])
+    assert "num_layers" in str(excinfo.value)
+
+
+def test_unknown_set_key():
+    with pytest.raises(ConfigError) as excinfo:
+        load_config("small", ["learning_rat=0.5"])
+    assert len(problems_of(excinfo)) == 1
+    assert "learning_rat" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("override", ["learning_rate", "=0.5"])
+def test_malformed_set(override):
+    with pytest.raises(ConfigError) as excinfo:
+        load_config("small", [override])
+    assert len(problems_of(excinfo)) == 1
+    assert "KEY=VALUE" in str(excinfo.value)
+
+
+# --- writing a config back --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_TABLE))
+def test_config_to_yaml_round_trips(tmp_path, name):
+    config = load_config(name)
+    path = tmp_path / f"{name}-copy.yaml"
+    path.write_text(config_to_yaml(config), encoding="utf-8")
+    assert load_config(str(path)) == config
+
+
+def test_config_to_yaml_round_trips_changed_fields_and_header(tmp_path):
+    config = load_config(
+        "large",
+        ["seed=7", "precision=bf16", "checkpoint_every=100", "allow_tf32=true", "keep_prob=0.3"],
+    )
+    text = config_to_yaml(config, header="written by a test\n\nsecond line: not a key")
+    path = tmp_path / "with-header.yaml"
+    path.write_text(text, encoding="utf-8")
+    loaded = load_config(str(path))
+    assert loaded == config
+    assert loaded.lr_decay == 1 / 1.15
+    assert loaded.seed == 7
+    assert loaded.precision == "bf16"
+    assert loaded.checkpoint_every == 100
+    assert loaded.allow_tf32 is True
