@@ -109,7 +109,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         )
     config = checkpoint_config(checkpoint, path)
     vocab = checkpoint["vocab"]
-    if not isinstance(vocab, list) or len(vocab) != config.vocab_size or len(set(vocab)) != len(vocab):
+    if (
+        not isinstance(vocab, list)
+        or len(vocab) != config.vocab_size
+        or len(set(vocab)) != len(vocab)
+    ):
         raise CheckpointError(f"{path}: its vocabulary does not match its config's vocab_size.")
     return checkpoint
 
@@ -118,7 +122,7 @@ def _load_failure(error: Exception) -> str:
     """One line on why torch.load refused a file."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     for line in lines:
-        if "Unsupported global" in line:
+        if "GLOBAL" in line:
             return (
                 "it holds pickled Python objects, which a checkpoint never does; they were refused, "
                 "not run: " + line.split("error:", 1)[-1].strip()[:150]
@@ -146,7 +150,11 @@ def rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+        "numpy": [
+            numpy_state[0],
+            torch.from_numpy(numpy_state[1].astype(np.int64)),
+            *numpy_state[2:],
+        ],
         "python": random.getstate(),
     }
 

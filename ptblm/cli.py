@@ -8,7 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,7 +31,7 @@ DataDir = Annotated[
     Path, typer.Option("--data-dir", help="Where the PTB download is cached (DIR/ptb/).")
 ]
 CorpusDir = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--corpus",
         help="Train/evaluate on your own corpus: a directory with ptb.train.txt, ptb.valid.txt and "
@@ -41,8 +41,10 @@ CorpusDir = Annotated[
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Parent directory of run directories.")]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda[:N].")]
 Overrides = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", help="Override a config field, e.g. --set learning_rate=0.5 (repeatable)."),
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override a config field, e.g. --set learning_rate=0.5 (repeatable)."
+    ),
 ]
 
 
@@ -75,7 +77,9 @@ def download(data_dir: DataDir = Path("data")) -> None:
 
 @config_app.command("show")
 def config_show(
-    name: Annotated[str, typer.Argument(help="A shipped config (small, medium, large, test) or a YAML path.")],
+    name: Annotated[
+        str, typer.Argument(help="A shipped config (small, medium, large, test) or a YAML path.")
+    ],
     overrides: Overrides = None,
 ) -> None:
     """Print the resolved config (with overrides applied) as YAML."""
@@ -93,37 +97,56 @@ def config_list() -> None:
 @app.command()
 def train(
     config: Annotated[
-        Optional[str],
-        typer.Option("--config", "-c", help="A shipped config (small, medium, large, test) or a YAML path."),
+        str | None,
+        typer.Option(
+            "--config", "-c", help="A shipped config (small, medium, large, test) or a YAML path."
+        ),
     ] = None,
     overrides: Overrides = None,
     data_dir: DataDir = Path("data"),
     corpus: CorpusDir = None,
     runs_dir: RunsDir = Path("runs"),
     name: Annotated[
-        Optional[str], typer.Option("--name", help="Run directory name (default CONFIG-TIMESTAMP).")
+        str | None, typer.Option("--name", help="Run directory name (default CONFIG-TIMESTAMP).")
     ] = None,
     device: Device = "auto",
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Same as --set seed=N (default 0).")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Same as --set seed=N (default 0).")
+    ] = None,
     precision: Annotated[
-        Optional[str], typer.Option("--precision", help="fp32 (default, faithful), bf16 or fp16.")
+        str | None, typer.Option("--precision", help="fp32 (default, faithful), bf16 or fp16.")
     ] = None,
     max_steps: Annotated[
-        Optional[int],
-        typer.Option("--max-steps", min=0, help="Stop after N training windows, then validate, test and save."),
+        int | None,
+        typer.Option(
+            "--max-steps",
+            min=0,
+            help="Stop after N training windows, then validate, test and save.",
+        ),
     ] = None,
     checkpoint_every: Annotated[
-        Optional[int],
-        typer.Option("--checkpoint-every", min=0, help="Also write last.pt every N windows (0: per epoch only)."),
+        int | None,
+        typer.Option(
+            "--checkpoint-every",
+            min=0,
+            help="Also write last.pt every N windows (0: per epoch only).",
+        ),
     ] = None,
     resume: Annotated[
-        Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its last.pt.")
+        Path | None,
+        typer.Option("--resume", help="Continue the run in this directory from its last.pt."),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the final summary.")
+    ] = False,
 ) -> None:
     """Train a model, validate each epoch, test with the table's protocol, save the run."""
     overrides = list(overrides or [])
-    for key, value in (("seed", seed), ("precision", precision), ("checkpoint_every", checkpoint_every)):
+    for key, value in (
+        ("seed", seed),
+        ("precision", precision),
+        ("checkpoint_every", checkpoint_every),
+    ):
         if value is not None:
             overrides.append(f"{key}={value}")
     if resume is not None:
@@ -135,15 +158,21 @@ def train(
         trainer = _resume_trainer(resume, data_dir, corpus, device, not quiet)
     else:
         if config is None:
-            raise ConfigError("say which config to train: --config small (or medium, large, test, or a YAML path).")
-        trainer = _new_trainer(config, overrides, data_dir, corpus, runs_dir, name, device, max_steps, not quiet)
+            raise ConfigError(
+                "say which config to train: --config small (or medium, large, test, or a YAML path)."
+            )
+        trainer = _new_trainer(
+            config, overrides, data_dir, corpus, runs_dir, name, device, max_steps, not quiet
+        )
     from ptblm.train import format_summary
 
     metrics = trainer.run()
     typer.echo(format_summary(metrics, trainer.run_dir))
 
 
-def _new_trainer(config_name, overrides, data_dir, corpus_dir, runs_dir, name, device, max_steps, progress):
+def _new_trainer(
+    config_name, overrides, data_dir, corpus_dir, runs_dir, name, device, max_steps, progress
+):
     from ptblm.data import load_corpus
     from ptblm.train import Trainer, command_line, resolve_device
 
@@ -222,21 +251,31 @@ def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, progress):
 @app.command("eval")
 def eval_(
     target: Annotated[
-        Optional[Path],
-        typer.Argument(help="A run directory (its best.pt) or a checkpoint file. Default: the newest run."),
+        Path | None,
+        typer.Argument(
+            help="A run directory (its best.pt) or a checkpoint file. Default: the newest run."
+        ),
     ] = None,
     split: Annotated[str, typer.Option("--split", help="test, valid or train.")] = "test",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="1: the table's protocol.")] = 1,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="1: the table's protocol.")
+    ] = 1,
     num_steps: Annotated[
-        Optional[int],
-        typer.Option("--num-steps", min=1, help="Window length (default: long windows with batch size 1, "
-                     "else the config's num_steps)."),
+        int | None,
+        typer.Option(
+            "--num-steps",
+            min=1,
+            help="Window length (default: long windows with batch size 1, "
+            "else the config's num_steps).",
+        ),
     ] = None,
     data_dir: DataDir = Path("data"),
     corpus: CorpusDir = None,
     runs_dir: RunsDir = Path("runs"),
     device: Device = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on stdout.")
+    ] = False,
 ) -> None:
     """Perplexity of a checkpoint on a split (default: test, batch size 1, the table's protocol)."""
     from ptblm.evaluate import evaluate_checkpoint, resolve_checkpoint
@@ -246,7 +285,14 @@ def eval_(
         raise ConfigError(f"--split {split}: use test, valid or train.")
     path = resolve_checkpoint(target, runs_dir)
     result = evaluate_checkpoint(
-        path, split, batch_size, num_steps, data_dir, corpus, resolve_device(device), progress=not as_json
+        path,
+        split,
+        batch_size,
+        num_steps,
+        data_dir,
+        corpus,
+        resolve_device(device),
+        progress=not as_json,
     )
     if as_json:
         typer.echo(json.dumps(result))
@@ -261,8 +307,10 @@ def main() -> None:
     try:
         app(prog_name="ptblm")
     except PtblmError as error:
-        print(f"error: {error}" if error.exit_code != 130 and error.exit_code != 143 else str(error),
-              file=sys.stderr)
+        print(
+            f"error: {error}" if error.exit_code != 130 and error.exit_code != 143 else str(error),
+            file=sys.stderr,
+        )
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         print("interrupted.", file=sys.stderr)

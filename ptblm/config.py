@@ -107,7 +107,10 @@ def _check_value(name: str, value: Any, where: str) -> tuple[Any, str | None]:
     if kind in (str, bool) and isinstance(value, kind):
         return value, None
     expected = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}
-    return value, f"{where}: '{name}' must be {expected[kind]}, got {value!r} ({type(value).__name__})"
+    return (
+        value,
+        f"{where}: '{name}' must be {expected[kind]}, got {value!r} ({type(value).__name__})",
+    )
 
 
 def _range_problems(values: dict[str, Any], sources: dict[str, str]) -> list[str]:
@@ -146,16 +149,16 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def build_config(values: dict[str, Any], overrides: list[str] = (), where: str = "config") -> Config:
+def build_config(
+    values: dict[str, Any], overrides: list[str] = (), where: str = "config"
+) -> Config:
     """Validate a mapping plus `key=value` overrides into a Config, reporting every problem."""
     problems = []
     merged = {}
     sources = {}
     for key, value in values.items():
         if key not in FIELDS:
-            problems.append(
-                f"{where}: unknown key '{key}'; known keys: {', '.join(FIELDS)}"
-            )
+            problems.append(f"{where}: unknown key '{key}'; known keys: {', '.join(FIELDS)}")
             continue
         merged[key], sources[key] = value, where
     for text in overrides:

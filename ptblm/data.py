@@ -70,11 +70,16 @@ def _fetch(url: str, target: Path, expected_sha256: str, progress: bool) -> None
     for attempt in range(DOWNLOAD_TRIES):
         if attempt:
             time.sleep(DOWNLOAD_BACKOFF * 2 ** (attempt - 1))
-        handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        handle, temp_name = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+        )
         temp = Path(temp_name)
         try:
             digest = hashlib.sha256()
-            with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
+            with (
+                os.fdopen(handle, "wb") as out,
+                urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response,
+            ):
                 total = response.headers.get("Content-Length")
                 with tqdm(
                     total=int(total) if total else None,

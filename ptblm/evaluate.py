@@ -78,7 +78,9 @@ def perplexity(nll: float, tokens: int) -> float:
 
 def newest_run(runs_dir: Path) -> Path:
     """The run directory under runs_dir whose checkpoint was written last."""
-    candidates = [path for path in Path(runs_dir).glob("*/*.pt") if path.name in ("best.pt", "last.pt")]
+    candidates = [
+        path for path in Path(runs_dir).glob("*/*.pt") if path.name in ("best.pt", "last.pt")
+    ]
     if not candidates:
         raise CheckpointError(
             f"no run with a checkpoint under {runs_dir}. Train one first (ptblm train --config "
@@ -97,7 +99,9 @@ def resolve_checkpoint(target: Path | None, runs_dir: Path) -> Path:
     for name in ("best.pt", "last.pt"):
         if (run_dir / name).is_file():
             return run_dir / name
-    raise CheckpointError(f"{run_dir} holds no best.pt or last.pt: it is not a ptblm run directory.")
+    raise CheckpointError(
+        f"{run_dir} holds no best.pt or last.pt: it is not a ptblm run directory."
+    )
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any], path: Path) -> LSTMLanguageModel:
@@ -118,12 +122,12 @@ def evaluate_checkpoint(
     num_steps: int | None = None,
     data_dir: Path = Path("data"),
     corpus_dir: Path | None = None,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Load a checkpoint and return its perplexity on a split, as a JSON-ready dict."""
     checkpoint = load_checkpoint(path)
-    model = model_from_checkpoint(checkpoint, path).to(device)
+    model = model_from_checkpoint(checkpoint, path).to(device or "cpu")
     vocab = {word: index for index, word in enumerate(checkpoint["vocab"])}
     corpus = load_corpus(data_dir, corpus_dir, progress=progress)
     if corpus.vocab != vocab:
@@ -132,7 +136,9 @@ def evaluate_checkpoint(
             f"evaluate it on the corpus it was trained on (--corpus DIR or --data-dir DIR)."
         )
     if num_steps is None:
-        num_steps = TEST_NUM_STEPS if batch_size == 1 else checkpoint_config(checkpoint, path).num_steps
+        num_steps = (
+            TEST_NUM_STEPS if batch_size == 1 else checkpoint_config(checkpoint, path).num_steps
+        )
     started = time.perf_counter()
     nll, tokens = evaluate(model, corpus.split(split), batch_size, num_steps)
     return {

@@ -20,7 +20,14 @@ State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, batch, hi
 
 
 class LSTMLanguageModel(nn.Module):
-    def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, keep_prob: float, init_scale: float):
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        num_layers: int,
+        keep_prob: float,
+        init_scale: float,
+    ):
         super().__init__()
         dropout = 1.0 - keep_prob
         self.hidden_size = hidden_size
@@ -28,14 +35,24 @@ class LSTMLanguageModel(nn.Module):
         self.embedding = nn.Embedding(vocab_size, hidden_size)
         self.dropout = nn.Dropout(dropout)
         self.lstm = nn.LSTM(
-            hidden_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
+            hidden_size,
+            hidden_size,
+            num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
         )
         self.decoder = nn.Linear(hidden_size, vocab_size)
         self.reset_parameters(init_scale)
 
     @classmethod
     def from_config(cls, config: Config) -> LSTMLanguageModel:
-        return cls(config.vocab_size, config.hidden_size, config.num_layers, config.keep_prob, config.init_scale)
+        return cls(
+            config.vocab_size,
+            config.hidden_size,
+            config.num_layers,
+            config.keep_prob,
+            config.init_scale,
+        )
 
     def reset_parameters(self, init_scale: float) -> None:
         """Every parameter uniform(-init_scale, init_scale), as the tutorial.

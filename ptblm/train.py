@@ -224,7 +224,9 @@ class Trainer:
         try:
             atomic_write(self.run_dir / "config.yaml", lambda file: file.write(text.encode()))
         except OSError as error:
-            raise DataError(f"cannot write {self.run_dir / 'config.yaml'} ({error.strerror}).") from None
+            raise DataError(
+                f"cannot write {self.run_dir / 'config.yaml'} ({error.strerror})."
+            ) from None
 
     def _checkpoint(self) -> dict[str, Any]:
         return {
@@ -248,7 +250,9 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.scaler and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
-        self.position = Position(**{f.name: checkpoint[f.name] for f in dataclasses.fields(Position)})
+        self.position = Position(
+            **{f.name: checkpoint[f.name] for f in dataclasses.fields(Position)}
+        )
         if checkpoint["state"] is not None:
             self.state = tuple(t.to(self.device) for t in checkpoint["state"])
         set_rng_state(checkpoint["rng"])
@@ -337,9 +341,16 @@ class Trainer:
                 position.global_step += 1
                 position.train_tokens += tokens_per_window
                 bar.update()
-                at_log = position.window % log_every == 0 or position.window == self.windows_per_epoch
-                at_checkpoint = config.checkpoint_every and position.global_step % config.checkpoint_every == 0
-                stopped = stop()
+                reached_max = self.max_steps is not None and position.global_step >= self.max_steps
+                stopped = stop() or reached_max
+                at_log = (
+                    position.window % log_every == 0
+                    or position.window == self.windows_per_epoch
+                    or stopped
+                )
+                at_checkpoint = (
+                    config.checkpoint_every and position.global_step % config.checkpoint_every == 0
+                )
                 if at_log:
                     seconds = time.perf_counter() - interval_start
                     tokens = position.train_tokens - logged_tokens
@@ -352,25 +363,30 @@ class Trainer:
                     writer.add_scalar("train/loss", loss, step)
                     writer.add_scalar("train/ppl", ppl, step)
                     writer.add_scalar("train/lr", lr, step)
-                    writer.add_scalar("train/grad_norm", norm_sum / (tokens // tokens_per_window), step)
+                    writer.add_scalar(
+                        "train/grad_norm", norm_sum / (tokens // tokens_per_window), step
+                    )
                     writer.add_scalar("train/wps", wps, step)
                     if show_bar:
-                        bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{ppl:.2f}", wps=f"{wps:.0f}", lr=f"{lr:g}")
+                        bar.set_postfix(
+                            loss=f"{loss:.3f}", ppl=f"{ppl:.2f}", wps=f"{wps:.0f}", lr=f"{lr:g}"
+                        )
                     elif self.progress:
                         print(
                             f"epoch {position.epoch + 1} {position.window / self.windows_per_epoch:.3f} "
                             f"perplexity: {ppl:.3f} speed: {wps:.0f} wps lr: {lr:g}",
                             flush=True,
                         )
-                    logged_nll, logged_tokens, norm_sum = position.train_nll, position.train_tokens, 0.0
+                    logged_nll, logged_tokens, norm_sum = (
+                        position.train_nll,
+                        position.train_tokens,
+                        0.0,
+                    )
                     interval_start = time.perf_counter()
-                if at_checkpoint or stopped:
+                if at_checkpoint or stop():
                     self.save("last.pt")
                 if stopped:
                     break
-        # Account for the windows since the last log line (a stop between two of them).
-        position.train_seconds += time.perf_counter() - interval_start if position.train_tokens > logged_tokens else 0.0
-        position.timed_tokens += position.train_tokens - logged_tokens
         return not stopped
 
     # --- the whole run -----------------------------------------------------------------------
@@ -378,13 +394,20 @@ class Trainer:
     def validate(self, stop: StopOnSignal) -> float:
         config = self.config
         nll, tokens = evaluate(
-            self.model, self.corpus.valid, config.batch_size, config.num_steps, partial=False, should_stop=stop
+            self.model,
+            self.corpus.valid,
+            config.batch_size,
+            config.num_steps,
+            partial=False,
+            should_stop=stop,
         )
         return perplexity(nll, tokens)
 
     def test(self, model: LSTMLanguageModel, stop: StopOnSignal) -> float:
         """The table's protocol: batch_size 1 over the whole test stream."""
-        return perplexity(*evaluate(model, self.corpus.test, TEST_BATCH_SIZE, TEST_NUM_STEPS, should_stop=stop))
+        return perplexity(
+            *evaluate(model, self.corpus.test, TEST_BATCH_SIZE, TEST_NUM_STEPS, should_stop=stop)
+        )
 
     def interrupted(self, stop: StopOnSignal) -> Interrupted:
         name = signal.Signals(stop.received).name
@@ -404,13 +427,17 @@ class Trainer:
         process_start = time.perf_counter()
         wall_before = position.wall_seconds
         # On resume, TensorBoard drops whatever the killed process logged after the checkpoint.
-        writer = SummaryWriter(str(self.run_dir), purge_step=position.global_step + 1 if resumed else None)
+        writer = SummaryWriter(
+            str(self.run_dir), purge_step=position.global_step + 1 if resumed else None
+        )
         if not resumed:
             writer.add_text("config", "    " + config_to_yaml(self.config).replace("\n", "\n    "))
         with writer, StopOnSignal() as stop:
             while not position.finished:
                 if position.epoch >= config.max_max_epoch or (
-                    self.max_steps is not None and position.global_step >= self.max_steps and position.window == 0
+                    self.max_steps is not None
+                    and position.global_step >= self.max_steps
+                    and position.window == 0
                 ):
                     position.finished = True
                     break
@@ -423,14 +450,18 @@ class Trainer:
                     raise self.interrupted(stop)
                 train_ppl = perplexity(position.train_nll, position.train_tokens)
                 seconds = position.train_seconds - seconds_before
-                position.history.append({
-                    "epoch": position.epoch + 1,
-                    "learning_rate": learning_rate_at(config, position.epoch),
-                    "windows": position.window,
-                    "train_ppl": train_ppl,
-                    "valid_ppl": valid_ppl,
-                    "train_wps": (position.timed_tokens - tokens_before) / seconds if seconds else None,
-                })
+                position.history.append(
+                    {
+                        "epoch": position.epoch + 1,
+                        "learning_rate": learning_rate_at(config, position.epoch),
+                        "windows": position.window,
+                        "train_ppl": train_ppl,
+                        "valid_ppl": valid_ppl,
+                        "train_wps": (position.timed_tokens - tokens_before) / seconds
+                        if seconds
+                        else None,
+                    }
+                )
                 writer.add_scalar("valid/ppl", valid_ppl, position.global_step)
                 self.say(
                     f"Epoch {position.epoch + 1}: learning rate {learning_rate_at(config, position.epoch):g}, "
@@ -456,16 +487,21 @@ class Trainer:
             else:
                 best_model = LSTMLanguageModel.from_config(config).to(self.device)
                 best_model.load_state_dict(
-                    torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=True)["model"]
+                    torch.load(
+                        self.run_dir / "best.pt", map_location=self.device, weights_only=True
+                    )["model"]
                 )
                 best_test_ppl = self.test(best_model, stop)
             if stop():
                 raise self.interrupted(stop)
             writer.add_scalar("test/ppl", test_ppl, position.global_step)
-            metrics = self.metrics(test_ppl, best_test_ppl, wall_before + time.perf_counter() - process_start)
+            metrics = self.metrics(
+                test_ppl, best_test_ppl, wall_before + time.perf_counter() - process_start
+            )
             write_hparams(writer, config, metrics)
         atomic_write(
-            self.run_dir / "metrics.json", lambda file: file.write(json.dumps(metrics, indent=2).encode() + b"\n")
+            self.run_dir / "metrics.json",
+            lambda file: file.write(json.dumps(metrics, indent=2).encode() + b"\n"),
         )
         return metrics
 
@@ -481,7 +517,9 @@ class Trainer:
             "best_test_ppl": best_test_ppl,
             "epochs": len(position.history),
             "global_step": position.global_step,
-            "train_wps": position.timed_tokens / position.train_seconds if position.train_seconds else None,
+            "train_wps": position.timed_tokens / position.train_seconds
+            if position.train_seconds
+            else None,
             "wall_seconds": wall_seconds,
             "device": device_description(self.device),
             "precision": self.config.precision,
@@ -524,7 +562,9 @@ def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
         f"{metrics['train_wps'] or 0:.0f} words/s, {metrics['device']})",
     ]
     if published:
-        lines.append(f"{'published':>10} {published['train']:8.2f} {published['valid']:8.2f} {published['test']:8.2f}")
+        lines.append(
+            f"{'published':>10} {published['train']:8.2f} {published['valid']:8.2f} {published['test']:8.2f}"
+        )
     lines.append(
         f"best.pt: valid {metrics['best_valid_ppl']:.2f}, test {metrics['best_test_ppl']:.2f}.  "
         f"Run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})"

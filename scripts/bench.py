@@ -44,10 +44,14 @@ class BareModel(nn.Module):
 def bare_words_per_second(config, data: torch.Tensor, windows: int) -> float:
     """The textbook loop, nothing else."""
     torch.manual_seed(0)
-    model = BareModel(config.vocab_size, config.hidden_size, config.num_layers, 1 - config.keep_prob)
+    model = BareModel(
+        config.vocab_size, config.hidden_size, config.num_layers, 1 - config.keep_prob
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
     autocast = (
-        torch.autocast("cpu", dtype=torch.bfloat16) if config.precision == "bf16" else contextlib.nullcontext()
+        torch.autocast("cpu", dtype=torch.bfloat16)
+        if config.precision == "bf16"
+        else contextlib.nullcontext()
     )
     zeros = torch.zeros(config.num_layers, config.batch_size, config.hidden_size)
     state = (zeros, zeros.clone())
@@ -78,21 +82,32 @@ def ptblm_words_per_second(config, ids: torch.Tensor, windows: int) -> float:
     vocab = {str(i): i for i in range(config.vocab_size)}
     corpus = Corpus(vocab=vocab, train=ids, valid=ids[:1000], test=ids[:1000], folder=Path("."))
     with tempfile.TemporaryDirectory() as folder:
-        trainer = Trainer(config, corpus, Path(folder) / "run", torch.device("cpu"), max_steps=windows, progress=False)
+        trainer = Trainer(
+            config,
+            corpus,
+            Path(folder) / "run",
+            torch.device("cpu"),
+            max_steps=windows,
+            progress=False,
+        )
         started = time.perf_counter()
         trainer.train_epoch(NullWriter(), StopOnSignal())
         return windows * config.batch_size * config.num_steps / (time.perf_counter() - started)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--configs", nargs="+", default=["small", "medium"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--windows", type=int, default=100, help="training windows per timed round")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.windows} windows x {args.rounds} rounds")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.windows} windows x {args.rounds} rounds"
+    )
     print(f"{'config':8} {'precision':9} {'bare w/s':>9} {'ptblm w/s':>10} {'ptblm/bare':>10}")
     results = {}
     for name in args.configs:
@@ -107,10 +122,14 @@ def main() -> None:
                 bare = max(bare, bare_words_per_second(config, data, args.windows))
                 ours = max(ours, ptblm_words_per_second(config, ids, args.windows))
             results[name, precision] = ours
-            print(f"{name:8} {precision:9} {bare:9.0f} {ours:10.0f} {ours / bare:10.3f}", flush=True)
+            print(
+                f"{name:8} {precision:9} {bare:9.0f} {ours:10.0f} {ours / bare:10.3f}", flush=True
+            )
     for name in args.configs:
         if (name, "fp32") in results and (name, "bf16") in results:
-            print(f"{name}: ptblm bf16 / fp32 = {results[name, 'bf16'] / results[name, 'fp32']:.2f}x")
+            print(
+                f"{name}: ptblm bf16 / fp32 = {results[name, 'bf16'] / results[name, 'fp32']:.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,13 @@ def make_corpus(folder: Path, vocab_size: int = 40, sentences: int = 300, seed: 
     def sentence() -> str:
         # Zipf-like: frequent words early, so the model has something to learn.
         length = rng.randint(3, 12)
-        return " " + " ".join(words[min(int(rng.paretovariate(1.2)) - 1, len(words) - 1)] for _ in range(length)) + " "
+        return (
+            " "
+            + " ".join(
+                words[min(int(rng.paretovariate(1.2)) - 1, len(words) - 1)] for _ in range(length)
+            )
+            + " "
+        )
 
     train = [" " + " ".join(words) + " "] + [sentence() for _ in range(sentences)]
     for split, lines in (

@@ -9,7 +9,9 @@ from ptblm.model import LSTMLanguageModel, detach_state, window_loss
 
 
 def test_shapes_and_architecture_follow_the_config():
-    config = load_config("small", ["vocab_size=50", "hidden_size=8", "num_layers=3", "keep_prob=0.5"])
+    config = load_config(
+        "small", ["vocab_size=50", "hidden_size=8", "num_layers=3", "keep_prob=0.5"]
+    )
     model = LSTMLanguageModel.from_config(config)
     assert model.embedding.weight.shape == (50, 8)
     assert model.decoder.weight.shape == (50, 8)
@@ -23,7 +25,9 @@ def test_shapes_and_architecture_follow_the_config():
 
 
 def test_every_parameter_starts_uniform_within_init_scale_and_one_bias_per_gate():
-    model = LSTMLanguageModel(vocab_size=300, hidden_size=64, num_layers=2, keep_prob=1.0, init_scale=0.05)
+    model = LSTMLanguageModel(
+        vocab_size=300, hidden_size=64, num_layers=2, keep_prob=1.0, init_scale=0.05
+    )
     for name, parameter in model.named_parameters():
         if name.startswith("lstm.bias_hh"):
             # The tutorial's cell has one bias per gate: b_ih plays it, b_hh stays zero and frozen.
@@ -36,7 +40,9 @@ def test_every_parameter_starts_uniform_within_init_scale_and_one_bias_per_gate(
 
 
 def test_dropout_only_in_training_mode():
-    model = LSTMLanguageModel(vocab_size=30, hidden_size=16, num_layers=2, keep_prob=0.5, init_scale=0.1)
+    model = LSTMLanguageModel(
+        vocab_size=30, hidden_size=16, num_layers=2, keep_prob=0.5, init_scale=0.1
+    )
     ids = torch.randint(30, (3, 5))
     model.eval()
     first, _ = model(ids, model.initial_state(3))
@@ -63,7 +69,9 @@ def test_window_loss_is_the_sum_over_time_of_the_batch_mean_cross_entropy():
 
 
 def test_detach_state_keeps_values_and_cuts_the_graph():
-    model = LSTMLanguageModel(vocab_size=10, hidden_size=4, num_layers=1, keep_prob=1.0, init_scale=0.1)
+    model = LSTMLanguageModel(
+        vocab_size=10, hidden_size=4, num_layers=1, keep_prob=1.0, init_scale=0.1
+    )
     _, state = model(torch.randint(10, (2, 3)), model.initial_state(2))
     assert state[0].grad_fn is not None
     detached = detach_state(state)

@@ -25,9 +25,17 @@ def corpus(tmp_path):
 def make_trainer(corpus, run_dir, *overrides, max_steps=None):
     config = load_config(
         "small",
-        [f"vocab_size={len(corpus.vocab)}", "hidden_size=8", "num_steps=5", "batch_size=4", *overrides],
+        [
+            f"vocab_size={len(corpus.vocab)}",
+            "hidden_size=8",
+            "num_steps=5",
+            "batch_size=4",
+            *overrides,
+        ],
     )
-    return Trainer(config, corpus, run_dir, torch.device("cpu"), max_steps=max_steps, progress=False)
+    return Trainer(
+        config, corpus, run_dir, torch.device("cpu"), max_steps=max_steps, progress=False
+    )
 
 
 def test_learning_rate_schedule_matches_the_tutorial():
@@ -61,8 +69,12 @@ def reference_sgd_step(model, x, y, state, lr, max_grad_norm):
 
 
 @pytest.mark.parametrize("max_grad_norm", [1000.0, 0.05])
-def test_one_window_is_the_reference_sgd_step_with_global_norm_clipping(corpus, tmp_path, max_grad_norm):
-    trainer = make_trainer(corpus, tmp_path / "run", "learning_rate=0.7", f"max_grad_norm={max_grad_norm}")
+def test_one_window_is_the_reference_sgd_step_with_global_norm_clipping(
+    corpus, tmp_path, max_grad_norm
+):
+    trainer = make_trainer(
+        corpus, tmp_path / "run", "learning_rate=0.7", f"max_grad_norm={max_grad_norm}"
+    )
     reference = copy.deepcopy(trainer.model)
     x, y = trainer.train_data[:, 0:5], trainer.train_data[:, 1:6]
     state = trainer.model.initial_state(4)
@@ -75,7 +87,9 @@ def test_one_window_is_the_reference_sgd_step_with_global_norm_clipping(corpus, 
     assert norm == pytest.approx(expected_norm, rel=1e-5)
     for ours, theirs in zip(trainer.model.parameters(), reference.parameters()):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
-    update = torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(trainer.model.parameters(), before)))
+    update = torch.sqrt(
+        sum(((a - b) ** 2).sum() for a, b in zip(trainer.model.parameters(), before))
+    )
     if max_grad_norm < norm:
         # Clipped: the whole update has norm lr * max_grad_norm.
         assert update.item() == pytest.approx(0.7 * max_grad_norm, rel=1e-3)
@@ -90,7 +104,9 @@ def test_state_is_carried_detached_across_windows_and_zeroed_each_epoch(corpus, 
 
     def spy(ids, state):
         logits, new_state = forward(ids, state)
-        seen.append(([s.detach().clone() for s in state], [s.detach().clone() for s in new_state], state))
+        seen.append(
+            ([s.detach().clone() for s in state], [s.detach().clone() for s in new_state], state)
+        )
         return logits, new_state
 
     trainer.model.forward = spy
@@ -111,7 +127,9 @@ def test_state_is_carried_detached_across_windows_and_zeroed_each_epoch(corpus, 
 
 
 def test_run_writes_metrics_and_checkpoints_and_picks_the_best(corpus, tmp_path):
-    trainer = make_trainer(corpus, tmp_path / "run", "max_epoch=1", "max_max_epoch=3", "learning_rate=0.5")
+    trainer = make_trainer(
+        corpus, tmp_path / "run", "max_epoch=1", "max_max_epoch=3", "learning_rate=0.5"
+    )
     metrics = trainer.run()
     run = tmp_path / "run"
     assert {"config.yaml", "best.pt", "last.pt", "metrics.json"} <= {p.name for p in run.iterdir()}
@@ -136,7 +154,9 @@ def test_max_steps_stops_then_validates_tests_and_saves(corpus, tmp_path):
 
 
 def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
-    trainer = make_trainer(corpus, tmp_path / "run", "learning_rate=1e30", "max_grad_norm=1e30", "checkpoint_every=1")
+    trainer = make_trainer(
+        corpus, tmp_path / "run", "learning_rate=1e30", "max_grad_norm=1e30", "checkpoint_every=1"
+    )
     with pytest.raises(DivergenceError) as raised:
         trainer.run()
     message = str(raised.value)

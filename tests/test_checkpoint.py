@@ -1,0 +1,162 @@
+import errno
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from ptblm.checkpoint import (
+    CHECKPOINT_FORMAT,
+    atomic_write,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from ptblm.config import load_config
+from ptblm.errors import CheckpointError
+from ptblm.evaluate import model_from_checkpoint
+from ptblm.model import LSTMLanguageModel
+
+
+def make_checkpoint(vocab_size=12, **changes):
+    config = load_config("test", [f"vocab_size={vocab_size}"])
+    model = LSTMLanguageModel.from_config(config)
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "config": config.to_dict(),
+        "vocab": [f"w{i}" for i in range(vocab_size)],
+        "epoch": 0,
+        "window": 3,
+        "global_step": 3,
+        "rng": rng_state(),
+    }
+    checkpoint.update(changes)
+    return checkpoint
+
+
+def test_round_trip_restores_the_model_exactly(tmp_path):
+    checkpoint = make_checkpoint()
+    save_checkpoint(tmp_path / "last.pt", checkpoint)
+    loaded = load_checkpoint(tmp_path / "last.pt")
+    model = model_from_checkpoint(loaded, tmp_path / "last.pt")
+    for name, tensor in checkpoint["model"].items():
+        assert torch.equal(model.state_dict()[name], tensor)
+    assert loaded["vocab"] == checkpoint["vocab"] and loaded["window"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
+
+
+def test_rng_state_round_trip_replays_every_generator():
+    set_rng_state(rng_state())  # also proves the state is accepted as saved
+    saved = rng_state()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(saved)
+    second = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], second[0])
+    assert np.array_equal(first[1], second[1])
+    assert first[2] == second[2]
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, make_checkpoint())
+    before = path.read_bytes()
+
+    def full_disk(obj, file):
+        file.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="No space left on device.*intact"):
+        save_checkpoint(path, make_checkpoint(window=4))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_atomic_write_never_exposes_a_partial_file(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+
+    def crash(file):
+        file.write(b"new but incomplete")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, crash)
+    assert path.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"this is not a checkpoint", os.urandom(4096)],
+    ids=["empty", "text", "random"],
+)
+def test_garbage_is_refused(tmp_path, content):
+    path = tmp_path / "best.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a readable ptblm checkpoint"):
+        load_checkpoint(path)
+
+
+def test_a_truncated_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, make_checkpoint())
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="not a readable ptblm checkpoint"):
+        load_checkpoint(path)
+
+
+class Payload:
+    """Unpickling this calls os.mkdir(marker): a stand-in for any code an attacker would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_a_pickle_payload_is_never_executed(tmp_path):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "evil.pt"
+    torch.save(make_checkpoint(extra=Payload(marker)), path)
+    with pytest.raises(CheckpointError, match="refused, not run"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    # The payload is real: an unsafe load runs it.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"format": 99}, "format 99"),
+        ({"vocab": ["a", "b"]}, "vocabulary does not match"),
+        ({"config": {"hidden_size": "big"}}, "invalid config"),
+        ({"config": None}, "no config"),
+    ],
+)
+def test_inconsistent_checkpoints_are_refused(tmp_path, changes, message):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, make_checkpoint(**changes))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
+    checkpoint = make_checkpoint()
+    checkpoint["config"]["hidden_size"] = 3  # the weights are for hidden_size 2
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, checkpoint)
+    with pytest.raises(CheckpointError, match="do not fit its config"):
+        model_from_checkpoint(load_checkpoint(path), path)
+
+
+def test_a_torch_file_that_is_not_a_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="not a ptblm checkpoint"):
+        load_checkpoint(path)

@@ -1,0 +1,220 @@
+"""The real `ptblm` command, run as a user would (python -m ptblm in a subprocess)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from corpus import make_corpus
+
+from ptblm.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+TAGS = [
+    "train/loss",
+    "train/ppl",
+    "train/lr",
+    "train/grad_norm",
+    "train/wps",
+    "valid/ppl",
+    "test/ppl",
+]
+
+
+def ptblm(*args, cwd=None, env=None, timeout=300):
+    environment = {**os.environ, **(env or {})}
+    environment.pop("PTBLM_DATA_URL", None) if env is None or "PTBLM_DATA_URL" not in env else None
+    return subprocess.run(
+        [sys.executable, "-m", "ptblm", *map(str, args)],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_clean_failure(result, code, *fragments):
+    """Exit code as given, one message on stderr naming the problem, never a traceback."""
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def test_help_and_version():
+    result = ptblm("--help")
+    assert result.returncode == 0
+    for command in ("download", "train", "eval", "config"):
+        assert command in result.stdout
+    result = ptblm("--version")
+    assert result.returncode == 0 and result.stdout.startswith("ptblm ")
+
+
+def test_config_show_prints_the_resolved_config_with_overrides(tmp_path):
+    result = ptblm("config", "show", "small", "--set", "learning_rate=0.5", "--set", "seed=7")
+    assert result.returncode == 0, result.stderr
+    values = yaml.safe_load(result.stdout)
+    assert values["learning_rate"] == 0.5 and values["seed"] == 7 and values["hidden_size"] == 200
+    path = tmp_path / "shown.yaml"
+    path.write_text(result.stdout)
+    assert load_config(str(path)) == load_config("small", ["learning_rate=0.5", "seed=7"])
+
+
+@pytest.mark.parametrize(
+    "yaml_text, args, fragments",
+    [
+        (None, ["--config", "tiny"], ["unknown config 'tiny'", "small"]),
+        ("init_scale: [0.1\n", [], ["malformed YAML", "line"]),
+        ("{}", ["--set", "bogus=1"], ["unknown key 'bogus'"]),
+        (
+            None,
+            ["--config", "small", "--set", "hidden_size=big"],
+            ["'hidden_size' must be an integer"],
+        ),
+        (None, ["--config", "small", "--set", "keep_prob=1.5"], ["'keep_prob' is 1.5", "(0, 1]"]),
+        (None, ["--config", "small", "--set", "colour=red"], ["unknown key 'colour'"]),
+        (None, ["--config", "small", "--precision", "fp64"], ["'precision'", "bf16"]),
+        (None, [], ["say which config"]),
+    ],
+    ids=[
+        "unknown-name",
+        "malformed",
+        "unknown-key",
+        "wrong-type",
+        "out-of-range",
+        "unknown-set",
+        "bad-precision",
+        "no-config",
+    ],
+)
+def test_bad_configs_are_refused_with_exit_2(tmp_path, yaml_text, args, fragments):
+    if yaml_text is not None:
+        path = tmp_path / "my.yaml"
+        full = yaml.safe_dump(load_config("test").to_dict()) if yaml_text == "{}" else yaml_text
+        path.write_text(full)
+        args = ["--config", path, *args]
+    result = ptblm("train", *args, "--runs-dir", tmp_path / "runs", cwd=tmp_path)
+    assert_clean_failure(result, 2, *fragments)
+    assert not (tmp_path / "runs").exists()  # nothing written for a refused config
+
+
+def test_download_from_a_mirror_then_nothing_more(tmp_path, ptb_dir, serve_dir):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name in ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"):
+        (mirror / name).write_bytes((ptb_dir / name).read_bytes())
+    url = serve_dir(mirror)
+    env = {"PTBLM_DATA_URL": url}
+    result = ptblm("download", "--data-dir", tmp_path / "data", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "verified" in result.stdout
+    assert len(serve_dir.requests(url)) == 3
+    result = ptblm("download", "--data-dir", tmp_path / "data", env=env)
+    assert result.returncode == 0 and len(serve_dir.requests(url)) == 3
+
+
+def test_download_from_a_dead_host_fails_cleanly(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = ptblm(
+        "download",
+        "--data-dir",
+        tmp_path / "data",
+        env={"PTBLM_DATA_URL": f"http://127.0.0.1:{port}"},
+    )
+    assert_clean_failure(result, 1, "could not download", "by hand")
+    assert list((tmp_path / "data" / "ptb").iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, ptb_dir):
+    """`ptblm train --config test` as the newcomer flow, PTB fetched from a file:// mirror."""
+    home = tmp_path_factory.mktemp("newcomer")
+    result = ptblm(
+        "train", "--config", "test", "--max-steps", "300", "--name", "smoke",
+        cwd=home, env={"PTBLM_DATA_URL": ptb_dir.resolve().as_uri()},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return home, home / "runs" / "smoke", result
+
+
+def test_train_writes_the_run_directory(trained_run):
+    home, run, result = trained_run
+    assert (home / "data" / "ptb" / "ptb.train.txt").is_file()
+    assert {"config.yaml", "best.pt", "last.pt", "metrics.json"} <= {p.name for p in run.iterdir()}
+    assert [p for p in run.iterdir() if p.is_dir()] == []  # no stray sub-run
+    assert load_config(str(run / "config.yaml")) == load_config("test")
+    assert "ptblm train --config test" in (run / "config.yaml").read_text()
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in (
+        "train_ppl",
+        "valid_ppl",
+        "test_ppl",
+        "best_valid_ppl",
+        "best_test_ppl",
+        "train_wps",
+        "wall_seconds",
+        "device",
+        "versions",
+        "history",
+    ):
+        assert key in metrics
+    assert metrics["global_step"] == 300
+    assert f"{metrics['test_ppl']:.2f}" in result.stdout  # the summary shows the row
+
+
+def test_tensorboard_reads_the_scalars_and_hparams(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run, _ = trained_run
+    events = EventAccumulator(str(run))
+    events.Reload()
+    tags = events.Tags()
+    for tag in TAGS:
+        assert tag in tags["scalars"], tags
+    assert "hparams" in events.PluginTagToContent("hparams") or events.PluginTagToContent("hparams")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert events.Scalars("test/ppl")[-1].value == pytest.approx(metrics["test_ppl"], rel=1e-6)
+
+
+def test_eval_reproduces_the_run_metrics_exactly(trained_run):
+    home, run, _ = trained_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    result = ptblm("eval", "--json", cwd=home)  # default: the newest run's best.pt, test split
+    assert result.returncode == 0, result.stderr
+    best = json.loads(result.stdout)  # stdout is exactly one JSON object
+    assert best["perplexity"] == metrics["best_test_ppl"]
+    assert best["tokens"] == 82_429 and best["split"] == "test"
+    assert best["checkpoint"].endswith("best.pt")
+    result = ptblm("eval", run / "last.pt", "--json", cwd=home)
+    assert json.loads(result.stdout)["perplexity"] == metrics["test_ppl"]
+    result = ptblm(
+        "eval", run, "--split", "valid", "--batch-size", "20", "--num-steps", "2", cwd=home
+    )
+    assert result.returncode == 0
+    assert f"{metrics['best_valid_ppl']:.3f}" in result.stdout
+
+
+def test_eval_without_runs_fails_cleanly(tmp_path):
+    assert_clean_failure(ptblm("eval", cwd=tmp_path), 1, "no run with a checkpoint", "ptblm train")
+
+
+def test_an_unwritable_runs_dir_fails_cleanly(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = ptblm(
+        "train", "-c", "test", "--set", "vocab_size=40", "--corpus", corpus, "--runs-dir", blocker
+    )
+    assert_clean_failure(result, 1, "cannot create the run directory", "--runs-dir")
+
+
+def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
+    assert_clean_failure(ptblm("train", "--resume", tmp_path), 1, "not a ptblm run directory")

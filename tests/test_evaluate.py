@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+
+from ptblm.data import load_corpus
+from ptblm.errors import CheckpointError
+from ptblm.evaluate import evaluate, newest_run, perplexity, resolve_checkpoint
+from ptblm.model import LSTMLanguageModel
+
+
+@pytest.fixture(scope="module")
+def ptb_test_ids(ptb_dir):
+    return load_corpus(corpus_dir=ptb_dir).test
+
+
+def small_model(vocab_size=10000, hidden_size=16):
+    torch.manual_seed(0)
+    return LSTMLanguageModel(vocab_size, hidden_size, num_layers=2, keep_prob=0.5, init_scale=0.1)
+
+
+def test_long_windows_give_the_num_steps_1_protocol(ptb_test_ids):
+    """The table's protocol (batch 1, num_steps 1) equals the fast long-window evaluation."""
+    model = small_model()
+    ids = ptb_test_ids[:3001]
+    nll_1, tokens_1 = evaluate(model, ids, batch_size=1, num_steps=1)
+    for num_steps in (7, 500, 5000):
+        nll, tokens = evaluate(model, ids, batch_size=1, num_steps=num_steps)
+        assert tokens == tokens_1 == 3000  # every token after the first, once
+        assert perplexity(nll, tokens) == pytest.approx(perplexity(nll_1, tokens_1), rel=1e-6)
+    assert model.training  # evaluate restores the mode it found
+
+
+def test_the_whole_test_stream_is_predicted_once(ptb_test_ids):
+    _, tokens = evaluate(small_model(hidden_size=4), ptb_test_ids, batch_size=1, num_steps=500)
+    assert tokens == 82_429
+
+
+def test_evaluation_carries_state_across_windows():
+    """Against an independent one-pass computation: one window as long as the stream."""
+    model = small_model(vocab_size=50).eval()
+    ids = torch.randint(50, (401,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, _ = model(ids[:-1].view(1, -1), model.initial_state(1))
+        expected = torch.nn.functional.cross_entropy(logits[0], ids[1:], reduction="sum").item()
+    nll, tokens = evaluate(model, ids, batch_size=1, num_steps=13)
+    assert tokens == 400
+    assert nll == pytest.approx(expected, rel=1e-5)
+
+
+def test_validation_protocol_uses_full_windows_only():
+    model = small_model(vocab_size=50)
+    ids = torch.arange(203) % 50  # batch 4: rows of 50, (50 - 1) // 5 = 9 windows of 4 x 5
+    _, tokens = evaluate(model, ids, batch_size=4, num_steps=5)
+    assert tokens == 9 * 4 * 5
+
+
+def test_perplexity_edge_cases():
+    assert perplexity(2 * math.log(3), 2) == pytest.approx(3.0)
+    assert perplexity(1e6, 1) == math.inf
+    assert math.isnan(perplexity(0.0, 0))
+
+
+def test_resolving_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="no run with a checkpoint"):
+        newest_run(tmp_path)
+    old, new = tmp_path / "a", tmp_path / "b"
+    for run in (old, new):
+        run.mkdir()
+    (old / "best.pt").write_bytes(b"x")
+    (new / "last.pt").write_bytes(b"x")
+    import os
+
+    os.utime(old / "best.pt", (1, 1))
+    assert resolve_checkpoint(None, tmp_path) == new / "last.pt"
+    (new / "best.pt").write_bytes(b"x")
+    assert resolve_checkpoint(new, tmp_path) == new / "best.pt"
+    assert resolve_checkpoint(old / "best.pt", tmp_path) == old / "best.pt"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a ptblm run directory"):
+        resolve_checkpoint(tmp_path / "empty", tmp_path)
+    with pytest.raises(CheckpointError, match="no such"):
+        resolve_checkpoint(tmp_path / "nope", tmp_path)
