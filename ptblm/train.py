@@ -246,6 +246,9 @@ class Trainer:
         }
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
+        # A process killed while saving leaves its temp file (never the checkpoint) behind.
+        for stale in self.run_dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.scaler and checkpoint.get("scaler"):

@@ -1,0 +1,201 @@
+"""Reliability of a run: kill -9 and resume, SIGINT / SIGTERM, edited or foreign run directories.
+
+Every run here is the real CLI in a subprocess, on a synthetic corpus, with dropout on so that
+the random generators matter for the bitwise comparisons.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from corpus import make_corpus
+from test_cli import assert_clean_failure, ptblm
+
+SETTINGS = [
+    "--set", "vocab_size=40", "--set", "hidden_size=16", "--set", "num_layers=2",
+    "--set", "keep_prob=0.5", "--set", "max_epoch=1", "--set", "max_max_epoch=3",
+    "--checkpoint-every", "7",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"), sentences=1500)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, corpus):
+    """The uninterrupted run every interrupted one must end equal to."""
+    runs = tmp_path_factory.mktemp("runs")
+    result = ptblm(
+        "train",
+        "-c",
+        "test",
+        *SETTINGS,
+        "--corpus",
+        corpus,
+        "--runs-dir",
+        runs,
+        "--name",
+        "straight",
+    )
+    assert result.returncode == 0, result.stderr
+    return runs / "straight"
+
+
+def start(corpus, runs, name, *extra):
+    command = [sys.executable, "-m", "ptblm", "train", "-c", "test", *SETTINGS, *extra]
+    command += ["--corpus", str(corpus), "--runs-dir", str(runs), "--name", name]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(process, path, after: float):
+    """Wait until the run has written `path` (last.pt: mid epoch 1; best.pt: epoch 1 done),
+    then `after` seconds more."""
+    deadline = time.monotonic() + 120
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(after)
+
+
+def assert_same_run(run, reference):
+    ours = torch.load(run / "last.pt", weights_only=True)
+    theirs = torch.load(reference / "last.pt", weights_only=True)
+    assert ours["global_step"] == theirs["global_step"]
+    assert ours["model"].keys() == theirs["model"].keys()
+    for name, tensor in theirs["model"].items():
+        assert torch.equal(ours["model"][name], tensor), f"{name} differs"  # bitwise
+    metrics = json.loads((run / "metrics.json").read_text())
+    expected = json.loads((reference / "metrics.json").read_text())
+    for key in (
+        "train_ppl",
+        "valid_ppl",
+        "test_ppl",
+        "best_valid_ppl",
+        "best_test_ppl",
+        "global_step",
+    ):
+        assert metrics[key] == expected[key], key
+    for ours_epoch, their_epoch in zip(metrics["history"], expected["history"], strict=True):
+        assert ours_epoch["train_ppl"] == their_epoch["train_ppl"]
+        assert ours_epoch["valid_ppl"] == their_epoch["valid_ppl"]
+
+
+@pytest.mark.parametrize(
+    "file, after", [("last.pt", 0.0), ("last.pt", 0.3), ("best.pt", 0.0), ("best.pt", 0.2)]
+)
+def test_kill_9_then_resume_ends_bitwise_equal(tmp_path, corpus, reference, file, after):
+    process = start(corpus, tmp_path, "killed")
+    wait_for(process, tmp_path / "killed" / file, after)
+    assert process.poll() is None, "the run ended before it could be killed: make it longer"
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert not torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["finished"]
+    result = ptblm("train", "--resume", tmp_path / "killed")
+    assert result.returncode == 0, result.stderr
+    assert "Resuming" in result.stdout
+    assert not [
+        p.name for p in (tmp_path / "killed").iterdir() if p.name.startswith(".")
+    ]  # no temp files
+    assert_same_run(tmp_path / "killed", reference)
+    # TensorBoard shows each step once: what the killed process logged after last.pt is purged.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "killed"))
+    events.Reload()
+    steps = [event.step for event in events.Scalars("train/loss")]
+    assert steps == sorted(set(steps))
+    reference_events = EventAccumulator(str(reference))
+    reference_events.Reload()
+    assert steps == [event.step for event in reference_events.Scalars("train/loss")]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_saves_last_pt_and_says_how_to_resume(tmp_path, corpus, reference, signum, code):
+    process = start(corpus, tmp_path, "stopped")
+    wait_for(process, tmp_path / "stopped" / "last.pt", 0.3)
+    assert process.poll() is None, "the run ended before the signal: make it longer"
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    assert "Traceback" not in stderr
+    assert f"ptblm train --resume {tmp_path / 'stopped'}" in stderr
+    checkpoint = torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)
+    assert not checkpoint["finished"]
+    result = ptblm("train", "--resume", tmp_path / "stopped")
+    assert result.returncode == 0, result.stderr
+    assert_same_run(tmp_path / "stopped", reference)
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, reference):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(reference, run)
+    before = (run / "last.pt").read_bytes()
+    result = ptblm("train", "--resume", run)
+    assert result.returncode == 0, result.stderr
+    assert (run / "last.pt").read_bytes() == before
+    assert_same_run(run, reference)
+
+
+def test_resume_refuses_an_edited_config(tmp_path, reference):
+    import shutil
+
+    run = tmp_path / "edited"
+    shutil.copytree(reference, run)
+    text = (run / "config.yaml").read_text().replace("hidden_size: 16", "hidden_size: 32")
+    (run / "config.yaml").write_text(text)
+    result = ptblm("train", "--resume", run)
+    assert_clean_failure(
+        result, 1, "does not match", "hidden_size: 32 in config.yaml, 16 in last.pt"
+    )
+    (run / "config.yaml").write_text("hidden_size: [")
+    assert_clean_failure(ptblm("train", "--resume", run), 1, "no longer loads")
+
+
+def test_resume_refuses_options_that_would_change_the_run(reference):
+    result = ptblm("train", "--resume", reference, "--set", "learning_rate=0.1")
+    assert_clean_failure(result, 2, "--resume continues a run with its own config")
+
+
+def test_resume_and_eval_refuse_another_vocabulary(tmp_path, reference):
+    other = make_corpus(tmp_path / "other", vocab_size=40, seed=1)
+    (other / "ptb.train.txt").write_text((other / "ptb.train.txt").read_text() + " extra\n")
+    result = ptblm("train", "--resume", reference, "--corpus", other)
+    assert_clean_failure(result, 1, "another vocabulary")
+    result = ptblm("eval", reference, "--corpus", other)
+    assert_clean_failure(result, 1, "another vocabulary")
+
+
+def test_eval_of_a_garbage_checkpoint_fails_cleanly(tmp_path, corpus):
+    (tmp_path / "best.pt").write_bytes(os.urandom(1000))
+    result = ptblm("eval", tmp_path / "best.pt", "--corpus", corpus)
+    assert_clean_failure(result, 1, "not a readable ptblm checkpoint")
+
+
+def test_divergence_exits_1_and_keeps_the_last_good_checkpoint(tmp_path, corpus):
+    result = ptblm(
+        "train", "-c", "test", *SETTINGS, "--set", "learning_rate=1e30",
+        "--corpus", corpus, "--runs-dir", tmp_path, "--name", "diverged",
+    )  # fmt: skip
+    assert_clean_failure(
+        result, 1, "diverged at step", "learning rate 1e+30", "Lower learning_rate"
+    )
+    if (tmp_path / "diverged" / "last.pt").exists():
+        checkpoint = torch.load(tmp_path / "diverged" / "last.pt", weights_only=True)
+        assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+
+
+def test_an_unwritable_data_dir_fails_cleanly(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = ptblm("download", "--data-dir", blocker)
+    assert_clean_failure(result, 1, "cannot create the data directory", "--data-dir")
