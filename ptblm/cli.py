@@ -155,48 +155,84 @@ def train(
                 "--resume continues a run with its own config and limits: drop --config, --set, "
                 "--seed, --precision, --checkpoint-every, --max-steps and --name."
             )
-        trainer = _resume_trainer(resume, data_dir, corpus, device, not quiet)
-    else:
-        if config is None:
-            raise ConfigError(
-                "say which config to train: --config small (or medium, large, test, or a YAML path)."
-            )
-        trainer = _new_trainer(
-            config, overrides, data_dir, corpus, runs_dir, name, device, max_steps, not quiet
+    elif config is None:
+        raise ConfigError(
+            "say which config to train: --config small (or medium, large, test, or a YAML path)."
         )
-    from ptblm.train import format_summary
+    from ptblm.train import format_summary, init_distributed
 
-    metrics = trainer.run()
-    typer.echo(format_summary(metrics, trainer.run_dir))
+    # Under torchrun this joins the job; otherwise it is rank 0 of 1.
+    dist, torch_device = init_distributed(device)
+    try:
+        if resume is not None:
+            trainer = _resume_trainer(resume, data_dir, corpus, torch_device, dist, not quiet)
+        else:
+            trainer = _new_trainer(
+                config,
+                overrides,
+                data_dir,
+                corpus,
+                runs_dir,
+                name,
+                torch_device,
+                dist,
+                max_steps,
+                not quiet,
+            )
+        metrics = trainer.run()
+    finally:
+        if dist.enabled:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    if metrics is not None:
+        typer.echo(format_summary(metrics, trainer.run_dir))
+
+
+def _load_corpus(data_dir, corpus_dir, dist, progress):
+    """Every rank loads the corpus; rank 0 downloads it first, the others wait for it."""
+    from ptblm.data import download_ptb, load_corpus
+
+    if dist.enabled:
+        import torch.distributed
+
+        if dist.is_main and corpus_dir is None:
+            download_ptb(data_dir, progress=progress)
+        torch.distributed.barrier()
+    return load_corpus(data_dir, corpus_dir, progress=progress)
 
 
 def _new_trainer(
-    config_name, overrides, data_dir, corpus_dir, runs_dir, name, device, max_steps, progress
+    config_name, overrides, data_dir, corpus_dir, runs_dir, name, device, dist, max_steps, progress
 ):
-    from ptblm.data import load_corpus
-    from ptblm.train import Trainer, command_line, resolve_device
+    from ptblm.train import Trainer, command_line
 
     config = load_config(config_name, overrides)
-    torch_device = resolve_device(device)
     label = resolve_config_path(config_name).stem
-    corpus = load_corpus(data_dir, corpus_dir, progress=progress)
-    run_dir = Path(runs_dir) / (name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}")
+    corpus = _load_corpus(data_dir, corpus_dir, dist, progress)
+    name = name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if dist.enabled:  # the ranks' clocks may straddle a second: rank 0 names the run
+        import torch.distributed
+
+        names = [name]
+        torch.distributed.broadcast_object_list(names, src=0)
+        name = names[0]
     return Trainer(
         config,
         corpus,
-        run_dir,
-        torch_device,
+        Path(runs_dir) / name,
+        device,
         max_steps=max_steps,
         command=command_line(),
         config_name=label,
         progress=progress,
+        dist=dist,
     )
 
 
-def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, progress):
+def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, progress):
     from ptblm.checkpoint import checkpoint_config, load_checkpoint
-    from ptblm.data import load_corpus
-    from ptblm.train import Trainer, command_line, resolve_device
+    from ptblm.train import Trainer, command_line
 
     config_file, last = run_dir / "config.yaml", run_dir / "last.pt"
     if not run_dir.is_dir() or not config_file.is_file() or not last.is_file():
@@ -223,7 +259,7 @@ def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, progress):
         )
     if corpus_dir is None and checkpoint.get("corpus_dir"):
         corpus_dir = Path(checkpoint["corpus_dir"])
-    corpus = load_corpus(data_dir, corpus_dir, progress=progress)
+    corpus = _load_corpus(data_dir, corpus_dir, dist, progress)
     if corpus.vocab != {word: index for index, word in enumerate(checkpoint["vocab"])}:
         raise CheckpointError(
             f"{last} was trained on another vocabulary than {corpus.folder}; resume it with the "
@@ -233,14 +269,15 @@ def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, progress):
         saved,
         corpus,
         run_dir,
-        resolve_device(device),
+        device,
         max_steps=checkpoint["max_steps"],
         command=command_line(),
         config_name=checkpoint.get("config_name"),
         progress=progress,
         resume=checkpoint,
+        dist=dist,
     )
-    if progress:
+    if progress and dist.is_main:
         typer.echo(
             f"Resuming {run_dir} at step {checkpoint['global_step']} "
             f"(epoch {checkpoint['epoch'] + 1}, window {checkpoint['window']})."

@@ -46,7 +46,14 @@ from ptblm.checkpoint import (
 )
 from ptblm.config import Config, config_to_yaml
 from ptblm.data import Corpus, batchify, num_windows, windows
-from ptblm.errors import ConfigError, DataError, DivergenceError, Interrupted
+from ptblm.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DivergenceError,
+    Interrupted,
+    PtblmError,
+)
 from ptblm.evaluate import TEST_BATCH_SIZE, TEST_NUM_STEPS, evaluate, perplexity
 from ptblm.model import LSTMLanguageModel, detach_state, window_loss
 
@@ -100,6 +107,68 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank if `flag` is True on any rank (one tiny all-reduce)."""
+        if not self.enabled:
+            return flag
+        tensor = torch.tensor([float(flag)], device=device)
+        torch.distributed.all_reduce(tensor)
+        return tensor.item() > 0
+
+    def sum(self, values: list[float], device: torch.device) -> list[float]:
+        if not self.enabled:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(tensor)
+        return tensor.tolist()
+
+    def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate every rank's tensor along dim 1 (the batch rows of an LSTM state)."""
+        if not self.enabled:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=1)
+
+    def gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        if not self.enabled:
+            return [tensor]
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, tensor)
+        return parts
+
+
+def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
+    """Join the torchrun job described by the environment (RANK, WORLD_SIZE, LOCAL_RANK, ...),
+    if any: NCCL between GPUs, gloo between CPU processes. Each rank gets its own GPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if world_size == 1:
+        return Distributed(), device
+    rank = int(os.environ["RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank, world_size), device
 
 
 @dataclass
@@ -162,13 +231,21 @@ class Trainer:
         config_name: str | None = None,
         progress: bool = True,
         resume: dict[str, Any] | None = None,
+        dist: Distributed = Distributed(),
     ):
         self.config = config
+        self.dist = dist
         self.corpus = corpus
         self.run_dir = Path(run_dir)
         self.device = device
         self.max_steps = max_steps
-        self.progress = progress
+        self.progress = progress and dist.is_main
+        if config.batch_size % dist.world_size:
+            raise ConfigError(
+                f"batch_size {config.batch_size} does not divide by the {dist.world_size} "
+                f"processes: each trains an equal share of the rows. Use --set batch_size=N with N "
+                f"a multiple of {dist.world_size}, or another --nproc_per_node."
+            )
         if len(corpus.vocab) != config.vocab_size:
             raise DataError(
                 f"the training split of {corpus.folder} has {len(corpus.vocab)} distinct words but "
@@ -184,8 +261,19 @@ class Trainer:
         self.model = LSTMLanguageModel.from_config(config).to(device)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(self.parameters, lr=config.learning_rate)
+        # Each rank trains a contiguous share of the batch's rows; DDP averages the gradients of
+        # the equal shares, which is the gradient of the whole batch's mean loss.
+        rows = config.batch_size // dist.world_size
+        self.rows = (dist.rank * rows, (dist.rank + 1) * rows)
+        self.forward = self.model
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            torch.manual_seed(config.seed + dist.rank)  # own dropout masks for own rows
+            self.forward = DistributedDataParallel(self.model)
         # Moved to the device once; windows are views cut from it, no per-window copy.
-        self.train_data = batchify(corpus.train, config.batch_size).to(device)
+        data = batchify(corpus.train, config.batch_size)
+        self.train_data = data[self.rows[0] : self.rows[1]].to(device)
         self.windows_per_epoch = num_windows(self.train_data.size(1), config.num_steps)
         if self.windows_per_epoch < 1:
             raise DataError(
@@ -199,7 +287,14 @@ class Trainer:
         if resume is not None:
             self._restore(resume)
         else:
-            self._create_run_dir()
+            failure = None
+            if dist.is_main:
+                try:
+                    self._create_run_dir()
+                except PtblmError as error:
+                    failure = error
+            if dist.any(failure is not None, device):  # no rank trains on alone
+                raise failure or PtblmError("rank 0 could not create the run directory.")
 
     # --- run directory and checkpoints ---------------------------------------------------
 
@@ -229,6 +324,11 @@ class Trainer:
             ) from None
 
     def _checkpoint(self) -> dict[str, Any]:
+        """The checkpoint dict (a collective under torchrun: every rank must call it)."""
+        state = None
+        if self.state is not None:
+            state = [self.dist.gather_rows(t).cpu() for t in self.state]
+        rank_rngs = [t.cpu() for t in self.dist.gather(torch.get_rng_state().to(self.device))]
         return {
             **dataclasses.asdict(self.position),
             "format": CHECKPOINT_FORMAT,
@@ -239,16 +339,19 @@ class Trainer:
             "config_name": self.config_name,
             "vocab": vocab_list(self.corpus.vocab),
             "corpus_dir": str(self.corpus.folder) if self.corpus.custom else None,
-            "state": None if self.state is None else [t.cpu() for t in self.state],
+            "state": state,
             "max_steps": self.max_steps,
             "rng": rng_state(),
+            "world_size": self.dist.world_size,
+            "rank_rngs": rank_rngs,  # each rank's torch generator (dropout masks)
             "versions": {"ptblm": __version__, "torch": str(torch.__version__)},
         }
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         # A process killed while saving leaves its temp file (never the checkpoint) behind.
-        for stale in self.run_dir.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+        if self.dist.is_main:
+            for stale in self.run_dir.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.scaler and checkpoint.get("scaler"):
@@ -256,12 +359,22 @@ class Trainer:
         self.position = Position(
             **{f.name: checkpoint[f.name] for f in dataclasses.fields(Position)}
         )
+        if checkpoint.get("world_size", 1) != self.dist.world_size:
+            raise CheckpointError(
+                f"this run was trained by {checkpoint.get('world_size', 1)} process(es); resume it "
+                f"with as many (torchrun --nproc_per_node), so that it continues exactly."
+            )
         if checkpoint["state"] is not None:
-            self.state = tuple(t.to(self.device) for t in checkpoint["state"])
+            first, last = self.rows
+            self.state = tuple(t[:, first:last].to(self.device) for t in checkpoint["state"])
         set_rng_state(checkpoint["rng"])
+        if self.dist.enabled:
+            torch.set_rng_state(checkpoint["rank_rngs"][self.dist.rank])
 
     def save(self, name: str) -> None:
-        save_checkpoint(self.run_dir / name, self._checkpoint())
+        checkpoint = self._checkpoint()
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir / name, checkpoint)
 
     # --- output ----------------------------------------------------------------------------
 
@@ -274,7 +387,7 @@ class Trainer:
     def train_window(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         """One SGD step on one window; returns (the window's mean per-token NLL, grad norm)."""
         with self.autocast:
-            logits, state = self.model(x, self.state)
+            logits, state = self.forward(x, self.state)
             loss = window_loss(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler:
@@ -286,7 +399,9 @@ class Trainer:
         # One host sync a window: the divergence guard must stop before a NaN reaches the weights.
         # Clipping keeps a huge learning rate from ever producing a NaN (the LSTM's gates saturate),
         # so a loss far beyond the untrained model's log(vocab) per token counts as divergence too.
-        mean_nll, norm = loss.item() / y.size(1), grad_norm.item()
+        # Under torchrun every rank sees the same (global) loss, so all take the same decision.
+        mean_nll = self.dist.sum([loss.item()], self.device)[0] / self.dist.world_size / y.size(1)
+        norm = grad_norm.item()
         finite = math.isfinite(mean_nll) and math.isfinite(norm)
         if not finite and self.scaler:
             pass  # fp16 overflow: the GradScaler skips this step and lowers its scale
@@ -314,10 +429,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if position.window == 0:
-            self.state = self.model.initial_state(config.batch_size, self.device)
+            self.state = self.model.initial_state(self.train_data.size(0), self.device)
             position.train_nll, position.train_tokens = 0.0, 0
         self.model.train()
-        tokens_per_window = config.batch_size * config.num_steps
+        tokens_per_window = config.batch_size * config.num_steps  # all ranks together
         log_every = max(1, self.windows_per_epoch // LOGS_PER_EPOCH)
         logged_nll, logged_tokens, norm_sum = position.train_nll, position.train_tokens, 0.0
         interval_start = time.perf_counter()
@@ -345,7 +460,8 @@ class Trainer:
                 position.train_tokens += tokens_per_window
                 bar.update()
                 reached_max = self.max_steps is not None and position.global_step >= self.max_steps
-                stopped = stop() or reached_max
+                interrupted = self.stopping(stop)
+                stopped = interrupted or reached_max
                 at_log = (
                     position.window % log_every == 0
                     or position.window == self.windows_per_epoch
@@ -386,7 +502,7 @@ class Trainer:
                         0.0,
                     )
                     interval_start = time.perf_counter()
-                if at_checkpoint or stop():
+                if at_checkpoint or interrupted:
                     self.save("last.pt")
                 if stopped:
                     break
@@ -395,6 +511,7 @@ class Trainer:
     # --- the whole run -----------------------------------------------------------------------
 
     def validate(self, stop: StopOnSignal) -> float:
+        """Training batch_size and num_steps, dropout off; each rank evaluates its own rows."""
         config = self.config
         nll, tokens = evaluate(
             self.model,
@@ -402,15 +519,22 @@ class Trainer:
             config.batch_size,
             config.num_steps,
             partial=False,
+            row_range=self.rows,
             should_stop=stop,
         )
-        return perplexity(nll, tokens)
+        return perplexity(*self.dist.sum([nll, tokens], self.device))
 
     def test(self, model: LSTMLanguageModel, stop: StopOnSignal) -> float:
         """The table's protocol: batch_size 1 over the whole test stream."""
         return perplexity(
             *evaluate(model, self.corpus.test, TEST_BATCH_SIZE, TEST_NUM_STEPS, should_stop=stop)
         )
+
+    def stopping(self, stop: StopOnSignal) -> bool:
+        """Has this process, or under torchrun any rank, been asked to stop? Same answer on all."""
+        if self.dist.any(stop(), self.device) and not stop():
+            stop.received = signal.SIGTERM  # another rank was signalled: stop together
+        return stop()
 
     def interrupted(self, stop: StopOnSignal) -> Interrupted:
         name = signal.Signals(stop.received).name
@@ -421,18 +545,25 @@ class Trainer:
             StopOnSignal.EXIT_CODES[stop.received],
         )
 
-    def run(self) -> dict[str, Any]:
-        """Train to the end (or max_steps), test, write metrics.json; return the metrics."""
+    def run(self) -> dict[str, Any] | None:
+        """Train to the end (or max_steps), test, write metrics.json; return the metrics
+        (None on ranks other than 0, which only train)."""
         from torch.utils.tensorboard import SummaryWriter
 
         config, position = self.config, self.position
+        metrics_file = self.run_dir / "metrics.json"
+        if position.finished and metrics_file.exists():
+            self.say(f"{self.run_dir} has finished already.")
+            return json.loads(metrics_file.read_text())
         resumed = position.global_step > 0 or position.history
         process_start = time.perf_counter()
         wall_before = position.wall_seconds
-        # On resume, TensorBoard drops whatever the killed process logged after the checkpoint.
-        writer = SummaryWriter(
-            str(self.run_dir), purge_step=position.global_step + 1 if resumed else None
-        )
+        if self.dist.is_main:
+            # On resume, TensorBoard drops what the killed process logged after the checkpoint.
+            purge_step = position.global_step + 1 if resumed else None
+            writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
+        else:
+            writer = NullWriter()
         if not resumed:
             writer.add_text("config", "    " + config_to_yaml(self.config).replace("\n", "\n    "))
         with writer, StopOnSignal() as stop:
@@ -449,7 +580,8 @@ class Trainer:
                 if stop():
                     raise self.interrupted(stop)
                 valid_ppl = self.validate(stop)
-                if stop():
+                if self.stopping(stop):
+                    self.save("last.pt")  # the epoch's training is kept; validation reruns
                     raise self.interrupted(stop)
                 train_ppl = perplexity(position.train_nll, position.train_tokens)
                 seconds = position.train_seconds - seconds_before
@@ -482,6 +614,8 @@ class Trainer:
                 self.save("last.pt")
             if not position.history:
                 raise DataError("no training window ran (max_steps is 0?); nothing to test.")
+            if not self.dist.is_main:
+                return None  # rank 0 tests and writes the results
 
             self.say("Testing (batch size 1, the whole test stream)...")
             test_ppl = self.test(self.model, stop)
@@ -503,7 +637,7 @@ class Trainer:
             )
             write_hparams(writer, config, metrics)
         atomic_write(
-            self.run_dir / "metrics.json",
+            metrics_file,
             lambda file: file.write(json.dumps(metrics, indent=2).encode() + b"\n"),
         )
         return metrics
@@ -525,6 +659,7 @@ class Trainer:
             else None,
             "wall_seconds": wall_seconds,
             "device": device_description(self.device),
+            "world_size": self.dist.world_size,
             "precision": self.config.precision,
             "versions": {
                 "ptblm": __version__,
@@ -535,6 +670,22 @@ class Trainer:
             "published": PUBLISHED.get(self.config_name),
             "history": position.history,
         }
+
+
+class NullWriter:
+    """Stands in for the SummaryWriter on ranks other than 0: only rank 0 logs."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def add_text(self, *args, **kwargs):
+        pass
 
 
 def write_hparams(writer, config: Config, metrics: dict[str, Any]) -> None:
