@@ -205,9 +205,10 @@ def _load_corpus(data_dir, corpus_dir, dist, progress):
 def _new_trainer(
     config_name, overrides, data_dir, corpus_dir, runs_dir, name, device, dist, max_steps, progress
 ):
-    from ptblm.train import Trainer, command_line
+    from ptblm.train import Trainer, check_precision, command_line
 
     config = load_config(config_name, overrides)
+    check_precision(config.precision, device)  # before any download
     label = resolve_config_path(config_name).stem
     corpus = _load_corpus(data_dir, corpus_dir, dist, progress)
     name = name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"

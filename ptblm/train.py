@@ -89,12 +89,17 @@ def autocast_context(precision: str, device: torch.device):
     On CUDA, autocast runs cuDNN LSTMs in fp16 whatever dtype is asked for, so both bf16 and
     fp16 there use a GradScaler (see make_scaler). On CPU only bf16 is supported.
     """
+    check_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
-    if device.type == "cpu" and precision == "fp16":
-        raise ConfigError("precision fp16 needs a CUDA device; on the CPU use bf16 (or fp32).")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a combination that would otherwise fall back silently."""
+    if device.type == "cpu" and precision == "fp16":
+        raise ConfigError("precision fp16 needs a CUDA device; on the CPU use bf16 (or fp32).")
 
 
 def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
@@ -191,12 +196,17 @@ class Position:
 
 class StopOnSignal:
     """First SIGINT/SIGTERM: ask the loop to stop after the current window (it saves last.pt).
-    A second SIGINT: leave at once; every file is written atomically, so nothing is corrupted."""
+    A second SIGINT: leave at once; every file is written atomically, so nothing is corrupted.
+
+    Under torchrun a Ctrl-C reaches each worker twice within milliseconds (from the terminal and
+    forwarded by torchrun), so there `exit_on_second` is off: torchrun itself escalates to
+    SIGKILL if the workers do not stop in time."""
 
     EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
-    def __init__(self):
+    def __init__(self, exit_on_second: bool = True):
         self.received: int | None = None
+        self.exit_on_second = exit_on_second
         self._previous = {}
 
     def __enter__(self):
@@ -209,9 +219,10 @@ class StopOnSignal:
             signal.signal(signum, handler)
 
     def _handle(self, signum, frame):
-        if self.received is not None:
+        if self.received is None:
+            self.received = signum
+        elif signum == signal.SIGINT and self.exit_on_second:
             os._exit(self.EXIT_CODES[signum])
-        self.received = signum
 
     def __call__(self) -> bool:
         return self.received is not None
@@ -566,7 +577,7 @@ class Trainer:
             writer = NullWriter()
         if not resumed:
             writer.add_text("config", "    " + config_to_yaml(self.config).replace("\n", "\n    "))
-        with writer, StopOnSignal() as stop:
+        with writer, StopOnSignal(exit_on_second=not self.dist.enabled) as stop:
             while not position.finished:
                 if position.epoch >= config.max_max_epoch or (
                     self.max_steps is not None

@@ -79,6 +79,8 @@ def test_config_show_prints_the_resolved_config_with_overrides(tmp_path):
         (None, ["--config", "small", "--set", "colour=red"], ["unknown key 'colour'"]),
         (None, ["--config", "small", "--precision", "fp64"], ["'precision'", "bf16"]),
         (None, [], ["say which config"]),
+        (None, ["--config", "small", "--precision", "fp16", "--device", "cpu"], ["fp16 needs a CUDA"]),
+        (None, ["--config", "small", "--device", "tpu"], ["unknown device"]),
     ],
     ids=[
         "unknown-name",
@@ -89,6 +91,8 @@ def test_config_show_prints_the_resolved_config_with_overrides(tmp_path):
         "unknown-set",
         "bad-precision",
         "no-config",
+        "fp16-on-cpu",
+        "bad-device",
     ],
 )
 def test_bad_configs_are_refused_with_exit_2(tmp_path, yaml_text, args, fragments):

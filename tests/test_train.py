@@ -166,3 +166,29 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(corpus, tmp
     assert all(torch.isfinite(t).all() for t in last["model"].values())
     diverged_at = int(message.split("at step ")[1].split()[0])
     assert last["global_step"] == diverged_at - 1
+
+
+def test_bf16_autocast_keeps_weights_state_and_checkpoints_fp32(corpus, tmp_path):
+    trainer = make_trainer(corpus, tmp_path / "run", "precision=bf16", max_steps=5)
+    fp32 = make_trainer(corpus, tmp_path / "fp32", max_steps=5)
+    metrics = trainer.run()
+    fp32_metrics = fp32.run()
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert all(s.dtype == torch.float32 for s in trainer.state)
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert all(t.dtype == torch.float32 for t in saved["model"].values())
+    # Lower precision, so not the same numbers, but the same training.
+    assert metrics["train_ppl"] != fp32_metrics["train_ppl"]
+    assert metrics["train_ppl"] == pytest.approx(fp32_metrics["train_ppl"], rel=0.05)
+
+
+def test_fp16_and_cuda_are_refused_on_a_cpu(corpus, tmp_path):
+    from ptblm.errors import ConfigError
+    from ptblm.train import resolve_device
+
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        make_trainer(corpus, tmp_path / "run", "precision=fp16")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")
