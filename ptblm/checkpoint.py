@@ -1,20 +1,20 @@
 """Checkpoints: plain dicts of tensors and plain data, written atomically, read with weights_only.
 
 A checkpoint (best.pt, last.pt) holds:
-    format        CHECKPOINT_FORMAT
-    model         the model's state dict
-    optimizer     the optimizer's state dict
-    config        the Config as a dict
-    vocab         the words in id order (list of str)
-    epoch         0-based epoch of the next window to train
-    window        index in that epoch of the next window to train (0: at an epoch boundary)
-    global_step   training windows done so far
-    state         the carried LSTM (h, c) for the next window (None at an epoch boundary)
-    train_nll, train_tokens   the epoch's training loss so far, to report its perplexity exactly
-    best_valid_ppl, history   the lowest validation perplexity so far, and per-epoch metrics
-    rng           torch / cuda / numpy / python random states, as tensors and plain data
-    max_steps     the run's --max-steps limit (None for none)
-    scaler        the fp16 GradScaler's state (None otherwise)
+    format              CHECKPOINT_FORMAT
+    model, optimizer    state dicts; scaler: the fp16 GradScaler's state dict (None otherwise)
+    config, config_name the Config as a dict, and the name it was started with
+    vocab               the words in id order; corpus_dir: a --corpus directory (None for PTB)
+    state               the carried LSTM (h, c) of all batch rows for the next window (None at an
+                        epoch boundary)
+    max_steps           the run's --max-steps limit (None for none)
+    world_size          the number of torchrun processes that trained it
+    rng                 torch / cuda / numpy / python random states, as tensors and plain data
+    rank_rngs           every rank's torch (and cuda) generator state: the dropout masks
+    versions            ptblm and torch versions that wrote it
+and the fields of ptblm.train.Position: epoch and window (of the next window to train),
+global_step, the epoch's training loss so far, the logging interval, best_valid_ppl, best_step,
+history, finished, train_seconds, timed_tokens, wall_seconds.
 
 No pickled objects: `torch.load(weights_only=True)` reads it, and a file carrying a pickle
 payload is refused instead of executed.
@@ -77,7 +77,7 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     """Write a checkpoint atomically; CheckpointError (old file intact) if the disk refuses."""
     try:
         atomic_write(path, lambda file: torch.save(checkpoint, file))
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # torch's zip writer reports ENOSPC as RuntimeError
         raise CheckpointError(
             f"could not write {path} ({error.strerror or error}); the previous checkpoint there, "
             f"if any, is intact. Free some space or choose another --runs-dir, then resume."
@@ -102,7 +102,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
         raise CheckpointError(f"{path} is a torch file but not a ptblm checkpoint (keys missing).")
-    if checkpoint["format"] != CHECKPOINT_FORMAT:
+    if not isinstance(checkpoint["format"], int) or checkpoint["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} has checkpoint format {checkpoint['format']!r}; this ptblm reads format "
             f"{CHECKPOINT_FORMAT}."
@@ -111,6 +111,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     vocab = checkpoint["vocab"]
     if (
         not isinstance(vocab, list)
+        or not all(isinstance(word, str) for word in vocab)
         or len(vocab) != config.vocab_size
         or len(set(vocab)) != len(vocab)
     ):
@@ -142,6 +143,11 @@ def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> Config:
 def vocab_list(vocab: dict[str, int]) -> list[str]:
     """word -> id mapping as the list of words in id order (plain data for the checkpoint)."""
     return sorted(vocab, key=vocab.__getitem__)
+
+
+def vocab_dict(words: list[str]) -> dict[str, int]:
+    """The checkpoint's word list back to the word -> id mapping."""
+    return {word: index for index, word in enumerate(words)}
 
 
 def rng_state() -> dict[str, Any]:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import typer
 
 from ptblm import __version__
 from ptblm.config import config_to_yaml, load_config, resolve_config_path, shipped_configs
-from ptblm.errors import CheckpointError, ConfigError, PtblmError
+from ptblm.errors import CheckpointError, ConfigError, Interrupted, PtblmError
 
 app = typer.Typer(
     name="ptblm",
@@ -120,7 +121,7 @@ def train(
         int | None,
         typer.Option(
             "--max-steps",
-            min=0,
+            min=1,
             help="Stop after N training windows, then validate, test and save.",
         ),
     ] = None,
@@ -159,10 +160,11 @@ def train(
         raise ConfigError(
             "say which config to train: --config small (or medium, large, test, or a YAML path)."
         )
-    from ptblm.train import format_summary, init_distributed
+    from ptblm.distributed import init_distributed, shutdown
+    from ptblm.train import format_summary, resolve_device
 
     # Under torchrun this joins the job; otherwise it is rank 0 of 1.
-    dist, torch_device = init_distributed(device)
+    dist, torch_device = init_distributed(resolve_device(device))
     try:
         if resume is not None:
             trainer = _resume_trainer(resume, data_dir, corpus, torch_device, dist, not quiet)
@@ -181,10 +183,7 @@ def train(
             )
         metrics = trainer.run()
     finally:
-        if dist.enabled:
-            import torch.distributed
-
-            torch.distributed.destroy_process_group()
+        shutdown(dist)
     if metrics is not None:
         typer.echo(format_summary(metrics, trainer.run_dir))
 
@@ -194,11 +193,9 @@ def _load_corpus(data_dir, corpus_dir, dist, progress):
     from ptblm.data import download_ptb, load_corpus
 
     if dist.enabled:
-        import torch.distributed
-
         if dist.is_main and corpus_dir is None:
             download_ptb(data_dir, progress=progress)
-        torch.distributed.barrier()
+        dist.barrier()
     return load_corpus(data_dir, corpus_dir, progress=progress)
 
 
@@ -211,13 +208,8 @@ def _new_trainer(
     check_precision(config.precision, device)  # before any download
     label = resolve_config_path(config_name).stem
     corpus = _load_corpus(data_dir, corpus_dir, dist, progress)
-    name = name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if dist.enabled:  # the ranks' clocks may straddle a second: rank 0 names the run
-        import torch.distributed
-
-        names = [name]
-        torch.distributed.broadcast_object_list(names, src=0)
-        name = names[0]
+    # The ranks' clocks may straddle a second: rank 0 names the run.
+    name = dist.broadcast(name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}")
     return Trainer(
         config,
         corpus,
@@ -232,7 +224,7 @@ def _new_trainer(
 
 
 def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, progress):
-    from ptblm.checkpoint import checkpoint_config, load_checkpoint
+    from ptblm.checkpoint import checkpoint_config, load_checkpoint, vocab_dict
     from ptblm.train import Trainer, command_line
 
     config_file, last = run_dir / "config.yaml", run_dir / "last.pt"
@@ -261,7 +253,7 @@ def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, progress)
     if corpus_dir is None and checkpoint.get("corpus_dir"):
         corpus_dir = Path(checkpoint["corpus_dir"])
     corpus = _load_corpus(data_dir, corpus_dir, dist, progress)
-    if corpus.vocab != {word: index for index, word in enumerate(checkpoint["vocab"])}:
+    if corpus.vocab != vocab_dict(checkpoint["vocab"]):
         raise CheckpointError(
             f"{last} was trained on another vocabulary than {corpus.folder}; resume it with the "
             f"corpus it was trained on (--corpus DIR or --data-dir DIR)."
@@ -345,11 +337,12 @@ def main() -> None:
     try:
         app(prog_name="ptblm")
     except PtblmError as error:
-        print(
-            f"error: {error}" if error.exit_code != 130 and error.exit_code != 143 else str(error),
-            file=sys.stderr,
-        )
+        rank = int(os.environ.get("RANK", "0"))
+        if isinstance(error, Interrupted):
+            if rank == 0:
+                print(error, file=sys.stderr)
+        elif rank == 0:
+            print(f"error: {error}", file=sys.stderr)
+        elif not isinstance(error, ConfigError):  # every rank finds the same config errors
+            print(f"error (rank {rank}): {error}", file=sys.stderr)
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted.", file=sys.stderr)
-        sys.exit(130)

@@ -57,6 +57,7 @@ class Config:
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 REQUIRED = [name for name, f in FIELDS.items() if f.default is dataclasses.MISSING]
+TUTORIAL_FIELDS = tuple(REQUIRED)  # the twelve fields of the tutorial's configs
 
 
 def _field_type(name: str) -> type:
@@ -67,12 +68,13 @@ def _field_type(name: str) -> type:
 def shipped_configs() -> dict[str, Path]:
     """Names of the YAML files in configs/, to paths.
 
-    In a source checkout (editable install, or running from the repository) that is the top-level
-    configs/ folder; a wheel installs the same files as the data package ptblm.configs.
+    The top-level configs/ folder is installed as the data package ptblm.configs; when the
+    package is imported from a checkout that was not installed, the folder is read directly.
     """
-    folder = Path(__file__).resolve().parent.parent / "configs"
-    if not folder.is_dir():
+    try:
         folder = Path(str(resources.files("ptblm.configs")))
+    except ModuleNotFoundError:
+        folder = Path(__file__).resolve().parent.parent / "configs"
     return {path.stem: path for path in sorted(folder.glob("*.yaml"))}
 
 

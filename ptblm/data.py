@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import http.client
 import os
 import tempfile
 import time
@@ -93,6 +94,8 @@ def _fetch(url: str, target: Path, expected_sha256: str, progress: bool) -> None
                         out.write(block)
                         digest.update(block)
                         bar.update(len(block))
+                if total and out.tell() != int(total):  # the connection dropped: try again
+                    raise OSError(f"connection closed after {out.tell()} of {total} bytes")
                 out.flush()
                 os.fsync(out.fileno())
             if digest.hexdigest() != expected_sha256:
@@ -107,7 +110,7 @@ def _fetch(url: str, target: Path, expected_sha256: str, progress: bool) -> None
             last_error = f"HTTP {error.code} {error.reason}"
             if 400 <= error.code < 500 and error.code != 429:
                 break  # a missing file stays missing
-        except (urllib.error.URLError, OSError, ValueError) as error:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
             reason = getattr(error, "reason", None) or error
             last_error = str(reason)
         finally:
@@ -130,6 +133,8 @@ def download_ptb(data_dir: str | os.PathLike = "data", progress: bool = True) ->
             f"Choose a writable one with --data-dir DIR."
         ) from None
     base = os.environ.get(URL_ENV, "").strip() or DEFAULT_URL
+    for stale in folder.glob(".ptb.*.part"):  # left by a download killed with -9
+        stale.unlink(missing_ok=True)
     for name, expected in SHA256.items():
         path = folder / name
         if path.exists():

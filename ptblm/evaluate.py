@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from ptblm.checkpoint import checkpoint_config, load_checkpoint
+from ptblm.checkpoint import checkpoint_config, load_checkpoint, vocab_dict
 from ptblm.data import batchify, load_corpus, windows
 from ptblm.errors import CheckpointError, DataError
-from ptblm.model import LSTMLanguageModel
+from ptblm.model import LSTMLanguageModel, configure_tf32
 
 TEST_BATCH_SIZE = 1
 TEST_NUM_STEPS = 500  # any length gives the same number with batch_size 1; longer is faster
@@ -125,20 +125,26 @@ def evaluate_checkpoint(
     device: torch.device | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Load a checkpoint and return its perplexity on a split, as a JSON-ready dict."""
+    """Load a checkpoint and return its perplexity on a split, as a JSON-ready dict.
+
+    A checkpoint trained on a --corpus directory is evaluated on that directory by default.
+    """
     checkpoint = load_checkpoint(path)
-    model = model_from_checkpoint(checkpoint, path).to(device or "cpu")
-    vocab = {word: index for index, word in enumerate(checkpoint["vocab"])}
+    config = checkpoint_config(checkpoint, path)
+    device = device or torch.device("cpu")
+    if device.type == "cuda":
+        configure_tf32(config.allow_tf32)  # compute exactly as the trainer did
+    model = model_from_checkpoint(checkpoint, path).to(device)
+    if corpus_dir is None and checkpoint.get("corpus_dir"):
+        corpus_dir = Path(checkpoint["corpus_dir"])
     corpus = load_corpus(data_dir, corpus_dir, progress=progress)
-    if corpus.vocab != vocab:
+    if corpus.vocab != vocab_dict(checkpoint["vocab"]):
         raise DataError(
             f"{path} was trained with another vocabulary than the corpus in {corpus.folder}: "
             f"evaluate it on the corpus it was trained on (--corpus DIR or --data-dir DIR)."
         )
     if num_steps is None:
-        num_steps = (
-            TEST_NUM_STEPS if batch_size == 1 else checkpoint_config(checkpoint, path).num_steps
-        )
+        num_steps = TEST_NUM_STEPS if batch_size == 1 else config.num_steps
     started = time.perf_counter()
     nll, tokens = evaluate(model, corpus.split(split), batch_size, num_steps)
     return {

@@ -81,6 +81,16 @@ class LSTMLanguageModel(nn.Module):
         return self.decoder(self.dropout(output)), state
 
 
+def configure_tf32(allow_tf32: bool) -> None:
+    """TF32 matrix products on CUDA (Ampere and newer) for training and evaluation alike.
+
+    PyTorch lets cuDNN use TF32 by default; the faithful setting is off for both, so that
+    `ptblm eval` computes exactly what the trainer did.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+
+
 def detach_state(state: State) -> State:
     """Cut the graph at the window edge: the values carry over, the gradients stop here.
 

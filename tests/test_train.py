@@ -3,18 +3,13 @@ import math
 
 import pytest
 import torch
-from corpus import make_corpus
+from helpers import make_corpus
 from torch import nn
 
 from ptblm.config import load_config
 from ptblm.data import load_corpus
 from ptblm.errors import DivergenceError
-from ptblm.train import StopOnSignal, Trainer, learning_rate_at
-
-
-class NullWriter:
-    def add_scalar(self, *args, **kwargs):
-        pass
+from ptblm.train import NullWriter, StopOnSignal, Trainer, learning_rate_at
 
 
 @pytest.fixture
@@ -112,7 +107,7 @@ def test_state_is_carried_detached_across_windows_and_zeroed_each_epoch(corpus, 
     trainer.model.forward = spy
     for epoch in range(2):
         trainer.position.epoch = epoch
-        assert trainer.train_epoch(NullWriter(), StopOnSignal())
+        assert trainer.train_epoch(NullWriter(), StopOnSignal()) == "complete"
         trainer.position.window = 0
     windows = trainer.windows_per_epoch
     assert len(seen) == 2 * windows
@@ -192,3 +187,48 @@ def test_fp16_and_cuda_are_refused_on_a_cpu(corpus, tmp_path):
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_best_pt_keeps_the_lowest_validation_and_is_tested_as_such(corpus, tmp_path, monkeypatch):
+    trainer = make_trainer(corpus, tmp_path / "run", "max_epoch=1", "max_max_epoch=3")
+    scores = iter([50.0, 40.0, 45.0])  # epoch 2 is the best; epoch 3 is worse
+    monkeypatch.setattr(trainer, "validate", lambda stop: next(scores))
+    metrics = trainer.run()
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert best["global_step"] == 2 * trainer.windows_per_epoch
+    assert last["global_step"] == 3 * trainer.windows_per_epoch and last["finished"]
+    assert metrics["best_valid_ppl"] == 40.0 and metrics["valid_ppl"] == 45.0
+    # best_test_ppl is best.pt's own test perplexity, not the final model's.
+    from ptblm.evaluate import evaluate_checkpoint
+
+    on_best = evaluate_checkpoint(tmp_path / "run" / "best.pt", corpus_dir=corpus.folder)
+    on_last = evaluate_checkpoint(tmp_path / "run" / "last.pt", corpus_dir=corpus.folder)
+    assert metrics["best_test_ppl"] == on_best["perplexity"] != on_last["perplexity"]
+    assert metrics["test_ppl"] == on_last["perplexity"]
+
+
+def test_the_learning_rate_in_the_optimizer_follows_the_schedule(corpus, tmp_path, monkeypatch):
+    trainer = make_trainer(
+        corpus, tmp_path / "run", "max_epoch=2", "max_max_epoch=4", "lr_decay=0.5"
+    )
+    seen = []
+    step = trainer.optimizer.step
+
+    def spy(*args, **kwargs):
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.optimizer, "step", spy)
+    trainer.run()
+    per_epoch = trainer.windows_per_epoch
+    assert seen == [1.0] * (2 * per_epoch) + [0.5] * per_epoch + [0.25] * per_epoch
+
+
+def test_a_corpus_too_short_for_the_config_is_refused_before_training(tmp_path):
+    from ptblm.errors import DataError
+
+    corpus = load_corpus(corpus_dir=make_corpus(tmp_path / "c", sentences=300))
+    with pytest.raises(DataError, match="valid split .* too few for one window"):
+        make_trainer(corpus, tmp_path / "run", "num_steps=200")
+    assert not (tmp_path / "run").exists()

@@ -1,8 +1,11 @@
-"""A small synthetic corpus in PTB's layout, for tests that need a fast, complete training run."""
+"""Shared test helpers: a small synthetic corpus in PTB's layout, and running the real CLI."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -34,3 +37,25 @@ def make_corpus(folder: Path, vocab_size: int = 40, sentences: int = 300, seed: 
     ):
         (folder / f"ptb.{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
+
+
+def ptblm(*args, cwd=None, env=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run `python -m ptblm ARGS` as a user would; PTBLM_DATA_URL only if `env` sets it."""
+    environment = {key: value for key, value in os.environ.items() if key != "PTBLM_DATA_URL"}
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "ptblm", *map(str, args)],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_clean_failure(result, code, *fragments) -> None:
+    """Exit code as given, one message on stderr naming the problem, never a traceback."""
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
