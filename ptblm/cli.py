@@ -161,8 +161,9 @@ def train(
             "say which config to train: --config small (or medium, large, test, or a YAML path)."
         )
     from ptblm.distributed import init_distributed, shutdown
-    from ptblm.train import format_summary, resolve_device
+    from ptblm.train import format_summary, keep_freed_memory, resolve_device
 
+    keep_freed_memory()
     # Under torchrun this joins the job; otherwise it is rank 0 of 1.
     dist, torch_device = init_distributed(resolve_device(device))
     try:

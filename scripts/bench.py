@@ -29,7 +29,7 @@ from torch import nn
 
 from ptblm.config import load_config
 from ptblm.data import Corpus, load_corpus
-from ptblm.train import NullWriter, StopOnSignal, Trainer, resolve_device
+from ptblm.train import NullWriter, StopOnSignal, Trainer, keep_freed_memory, resolve_device
 
 
 class BareModel(nn.Module):
@@ -124,6 +124,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     device = resolve_device(args.device)
+    keep_freed_memory()  # as `ptblm train` does; for both loops, so the ratio stays fair
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     if args.ptb:
