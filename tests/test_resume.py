@@ -189,3 +189,18 @@ def test_divergence_exits_1_and_keeps_the_last_good_checkpoint(tmp_path, corpus)
     if (tmp_path / "diverged" / "last.pt").exists():
         checkpoint = torch.load(tmp_path / "diverged" / "last.pt", weights_only=True)
         assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+
+
+def test_a_second_ctrl_c_exits_at_once_without_corrupting_anything(tmp_path, corpus, reference):
+    process = start(corpus, tmp_path, "twice")
+    wait_for(process, tmp_path / "twice" / "last.pt", 0.3)
+    assert process.poll() is None, "the run ended before the signal: make it longer"
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    torch.load(tmp_path / "twice" / "last.pt", weights_only=True)  # intact
+    result = ptblm("train", "--resume", tmp_path / "twice")
+    assert result.returncode == 0, result.stderr
+    assert_same_run(tmp_path / "twice", reference)
