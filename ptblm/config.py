@@ -51,9 +51,6 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> Config:
-        return dataclasses.replace(self, **changes)
-
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 REQUIRED = [name for name, f in FIELDS.items() if f.default is dataclasses.MISSING]

@@ -33,14 +33,14 @@ def evaluate(
     ids: torch.Tensor,
     batch_size: int = TEST_BATCH_SIZE,
     num_steps: int = TEST_NUM_STEPS,
-    partial: bool | None = None,
     row_range: tuple[int, int] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[float, float]:
     """Summed negative log-likelihood (nats) and number of predicted tokens over `ids`.
 
-    ids: 1-D int64. `partial` (default: only when batch_size is 1) also evaluates the last,
-    shorter window. `row_range` evaluates only those rows of the batch (a distributed rank's
+    ids: 1-D int64. With batch_size 1 (the test protocol) the last, shorter window is evaluated
+    too, so every token after the first is predicted; otherwise only full windows (the
+    validation protocol). `row_range` evaluates only those rows of the batch (a distributed rank's
     share); the caller sums the ranks' results. Dropout is off; the state starts at zero and is
     carried across windows. Perplexity = exp(nll / tokens).
     """
@@ -54,7 +54,7 @@ def evaluate(
     state = model.initial_state(data.size(0), device)
     nll = torch.zeros((), dtype=torch.float64, device=device)
     tokens = 0
-    for x, y in windows(data, num_steps, partial=batch_size == 1 if partial is None else partial):
+    for x, y in windows(data, num_steps, partial=batch_size == 1):
         logits, state = model(x, state)
         nll += torch.nn.functional.cross_entropy(
             logits.float().flatten(0, 1), y.flatten(), reduction="sum"

@@ -582,7 +582,6 @@ class Trainer:
             self.corpus.valid,
             config.batch_size,
             config.num_steps,
-            partial=False,
             row_range=self.rows,
             should_stop=stop,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -300,8 +301,8 @@ def test_set_overrides_are_parsed_as_yaml():
     assert config.hidden_size == 300
     assert type(config.hidden_size) is int
     # Everything else stays as shipped.
-    assert config == load_config("small").replace(
-        learning_rate=0.5, max_grad_norm=5.0, hidden_size=300
+    assert config == dataclasses.replace(
+        load_config("small"), learning_rate=0.5, max_grad_norm=5.0, hidden_size=300
     )
 
 
