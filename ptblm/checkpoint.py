@@ -12,9 +12,8 @@ A checkpoint (best.pt, last.pt) holds:
     rng                 torch / cuda / numpy / python random states, as tensors and plain data
     rank_rngs           every rank's torch (and cuda) generator state: the dropout masks
     versions            ptblm and torch versions that wrote it
-and the fields of ptblm.train.Position: epoch and window (of the next window to train),
-global_step, the epoch's training loss so far, the logging interval, best_valid_ppl, best_step,
-history, finished, train_seconds, timed_tokens, wall_seconds.
+and the fields of RunRecord (below): where the run stands, the epoch's running sums, the best
+epoch, the history and the clock.
 
 No pickled objects: `torch.load(weights_only=True)` reads it, and a file carrying a pickle
 payload is refused instead of executed.
@@ -22,55 +21,54 @@ payload is refused instead of executed.
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import math
 import random
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from ptblm import __version__
+from ptblm.atomic import atomic_write
 from ptblm.config import Config, build_config
 from ptblm.errors import CheckpointError, ConfigError
+from ptblm.model import LSTMLanguageModel
+
+if TYPE_CHECKING:
+    from ptblm.train import Trainer
 
 CHECKPOINT_FORMAT = 1
-
-# mkstemp creates files readable by their owner only; written files get the usual umask instead.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 REQUIRED_KEYS = ("format", "model", "config", "vocab", "epoch", "window", "global_step")
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call write(file) on a temp file beside `path`, fsync it, then rename it over `path`.
+@dataclass
+class RunRecord:
+    """A run's course, saved in every checkpoint so that a resumed run continues exactly."""
 
-    A crash at any moment leaves either the old file or the new one under `path`, never a part.
-    On failure (a full disk, say) the temp file is removed and the old file is untouched.
-    """
-    path = Path(path)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(handle, 0o666 & ~_UMASK)
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    # The rename is durable only once the directory entry is.
-    try:
-        directory = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(directory)
-    except OSError:
-        pass
-    finally:
-        os.close(directory)
+    # where the run stands
+    epoch: int = 0  # 0-based epoch of the next window
+    window: int = 0  # index in that epoch of the next window (0: epoch boundary)
+    global_step: int = 0  # training windows done in total
+    finished: bool = False  # training done; only the final test (and metrics) remain
+    # the current epoch's running sums (nats and tokens of all ranks), and their values at the
+    # last TensorBoard point with the gradient norms summed since, so that the next point covers
+    # the same windows as in an uninterrupted run
+    train_nll: float = 0.0
+    train_tokens: int = 0
+    logged_nll: float = 0.0
+    logged_tokens: int = 0
+    norm_sum: float = 0.0
+    # the best epoch so far and one entry per finished epoch
+    best_valid_ppl: float = math.inf
+    best_step: int = -1  # global_step of best.pt (-1: none yet)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    # the clock, across resumes
+    train_seconds: float = 0.0  # time spent in training windows (evaluation excluded)
+    timed_tokens: int = 0  # training tokens processed in that time
+    wall_seconds: float = 0.0  # wall-clock time of the run so far
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
@@ -131,6 +129,18 @@ def _load_failure(error: Exception) -> str:
     return f"truncated, corrupt or not a torch file: {lines[0][:150] if lines else type(error).__name__}"
 
 
+def model_from_checkpoint(checkpoint: dict[str, Any], path: Path) -> LSTMLanguageModel:
+    """The model a checkpoint holds, on the CPU."""
+    model = LSTMLanguageModel.from_config(checkpoint_config(checkpoint, path))
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise CheckpointError(
+            f"{path}: its weights do not fit its config ({str(error).splitlines()[0][:200]})."
+        ) from None
+    return model
+
+
 def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> Config:
     try:
         return build_config(checkpoint["config"], where=f"{path} (config)")
@@ -173,3 +183,69 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def training_checkpoint(run: Trainer) -> dict[str, Any]:
+    """The checkpoint of a run in training. A collective under torchrun: every rank calls it
+    (the carried state and the generators of all ranks are gathered), rank 0 saves it."""
+    dist, device, state = run.dist, run.device, run.step.state
+    carried = None
+    if state is not None:
+        carried = [torch.cat(dist.gather(tensor), dim=1).cpu() for tensor in state]
+    rank_rngs = [t.cpu() for t in dist.gather(torch.get_rng_state().to(device))]
+    if device.type == "cuda":
+        rank_rngs += [t.cpu() for t in dist.gather(torch.cuda.get_rng_state(device).to(device))]
+    return {
+        **dataclasses.asdict(run.record),
+        "format": CHECKPOINT_FORMAT,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.step.scaler.state_dict() if run.step.scaler else None,
+        "config": run.config.to_dict(),
+        "config_name": run.config_name,
+        "vocab": vocab_list(run.corpus.vocab),
+        "corpus_dir": str(run.corpus.folder.resolve()) if run.corpus.custom else None,
+        "state": carried,
+        "max_steps": run.max_steps,
+        "world_size": dist.world_size,
+        "rng": rng_state(),
+        "rank_rngs": rank_rngs,
+        "versions": {"ptblm": __version__, "torch": str(torch.__version__)},
+    }
+
+
+def restore_training(run: Trainer, checkpoint: dict[str, Any], path: Path) -> None:
+    """Load a training checkpoint into a freshly built run: weights, optimizer, scaler, record,
+    this rank's rows of the carried state, and every generator."""
+    dist, device, rows = run.dist, run.device, run.rows
+    if checkpoint.get("world_size", 1) != dist.world_size:
+        raise CheckpointError(
+            f"this run was trained by {checkpoint.get('world_size', 1)} process(es); resume it "
+            f"with as many (torchrun --nproc_per_node), so that it continues exactly."
+        )
+    try:
+        run.model.load_state_dict(checkpoint["model"])
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
+        if run.step.scaler and checkpoint["scaler"]:
+            run.step.scaler.load_state_dict(checkpoint["scaler"])
+        fields = dataclasses.fields(RunRecord)
+        run.record = RunRecord(**{field.name: checkpoint[field.name] for field in fields})
+        run.step.state = None
+        if checkpoint["state"] is not None:
+            state = tuple(t[:, rows.start : rows.stop].to(device) for t in checkpoint["state"])
+            expected = (run.model.num_layers, len(rows), run.model.hidden_size)
+            if state[0].shape != expected:
+                raise ValueError(f"carried state of shape {tuple(state[0].shape)}")
+            run.step.state = state
+        set_rng_state(checkpoint["rng"])
+        if dist.enabled:
+            rngs = checkpoint["rank_rngs"]
+            torch.set_rng_state(rngs[dist.rank])
+            if device.type == "cuda":
+                torch.cuda.set_rng_state(rngs[dist.world_size + dist.rank], device)
+    except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as error:
+        detail = f"missing {error}" if isinstance(error, KeyError) else str(error).splitlines()[0]
+        raise CheckpointError(
+            f"{path} cannot be resumed ({detail[:200]}): it is damaged or was written by another "
+            f"version. Start a new run."
+        ) from None

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
-import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -70,7 +70,7 @@ def download(data_dir: DataDir = Path("data")) -> None:
 
     Set PTBLM_DATA_URL to fetch from a mirror (http, https or file URL of the folder).
     """
-    from ptblm.data import SHA256, download_ptb
+    from ptblm.download import SHA256, download_ptb
 
     folder = download_ptb(data_dir)
     typer.echo(f"{folder}: {', '.join(SHA256)} present and verified.")
@@ -90,9 +90,45 @@ def config_show(
 
 @config_app.command("list")
 def config_list() -> None:
-    """List the shipped configs."""
+    """List the shipped configs: size, epochs, parameters, the published test perplexity, and
+    the expected training time of a full run on a CPU and on a GPU."""
+    from ptblm.published import PUBLISHED, expected_minutes, parameter_count
+
+    def duration(minutes: float | None) -> str:
+        if minutes is None:
+            return "-"
+        return f"~{minutes:.0f} min" if minutes < 120 else f"~{minutes / 60:.0f} h"
+
+    typer.echo(
+        f"{'name':8} {'size':>7} {'epochs':>6} {'params':>7} {'test ppl':>8} "
+        f"{'CPU (2 cores)':>13} {'GPU':>8}  file"
+    )
     for name, path in shipped_configs().items():
-        typer.echo(f"{name:8} {path}")
+        config = load_config(name)
+        cpu, gpu = (expected_minutes(name, config, device) for device in ("cpu", "gpu"))
+        published = PUBLISHED.get(name, {}).get("test")
+        note = "  (wants a GPU)" if cpu is not None and cpu > 180 else ""
+        typer.echo(
+            f"{name:8} {config.num_layers}x{config.hidden_size:<5} {config.max_max_epoch:>6} "
+            f"{parameter_count(config) / 1e6:>6.1f}M {published or '-':>8} {duration(cpu):>13} "
+            f"{duration(gpu):>8}  {path}{note}"
+        )
+    typer.echo(
+        "Times are for a full PTB run in fp32. CPU: measured by ptblm on a 2-core AMD EPYC VM. "
+        "GPU: the TensorFlow tutorial's speed on one Titan X (ptblm is not yet measured on a GPU)."
+    )
+
+
+@app.command()
+def info(
+    data_dir: DataDir = Path("data"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """What to paste into a bug report: versions, CPU, GPUs, supported precisions, the corpus."""
+    from ptblm.info import collect, render
+
+    details = collect(data_dir)
+    typer.echo(json.dumps(details, indent=2) if as_json else render(details))
 
 
 @app.command()
@@ -160,104 +196,70 @@ def train(
         raise ConfigError(
             "say which config to train: --config small (or medium, large, test, or a YAML path)."
         )
+    # Checked before torch is imported (seconds): a typo is reported at once.
+    new_config = load_config(config, overrides) if resume is None else None
     from ptblm.distributed import init_distributed, shutdown
-    from ptblm.train import format_summary, keep_freed_memory, resolve_device
+    from ptblm.runs import default_run_name
+    from ptblm.runtime import check_precision, keep_freed_memory, resolve_device
+    from ptblm.train import Trainer
 
+    torch_device = resolve_device(device)
+    if new_config is not None:
+        check_precision(new_config.precision, torch_device)  # before any download
     keep_freed_memory()
     # Under torchrun this joins the job; otherwise it is rank 0 of 1.
-    dist, torch_device = init_distributed(resolve_device(device))
+    dist, torch_device = init_distributed(torch_device)
     try:
         if resume is not None:
             trainer = _resume_trainer(resume, data_dir, corpus, torch_device, dist, not quiet)
         else:
-            trainer = _new_trainer(
-                config,
-                overrides,
-                data_dir,
-                corpus,
-                runs_dir,
-                name,
+            label = resolve_config_path(config).stem
+            corpus_data = _load_corpus(data_dir, corpus, dist, not quiet)
+            # The ranks' clocks may straddle a second: rank 0 names the run.
+            name = dist.broadcast(name or default_run_name(label))
+            trainer = Trainer(
+                new_config,
+                corpus_data,
+                Path(runs_dir) / name,
                 torch_device,
-                dist,
-                max_steps,
-                not quiet,
+                max_steps=max_steps,
+                command=command_line(),
+                config_name=label,
+                verbose=not quiet,
+                dist=dist,
             )
         metrics = trainer.run()
     finally:
         shutdown(dist)
     if metrics is not None:
-        typer.echo(format_summary(metrics, trainer.run_dir))
+        typer.echo(format_summary(metrics, trainer.run_dir.path))
 
 
-def _load_corpus(data_dir, corpus_dir, dist, progress):
+def _load_corpus(data_dir, corpus_dir, dist, verbose):
     """Every rank loads the corpus; rank 0 downloads it first, the others wait for it."""
-    from ptblm.data import download_ptb, load_corpus
+    from ptblm.data import load_corpus
+    from ptblm.download import download_ptb
 
     if dist.enabled:
         if dist.is_main and corpus_dir is None:
-            download_ptb(data_dir, progress=progress)
+            download_ptb(data_dir, progress=verbose)
         dist.barrier()
-    return load_corpus(data_dir, corpus_dir, progress=progress)
+    return load_corpus(data_dir, corpus_dir, progress=verbose and dist.is_main)
 
 
-def _new_trainer(
-    config_name, overrides, data_dir, corpus_dir, runs_dir, name, device, dist, max_steps, progress
-):
-    from ptblm.train import Trainer, check_precision, command_line
+def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose):
+    from ptblm.checkpoint import vocab_dict
+    from ptblm.runs import load_resumable
+    from ptblm.train import Trainer
 
-    config = load_config(config_name, overrides)
-    check_precision(config.precision, device)  # before any download
-    label = resolve_config_path(config_name).stem
-    corpus = _load_corpus(data_dir, corpus_dir, dist, progress)
-    # The ranks' clocks may straddle a second: rank 0 names the run.
-    name = dist.broadcast(name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return Trainer(
-        config,
-        corpus,
-        Path(runs_dir) / name,
-        device,
-        max_steps=max_steps,
-        command=command_line(),
-        config_name=label,
-        progress=progress,
-        dist=dist,
-    )
-
-
-def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, progress):
-    from ptblm.checkpoint import checkpoint_config, load_checkpoint, vocab_dict
-    from ptblm.train import Trainer, command_line
-
-    config_file, last = run_dir / "config.yaml", run_dir / "last.pt"
-    if not run_dir.is_dir() or not config_file.is_file() or not last.is_file():
-        raise CheckpointError(
-            f"{run_dir} is not a ptblm run directory with a checkpoint (it needs config.yaml and "
-            f"last.pt). Name the directory a `ptblm train` run wrote, e.g. runs/small-20261122-101500."
-        )
-    checkpoint = load_checkpoint(last)
-    saved = checkpoint_config(checkpoint, last)
-    try:
-        edited = load_config(str(config_file))
-    except ConfigError as error:
-        raise CheckpointError(f"{config_file} was edited and no longer loads: {error}") from None
-    changed = [
-        f"{key}: {value!r} in config.yaml, {getattr(saved, key)!r} in last.pt"
-        for key, value in edited.to_dict().items()
-        if value != getattr(saved, key)
-    ]
-    if changed:
-        raise CheckpointError(
-            f"{config_file} does not match the run's checkpoint ({'; '.join(changed)}). A run "
-            f"continues with the config it started with: restore config.yaml, or start a new run "
-            f"with ptblm train --config {config_file}."
-        )
+    checkpoint, saved = load_resumable(run_dir)
     if corpus_dir is None and checkpoint.get("corpus_dir"):
         corpus_dir = Path(checkpoint["corpus_dir"])
-    corpus = _load_corpus(data_dir, corpus_dir, dist, progress)
+    corpus = _load_corpus(data_dir, corpus_dir, dist, verbose)
     if corpus.vocab != vocab_dict(checkpoint["vocab"]):
         raise CheckpointError(
-            f"{last} was trained on another vocabulary than {corpus.folder}; resume it with the "
-            f"corpus it was trained on (--corpus DIR or --data-dir DIR)."
+            f"{run_dir / 'last.pt'} was trained on another vocabulary than {corpus.folder}; resume "
+            f"it with the corpus it was trained on (--corpus DIR or --data-dir DIR)."
         )
     trainer = Trainer(
         saved,
@@ -267,16 +269,53 @@ def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, progress)
         max_steps=checkpoint["max_steps"],
         command=command_line(),
         config_name=checkpoint.get("config_name"),
-        progress=progress,
+        verbose=verbose,
         resume=checkpoint,
         dist=dist,
     )
-    if progress and dist.is_main:
+    if verbose and dist.is_main:
         typer.echo(
             f"Resuming {run_dir} at step {checkpoint['global_step']} "
             f"(epoch {checkpoint['epoch'] + 1}, window {checkpoint['window']})."
         )
     return trainer
+
+
+def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
+    """The run's row beside the published one, or why they cannot be compared."""
+    published = metrics.get("published")
+    wps = metrics["train_wps"] or 0
+    epochs = metrics.get("epochs_trained", metrics["epochs"])
+    lines = [
+        f"{'':>10} {'train':>8} {'valid':>8} {'test':>8}",
+        f"{'ptblm':>10} {metrics['train_ppl']:8.2f} {metrics['valid_ppl']:8.2f} "
+        f"{metrics['test_ppl']:8.2f}   ({epochs:.3g} epochs, "
+        f"{metrics['wall_seconds'] / 60:.1f} min, {wps:.0f} words/s, {metrics['device']})",
+    ]
+    if metrics.get("cut_short"):
+        limit = f"--max-steps {metrics['max_steps']}" if metrics.get("max_steps") else "its limit"
+        lines.append(
+            f"Cut short by {limit} after {epochs:.3g} epochs"
+            + (
+                f": not comparable with the published {published['config']} row."
+                if published
+                else "."
+            )
+        )
+    elif published:
+        lines.append(
+            f"{'published':>10} {published['train']:8.2f} {published['valid']:8.2f} "
+            f"{published['test']:8.2f}   (the tutorial's {published['config']} row)"
+        )
+    lines.append(
+        f"best.pt: valid {metrics['best_valid_ppl']:.2f}, test {metrics['best_test_ppl']:.2f}.  "
+        f"Run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})"
+    )
+    return "\n".join(lines)
+
+
+def command_line() -> str:
+    return shlex.join(["ptblm", *sys.argv[1:]])
 
 
 @app.command("eval")
@@ -309,8 +348,9 @@ def eval_(
     ] = False,
 ) -> None:
     """Perplexity of a checkpoint on a split (default: test, batch size 1, the table's protocol)."""
-    from ptblm.evaluate import evaluate_checkpoint, resolve_checkpoint
-    from ptblm.train import resolve_device
+    from ptblm.evaluate import evaluate_checkpoint
+    from ptblm.runs import resolve_checkpoint
+    from ptblm.runtime import resolve_device
 
     if split not in ("test", "valid", "train"):
         raise ConfigError(f"--split {split}: use test, valid or train.")

@@ -57,6 +57,12 @@ REQUIRED = [name for name, f in FIELDS.items() if f.default is dataclasses.MISSI
 TUTORIAL_FIELDS = tuple(REQUIRED)  # the twelve fields of the tutorial's configs
 
 
+def learning_rate_at(config: Config, epoch: int) -> float:
+    """The learning rate of 0-based `epoch`: learning_rate for max_epoch epochs, then multiplied
+    by lr_decay every epoch (REFERENCE.md, "Training")."""
+    return config.learning_rate * config.lr_decay ** max(epoch + 1 - config.max_epoch, 0)
+
+
 def _field_type(name: str) -> type:
     # `from __future__ import annotations` turns annotations into strings.
     return {"float": float, "int": int, "str": str, "bool": bool}[FIELDS[name].type]

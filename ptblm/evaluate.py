@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
-from ptblm.checkpoint import checkpoint_config, load_checkpoint, vocab_dict
+from ptblm.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint, vocab_dict
 from ptblm.data import batchify, load_corpus, windows
-from ptblm.errors import CheckpointError, DataError
-from ptblm.model import LSTMLanguageModel, configure_tf32
+from ptblm.errors import DataError
+from ptblm.model import LSTMLanguageModel, token_nll
+from ptblm.runtime import configure_tf32
 
 TEST_BATCH_SIZE = 1
 TEST_NUM_STEPS = 500  # any length gives the same number with batch_size 1; longer is faster
@@ -33,14 +34,14 @@ def evaluate(
     ids: torch.Tensor,
     batch_size: int = TEST_BATCH_SIZE,
     num_steps: int = TEST_NUM_STEPS,
-    row_range: tuple[int, int] | None = None,
+    rows: range | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[float, float]:
     """Summed negative log-likelihood (nats) and number of predicted tokens over `ids`.
 
     ids: 1-D int64. With batch_size 1 (the test protocol) the last, shorter window is evaluated
     too, so every token after the first is predicted; otherwise only full windows (the
-    validation protocol). `row_range` evaluates only those rows of the batch (a distributed rank's
+    validation protocol). `rows` evaluates only those rows of the batch (a distributed rank's
     share); the caller sums the ranks' results. Dropout is off; the state starts at zero and is
     carried across windows. Perplexity = exp(nll / tokens).
     """
@@ -48,17 +49,15 @@ def evaluate(
     was_training = model.training
     model.eval()
     data = batchify(ids, batch_size)
-    if row_range is not None:
-        data = data[row_range[0] : row_range[1]]
+    if rows is not None:
+        data = data[rows.start : rows.stop]
     data = data.to(device)
     state = model.initial_state(data.size(0), device)
     nll = torch.zeros((), dtype=torch.float64, device=device)
     tokens = 0
     for x, y in windows(data, num_steps, partial=batch_size == 1):
         logits, state = model(x, state)
-        nll += torch.nn.functional.cross_entropy(
-            logits.float().flatten(0, 1), y.flatten(), reduction="sum"
-        ).double()
+        nll += token_nll(logits, y, "sum").double()
         tokens += y.numel()
         if should_stop():
             break
@@ -74,45 +73,6 @@ def perplexity(nll: float, tokens: int) -> float:
         return math.exp(nll / tokens)
     except OverflowError:
         return math.inf
-
-
-def newest_run(runs_dir: Path) -> Path:
-    """The run directory under runs_dir whose checkpoint was written last."""
-    candidates = [
-        path for path in Path(runs_dir).glob("*/*.pt") if path.name in ("best.pt", "last.pt")
-    ]
-    if not candidates:
-        raise CheckpointError(
-            f"no run with a checkpoint under {runs_dir}. Train one first (ptblm train --config "
-            f"small), or name a run directory or checkpoint: ptblm eval RUN_DIR."
-        )
-    return max(candidates, key=lambda path: path.stat().st_mtime).parent
-
-
-def resolve_checkpoint(target: Path | None, runs_dir: Path) -> Path:
-    """A checkpoint file as given, or a run directory's best.pt (newest run when None)."""
-    run_dir = newest_run(runs_dir) if target is None else Path(target)
-    if run_dir.is_file():
-        return run_dir
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: no such run directory or checkpoint file.")
-    for name in ("best.pt", "last.pt"):
-        if (run_dir / name).is_file():
-            return run_dir / name
-    raise CheckpointError(
-        f"{run_dir} holds no best.pt or last.pt: it is not a ptblm run directory."
-    )
-
-
-def model_from_checkpoint(checkpoint: dict[str, Any], path: Path) -> LSTMLanguageModel:
-    model = LSTMLanguageModel.from_config(checkpoint_config(checkpoint, path))
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except (RuntimeError, TypeError, AttributeError) as error:
-        raise CheckpointError(
-            f"{path}: its weights do not fit its config ({str(error).splitlines()[0][:200]})."
-        ) from None
-    return model
 
 
 def evaluate_checkpoint(

@@ -81,16 +81,6 @@ class LSTMLanguageModel(nn.Module):
         return self.decoder(self.dropout(output)), state
 
 
-def configure_tf32(allow_tf32: bool) -> None:
-    """TF32 matrix products on CUDA (Ampere and newer) for training and evaluation alike.
-
-    PyTorch lets cuDNN use TF32 by default; the faithful setting is off for both, so that
-    `ptblm eval` computes exactly what the trainer did.
-    """
-    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow_tf32
-
-
 def detach_state(state: State) -> State:
     """Cut the graph at the window edge: the values carry over, the gradients stop here.
 
@@ -99,12 +89,21 @@ def detach_state(state: State) -> State:
     return tuple(tensor.detach().float() for tensor in state)
 
 
+def token_nll(logits: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Cross-entropy of every predicted token, in fp32 whatever the autocast dtype.
+
+    logits (batch, steps, vocab), targets (batch, steps) -> "mean" or "sum" over all tokens.
+    """
+    return nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), reduction=reduction
+    )
+
+
 def window_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """REFERENCE.md's objective of one window: the sum over time steps of the batch-averaged
-    cross-entropy, i.e. mean over all tokens times num_steps. Computed in fp32.
+    cross-entropy, i.e. the mean over all tokens times num_steps (NOT the mean alone: with
+    learning rate 1.0 that is num_steps times too weak and does not reproduce the table).
 
     logits (batch, steps, vocab), targets (batch, steps) -> scalar.
     """
-    steps = targets.size(1)
-    mean = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-    return mean * steps
+    return token_nll(logits, targets, "mean") * targets.size(1)

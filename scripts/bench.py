@@ -29,7 +29,9 @@ from torch import nn
 
 from ptblm.config import load_config
 from ptblm.data import Corpus, load_corpus
-from ptblm.train import NullWriter, StopOnSignal, Trainer, keep_freed_memory, resolve_device
+from ptblm.runtime import cpu_has_native_bf16, keep_freed_memory, resolve_device
+from ptblm.signals import StopOnSignal
+from ptblm.train import Trainer
 
 
 class BareModel(nn.Module):
@@ -94,11 +96,11 @@ def ptblm_words_per_second(config, ids: torch.Tensor, windows: int, device: torc
     corpus = Corpus(vocab=vocab, train=ids, valid=ids[:2000], test=ids[:2000], folder=Path("."))
     with tempfile.TemporaryDirectory() as folder:
         trainer = Trainer(
-            config, corpus, Path(folder) / "run", device, max_steps=windows, progress=False
+            config, corpus, Path(folder) / "run", device, max_steps=windows, verbose=False
         )
         synchronize(device)
         started = time.perf_counter()
-        trainer.train_epoch(NullWriter(), StopOnSignal())
+        trainer.train_epoch(StopOnSignal())
         synchronize(device)
         return windows * config.batch_size * config.num_steps / (time.perf_counter() - started)
 
@@ -115,7 +117,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--configs", nargs="+", default=["small", "medium"])
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument(
+        "--precisions", nargs="+", help="default: fp32, and bf16 where the device computes it"
+    )
     parser.add_argument("--windows", type=int, default=100, help="training windows per timed round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -127,6 +131,11 @@ def main() -> None:
     keep_freed_memory()  # as `ptblm train` does; for both loops, so the ratio stays fair
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    if args.precisions is None:
+        args.precisions = ["fp32", "bf16"]
+        if device.type == "cpu" and not cpu_has_native_bf16():
+            args.precisions = ["fp32"]
+            print("this CPU has no native bf16 (AVX-512 BF16 or AMX): fp32 only")
     if args.ptb:
         started = time.perf_counter()
         load_corpus(corpus_dir=args.ptb)

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+# REFERENCE.md, "Data", typed by hand.
+PTB_SHA256 = {
+    "ptb.train.txt": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
+    "ptb.valid.txt": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
+    "ptb.test.txt": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
+}
+PTB_BYTES = {"ptb.train.txt": 5_101_618, "ptb.valid.txt": 399_782, "ptb.test.txt": 449_945}
+PTB_TOKENS = {"train": 929_589, "valid": 73_760, "test": 82_430}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def make_corpus(folder: Path, vocab_size: int = 40, sentences: int = 300, seed: int = 0) -> Path:
@@ -59,3 +74,20 @@ def assert_clean_failure(result, code, *fragments) -> None:
     assert "Traceback" not in result.stderr + result.stdout
     for fragment in fragments:
         assert fragment in result.stderr, result.stderr
+
+
+def dead_url() -> str:
+    """An http URL on 127.0.0.1 where nothing listens (the port was free a moment ago)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def cpu_has_native_bf16_by_its_flags() -> bool:
+    """Read /proc/cpuinfo here, independently of ptblm: AVX-512 BF16 or AMX."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -8,15 +8,14 @@ import torch
 
 from ptblm.checkpoint import (
     CHECKPOINT_FORMAT,
-    atomic_write,
     load_checkpoint,
+    model_from_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from ptblm.config import load_config
 from ptblm.errors import CheckpointError
-from ptblm.evaluate import model_from_checkpoint
 from ptblm.model import LSTMLanguageModel
 
 
@@ -73,19 +72,6 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         save_checkpoint(path, make_checkpoint(window=4))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
-
-
-def test_atomic_write_never_exposes_a_partial_file(tmp_path):
-    path = tmp_path / "metrics.json"
-    path.write_text("old")
-
-    def crash(file):
-        file.write(b"new but incomplete")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write(path, crash)
-    assert path.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ptblm.config import Config, config_to_yaml, load_config, shipped_configs
+from ptblm.config import Config, config_to_yaml, learning_rate_at, load_config, shipped_configs
 from ptblm.errors import ConfigError
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -94,15 +94,23 @@ def test_large_lr_decay_is_one_over_1_15():
     assert load_config("large").lr_decay == 1 / 1.15
 
 
-def test_small_trains_four_epochs_then_halves():
-    # REFERENCE.md: "Small trains 4 epochs at 1.0, then halves it every epoch."
-    config = load_config("small")
-    rates = [
-        config.learning_rate * config.lr_decay ** max(i + 1 - config.max_epoch, 0)
-        for i in range(config.max_max_epoch)
-    ]
-    assert rates[:4] == [1.0] * 4
-    assert rates[4:7] == [0.5, 0.25, 0.125]
+def test_learning_rate_schedule_matches_the_tutorial():
+    # REFERENCE.md: "Small trains 4 epochs at 1.0, then halves it every epoch." The numbers are
+    # written out by hand; medium decays by 0.8 after 6 epochs, large by 1/1.15 after 14.
+    small = load_config("small")
+    assert [learning_rate_at(small, epoch) for epoch in range(13)] == [
+        1.0, 1.0, 1.0, 1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625,
+        0.0078125, 0.00390625, 0.001953125,
+    ]  # fmt: skip
+    medium = load_config("medium")
+    assert [learning_rate_at(medium, epoch) for epoch in (0, 5, 6, 7)] == pytest.approx(
+        [1.0, 1.0, 0.8, 0.64]
+    )
+    assert learning_rate_at(medium, 38) == pytest.approx(0.8**33)
+    large = load_config("large")
+    assert learning_rate_at(large, 13) == 1.0
+    assert learning_rate_at(large, 14) == pytest.approx(1 / 1.15)
+    assert learning_rate_at(large, 54) == pytest.approx(1.15**-41)
 
 
 def test_shipped_configs_are_exactly_the_four():

@@ -1,0 +1,59 @@
+"""The one way ptblm writes a file: atomically, with the usual permissions.
+
+Checkpoints, config.yaml, metrics.json and the downloaded corpus all go through atomic_write, so
+a crash, a full disk or a kill -9 at any moment leaves either the old file or the new one under
+the final name, never a part of one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+# mkstemp creates files readable by their owner only; ptblm's files get the usual umask instead,
+# so that a shared data or runs directory stays readable to the other users.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+TEMP_SUFFIX = ".tmp"
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call write(file) on a temp file beside `path`, fsync it, then rename it over `path`.
+
+    On any failure (a full disk, an exception from `write`, Ctrl-C) the temp file is removed and
+    the old file under `path`, if any, is untouched.
+    """
+    path = Path(path)
+    handle, temp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX
+    )
+    try:
+        os.fchmod(handle, 0o666 & ~_UMASK)
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    # The rename is durable only once the directory entry is.
+    try:
+        directory = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(directory)
+    except OSError:
+        pass
+    finally:
+        os.close(directory)
+
+
+def remove_stale_temp_files(folder: Path) -> None:
+    """Remove the temp files that a process killed while writing left in `folder`."""
+    for stale in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)

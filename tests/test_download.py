@@ -1,0 +1,189 @@
+"""Downloading PTB: checksums, atomic files, retries and failures (127.0.0.1 and file:// only)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from helpers import PTB_BYTES, PTB_SHA256, PTB_TOKENS, dead_url, sha256
+
+import ptblm.download as download
+from ptblm.data import load_corpus
+from ptblm.download import download_ptb
+from ptblm.errors import DataError
+
+
+@pytest.fixture
+def fast_download(monkeypatch):
+    """No backoff, short timeouts, and no proxy between us and 127.0.0.1."""
+    monkeypatch.setattr(download, "DOWNLOAD_BACKOFF", 0)
+    monkeypatch.setattr(download, "DOWNLOAD_TIMEOUT", 5.0)
+    for name in ("http_proxy", "https_proxy", "all_proxy", "ftp_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    return monkeypatch
+
+
+@pytest.fixture
+def mirror(tmp_path, ptb_dir):
+    """A writable copy of the three PTB files, to serve or to corrupt."""
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    for name in PTB_SHA256:
+        shutil.copyfile(ptb_dir / name, folder / name)
+    return folder
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(name for name in os.listdir(folder) if name.endswith(".tmp"))
+
+
+def test_download_from_local_server(tmp_path, mirror, serve_dir, fast_download):
+    url = serve_dir(mirror)
+    fast_download.setenv("PTBLM_DATA_URL", url)
+    folder = download_ptb(tmp_path / "data", progress=False)
+    assert folder == tmp_path / "data" / "ptb"
+    assert sorted(os.listdir(folder)) == sorted(PTB_SHA256)
+    for name, digest in PTB_SHA256.items():
+        assert (folder / name).stat().st_size == PTB_BYTES[name]
+        assert sha256(folder / name) == digest
+    assert sorted(serve_dir.requests(url)) == sorted(f"/{name}" for name in PTB_SHA256)
+
+    # A second call finds verified files and fetches nothing.
+    mtimes = {name: (folder / name).stat().st_mtime_ns for name in PTB_SHA256}
+    assert download_ptb(tmp_path / "data", progress=False) == folder
+    assert len(serve_dir.requests(url)) == 3
+    assert {name: (folder / name).stat().st_mtime_ns for name in PTB_SHA256} == mtimes
+
+
+def test_downloaded_files_get_the_umask_permissions_not_mkstemps(tmp_path, ptb_dir, fast_download):
+    fast_download.setenv("PTBLM_DATA_URL", ptb_dir.resolve().as_uri())
+    folder = download_ptb(tmp_path / "data", progress=False)
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in PTB_SHA256:
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o666 & ~mask
+
+
+def test_downloaded_corpus_loads_like_the_original(tmp_path, mirror, serve_dir, fast_download):
+    fast_download.setenv("PTBLM_DATA_URL", serve_dir(mirror) + "/")
+    corpus = load_corpus(data_dir=tmp_path / "data", progress=False)
+    assert corpus.custom is False
+    assert corpus.folder == tmp_path / "data" / "ptb"
+    assert len(corpus.vocab) == 10_000
+    assert corpus.test.numel() == PTB_TOKENS["test"]
+
+
+def test_download_with_wrong_checksum_saves_nothing(tmp_path, mirror, serve_dir, fast_download):
+    raw = bytearray((mirror / "ptb.valid.txt").read_bytes())
+    raw[1000] = ord("Z") if raw[1000] != ord("Z") else ord("Y")  # same size, one byte changed
+    (mirror / "ptb.valid.txt").write_bytes(bytes(raw))
+    fast_download.setenv("PTBLM_DATA_URL", serve_dir(mirror))
+    folder = tmp_path / "data" / "ptb"
+    with pytest.raises(DataError) as excinfo:
+        download_ptb(tmp_path / "data", progress=False)
+    assert "sha256" in str(excinfo.value)
+    assert "ptb.valid.txt" in str(excinfo.value)
+    assert not (folder / "ptb.valid.txt").exists()
+    assert leftovers(folder) == []
+    # Only the verified train file may stand there.
+    assert set(os.listdir(folder)) <= {"ptb.train.txt"}
+    for name in os.listdir(folder):
+        assert sha256(folder / name) == PTB_SHA256[name]
+
+
+def test_download_from_dead_port(tmp_path, fast_download):
+    fast_download.setenv("PTBLM_DATA_URL", dead_url())
+    start = time.perf_counter()
+    with pytest.raises(DataError) as excinfo:
+        download_ptb(tmp_path / "data", progress=False)
+    assert time.perf_counter() - start < 30  # a dead port answers at once: no waiting on timeouts
+    message = str(excinfo.value)
+    assert "by hand" in message
+    assert str(tmp_path / "data" / "ptb") in message
+    for name in PTB_SHA256:
+        assert name in message
+    folder = tmp_path / "data" / "ptb"
+    assert os.listdir(folder) == []
+
+
+def test_download_404(tmp_path, serve_dir, fast_download):
+    empty = tmp_path / "empty_site"
+    empty.mkdir()
+    url = serve_dir(empty)
+    fast_download.setenv("PTBLM_DATA_URL", url)
+    with pytest.raises(DataError) as excinfo:
+        download_ptb(tmp_path / "data", progress=False)
+    assert "404" in str(excinfo.value)
+    assert "ptb.train.txt" in str(excinfo.value)
+    assert os.listdir(tmp_path / "data" / "ptb") == []
+    assert serve_dir.requests(url) == ["/ptb.train.txt"]  # a 404 is not asked again
+
+
+def test_download_from_file_url(tmp_path, ptb_dir, fast_download):
+    fast_download.setenv("PTBLM_DATA_URL", ptb_dir.as_uri())
+    folder = download_ptb(tmp_path / "data", progress=False)
+    assert sorted(os.listdir(folder)) == sorted(PTB_SHA256)
+    for name, digest in PTB_SHA256.items():
+        assert sha256(folder / name) == digest
+
+
+@pytest.mark.parametrize("name", ["ptb.train.txt", "ptb.valid.txt"])
+def test_existing_corrupted_file(tmp_path, ptb_dir, fast_download, name):
+    # Never fetched: whatever happens, the URL leads nowhere.
+    fast_download.setenv("PTBLM_DATA_URL", dead_url())
+    folder = tmp_path / "data" / "ptb"
+    folder.mkdir(parents=True)
+    for other in PTB_SHA256:
+        shutil.copyfile(ptb_dir / other, folder / other)
+    (folder / name).write_text("not the penn treebank\n", encoding="utf-8")
+    with pytest.raises(DataError) as excinfo:
+        download_ptb(tmp_path / "data", progress=False)
+    message = str(excinfo.value)
+    assert str(folder / name) in message
+    assert "Delete" in message or "delete" in message
+    assert "--corpus" in message
+    # It is the user's file: left as it was.
+    assert (folder / name).read_text(encoding="utf-8") == "not the penn treebank\n"
+
+
+def test_a_dropped_connection_is_retried(tmp_path, mirror, fast_download):
+    """The first answer for each file stops halfway (as a dropped connection does); the retry
+    gets it whole. Nothing half-downloaded is ever kept."""
+    import http.server
+    import threading
+
+    requests = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the stdlib's name)
+            requests.append(self.path)
+            body = (mirror / self.path.lstrip("/")).read_bytes()
+            first_try = requests.count(self.path) == 1
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2] if first_try else body)
+            if first_try:
+                self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        fast_download.setenv("PTBLM_DATA_URL", f"http://127.0.0.1:{server.server_address[1]}")
+        folder = download_ptb(tmp_path / "data", progress=False)
+    finally:
+        server.shutdown()
+    assert sorted(requests) == sorted(f"/{name}" for name in PTB_SHA256 for _ in range(2))
+    for name, expected in PTB_SHA256.items():
+        assert sha256(folder / name) == expected
+    assert leftovers(folder) == []

@@ -1,0 +1,96 @@
+"""One training step against the update written out from REFERENCE.md."""
+
+import contextlib
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ptblm.config import load_config
+from ptblm.model import LSTMLanguageModel
+from ptblm.step import Diverged, EagerStep
+
+
+def make_step(max_grad_norm=5.0, learning_rate=0.7, seed=0):
+    config = load_config(
+        "small",
+        [
+            "vocab_size=30",
+            "hidden_size=8",
+            "num_steps=5",
+            "batch_size=4",
+            f"max_grad_norm={max_grad_norm}",
+        ],
+    )
+    torch.manual_seed(seed)
+    model = LSTMLanguageModel.from_config(config)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(parameters, lr=learning_rate)
+    return model, EagerStep(model, optimizer, config, contextlib.nullcontext())
+
+
+def reference_sgd_step(model, x, y, state, lr, max_grad_norm):
+    """The update written out from REFERENCE.md, independently of ptblm's loop."""
+    logits, _ = model(x, state)
+    loss = sum(nn.functional.cross_entropy(logits[:, t], y[:, t]) for t in range(x.size(1)))
+    model.zero_grad()
+    loss.backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = torch.sqrt(sum((p.grad**2).sum() for p in params))
+    scale = min(1.0, max_grad_norm / (norm.item() + 1e-6))
+    with torch.no_grad():
+        for p in params:
+            p -= lr * scale * p.grad
+    return loss.item(), norm.item()
+
+
+@pytest.mark.parametrize("max_grad_norm", [1000.0, 0.05])
+def test_one_window_is_the_reference_sgd_step_with_global_norm_clipping(max_grad_norm):
+    model, step = make_step(max_grad_norm)
+    reference = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(1)
+    data = torch.randint(30, (4, 6), generator=generator)
+    x, y = data[:, :5], data[:, 1:]
+    state = model.initial_state(4)
+    step.state = state
+    before = [p.detach().clone() for p in model.parameters()]
+    mean_nll, norm = step(x, y)
+    loss, expected_norm = reference_sgd_step(reference, x, y, state, 0.7, max_grad_norm)
+    assert norm == pytest.approx(expected_norm, rel=1e-5)
+    assert mean_nll == pytest.approx(loss / 5, rel=1e-5)  # the window objective / num_steps
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+    update = torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(model.parameters(), before)))
+    # Clipped: the whole update has norm lr * max_grad_norm; else lr * norm.
+    assert update.item() == pytest.approx(0.7 * min(norm, max_grad_norm), rel=1e-3)
+
+
+def test_the_state_is_carried_detached_into_the_next_window():
+    model, step = make_step()
+    data = torch.randint(30, (4, 11), generator=torch.Generator().manual_seed(2))
+    step(data[:, :5], data[:, 1:6])
+    carried = step.state
+    assert all(t.grad_fn is None and not t.requires_grad for t in carried)
+    with torch.no_grad():
+        _, expected = model(data[:, 5:10], carried)
+        _, from_zero = model(data[:, 5:10], model.initial_state(4))
+    assert not torch.allclose(expected[0], from_zero[0])  # so carrying it matters
+    step(data[:, 5:10], data[:, 6:11])
+    # The second window started from the first one's final state: its own final state is what a
+    # forward from the carried state gives (with the weights before the second update).
+    for ours, theirs in zip(step.state, expected):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_a_diverged_window_never_reaches_the_weights():
+    model, step = make_step(max_grad_norm=1e30, learning_rate=1e30)
+    data = torch.randint(30, (4, 11), generator=torch.Generator().manual_seed(3))
+    step(data[:, :5], data[:, 1:6])  # a finite loss: this huge update goes through
+    after_first = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(Diverged) as raised:
+        step(data[:, 5:10], data[:, 6:11])
+    assert not (math.isfinite(raised.value.mean_nll) and raised.value.mean_nll <= 10 * math.log(30))
+    for before, now in zip(after_first, model.parameters()):
+        assert torch.equal(before, now)
