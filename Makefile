@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch, pinned for the dev/CI path only; the package itself accepts torch>=2.4.
 TORCH_DEV := torch==2.13.0
 
-.PHONY: setup test test-fast lint format bench smoke clean
+.PHONY: setup test lint format bench smoke clean
 
 setup:  ## create .venv and install ptblm (editable) with its dev tools
 	$(PYTHON) -m venv $(VENV)

@@ -27,16 +27,22 @@ TINY_VALID = "the cat sat on the log\n"
 TINY_TEST = "a dog sat on the mat\n"
 
 
+def in_ci() -> bool:
+    """CI systems set CI to true, 1, yes, or their name: anything but empty, 0 or false."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
 @pytest.fixture(scope="session")
 def ptb_dir() -> Path:
     """The real PTB corpus (ptb.train.txt, ptb.valid.txt, ptb.test.txt), read-only.
 
-    Missing files skip the test locally and fail it in CI (CI=true), where they must be there.
+    Missing files skip the test locally and fail it in CI (CI set, see in_ci), where they must be
+    there.
     """
     missing = [name for name in PTB_FILES if not (PTB_DIR / name).is_file()]
     if missing:
         message = f"the PTB corpus is not at {PTB_DIR} (missing: {', '.join(missing)})"
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(message)
         pytest.skip(message)
     return PTB_DIR

@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import assert_clean_failure, make_corpus, ptblm
+from helpers import (
+    assert_clean_failure,
+    cpu_has_native_bf16_by_its_flags,
+    dead_url,
+    make_corpus,
+    ptblm,
+)
 
 from ptblm.config import load_config
 
@@ -97,22 +103,17 @@ def test_download_from_a_mirror_then_nothing_more(tmp_path, ptb_dir, serve_dir):
     assert result.returncode == 0, result.stderr
     assert "verified" in result.stdout
     assert len(serve_dir.requests(url)) == 3
+    # Off a terminal: one line per file and one for the whole, no progress bar stuck at 0%.
+    for name in ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"):
+        assert f"downloaded {url}/{name}" in result.stderr
+    assert "the three PTB files are downloaded and verified" in result.stderr
+    assert "%" not in result.stderr
     result = ptblm("download", "--data-dir", tmp_path / "data", env=env)
     assert result.returncode == 0 and len(serve_dir.requests(url)) == 3
 
 
 def test_download_from_a_dead_host_fails_cleanly(tmp_path):
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    result = ptblm(
-        "download",
-        "--data-dir",
-        tmp_path / "data",
-        env={"PTBLM_DATA_URL": f"http://127.0.0.1:{port}"},
-    )
+    result = ptblm("download", "--data-dir", tmp_path / "data", env={"PTBLM_DATA_URL": dead_url()})
     assert_clean_failure(result, 1, "could not download", "by hand")
     assert list((tmp_path / "data" / "ptb").iterdir()) == []
 
@@ -152,6 +153,12 @@ def test_train_writes_the_run_directory(trained_run):
         assert key in metrics
     assert metrics["global_step"] == 300
     assert f"{metrics['test_ppl']:.2f}" in result.stdout  # the summary shows the row
+    # 300 of the test config's (929,589 // 20 - 1) // 2 = 23,239 windows an epoch: a cut-short
+    # run says so, in fractions of an epoch.
+    assert metrics["max_steps"] == 300 and metrics["cut_short"]
+    assert metrics["epochs_trained"] == pytest.approx(300 / 23_239)
+    assert "Cut short by --max-steps 300 after 0.0129 epochs" in result.stdout
+    assert "published" not in result.stdout
 
 
 def test_tensorboard_reads_the_scalars_and_hparams(trained_run):
@@ -175,6 +182,9 @@ def test_tensorboard_reads_the_scalars_and_hparams(trained_run):
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     assert session.session_start_info.hparams["hidden_size"].number_value == 2
     assert session.session_start_info.hparams["config_name"].string_value == "test"
+    assert session.session_start_info.hparams["max_steps"].number_value == 300
+    # A point every 50 training windows, so that short runs draw curves too.
+    assert [event.step for event in events.Scalars("train/loss")] == list(range(50, 301, 50))
     metrics = json.loads((run / "metrics.json").read_text())
     assert events.Scalars("test/ppl")[-1].value == pytest.approx(metrics["test_ppl"], rel=1e-6)
 
@@ -225,3 +235,76 @@ def test_an_unwritable_data_dir_fails_cleanly(tmp_path):
 def test_max_steps_must_be_positive(tmp_path):
     result = ptblm("train", "-c", "test", "--max-steps", "0", "--runs-dir", tmp_path / "runs")
     assert result.returncode == 2 and not (tmp_path / "runs").exists()
+
+
+def test_bf16_on_this_cpu_trains_or_is_refused_before_anything_is_written(tmp_path):
+    """Where the CPU has native bf16 it trains; where not, exit 2 and one line, no run
+    directory. On every machine one of the two runs for real."""
+    corpus = make_corpus(tmp_path / "corpus")
+    args = ["train", "-c", "test", "--set", "vocab_size=40", "--corpus", corpus]
+    args += ["--precision", "bf16", "--max-steps", "5", "--runs-dir", tmp_path / "runs"]
+    result = ptblm(*args)
+    if cpu_has_native_bf16_by_its_flags():
+        assert result.returncode == 0, result.stderr
+        metrics = json.loads(next((tmp_path / "runs").glob("*/metrics.json")).read_text())
+        assert metrics["precision"] == "bf16"
+    else:
+        assert_clean_failure(result, 2, "no native bf16", "--precision fp32")
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "runs").exists()
+
+
+def test_info_shows_what_a_bug_report_needs(tmp_path, ptb_dir):
+    import torch
+
+    data = tmp_path / "data"
+    (data / "ptb").mkdir(parents=True)
+    for name in ("ptb.train.txt", "ptb.valid.txt"):
+        (data / "ptb" / name).write_bytes((ptb_dir / name).read_bytes())
+    (data / "ptb" / "ptb.valid.txt").write_bytes(b"edited")
+    result = ptblm("info", "--data-dir", data)
+    assert result.returncode == 0, result.stderr
+    assert f"torch {torch.__version__}" in result.stdout
+    assert (
+        "native bf16: " + ("yes" if cpu_has_native_bf16_by_its_flags() else "no") in result.stdout
+    )
+    assert (
+        "ptb.train.txt verified, ptb.valid.txt wrong sha256, ptb.test.txt missing" in result.stdout
+    )
+    details = json.loads(ptblm("info", "--json", "--data-dir", data).stdout)
+    assert (
+        details["versions"]["torch"] == torch.__version__.split("+")[0]
+        or details["versions"]["torch"] == torch.__version__
+    )
+    assert set(details["versions"]) >= {"ptblm", "python", "numpy", "typer", "tensorboard"}
+    assert details["cpu"]["native_bf16"] == cpu_has_native_bf16_by_its_flags()
+    assert details["cpu"]["precisions"][0] == "fp32"
+    assert details["cuda"]["available"] == torch.cuda.is_available()
+    assert details["data"]["files"] == {
+        "ptb.train.txt": "verified",
+        "ptb.valid.txt": "wrong sha256",
+        "ptb.test.txt": "missing",
+    }
+    assert details["data"]["verified"] is False
+
+
+def test_config_list_shows_size_epochs_parameters_and_time():
+    result = ptblm("config", "list")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:5]}
+    assert set(rows) == {"small", "medium", "large", "test"}
+    # Zaremba et al.: small 2x200, medium 2x650 (~20M parameters), large 2x1500 (~66M).
+    assert rows["small"].split()[1:3] == ["2x200", "13"]
+    assert rows["medium"].split()[1:4] == ["2x650", "39", "19.8M"]
+    assert rows["large"].split()[1:4] == ["2x1500", "55", "66.0M"]
+    assert "115.91" in rows["small"] and "wants a GPU" in rows["large"]
+    assert "wants a GPU" not in rows["small"]
+
+
+def test_an_unknown_config_is_reported_before_torch_is_imported(tmp_path):
+    """The check runs before `import torch` (seconds): with torch made unimportable, the
+    message is still the config's."""
+    (tmp_path / "torch.py").write_text("raise ImportError('torch was imported')\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+    result = ptblm("train", "--config", "smal", env=env)
+    assert_clean_failure(result, 2, "unknown config 'smal'")

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,21 +48,40 @@ def reference(tmp_path_factory, corpus):
     return runs / "straight"
 
 
-def start(corpus, runs, name, *extra):
-    command = [sys.executable, "-m", "ptblm", "train", "-c", "test", *SETTINGS, *extra]
-    command += ["--corpus", str(corpus), "--runs-dir", str(runs), "--name", name]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+HOLD = Path(__file__).resolve().parent / "hold.py"
 
 
-def wait_for(process, path, after: float):
-    """Wait until the run has written `path` (last.pt: mid epoch 1; best.pt: epoch 1 done),
-    then `after` seconds more."""
-    deadline = time.monotonic() + 120
-    while not path.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    time.sleep(after)
+class HeldRun:
+    """`ptblm train` in a subprocess that stops at the given hold points (see hold.py) until
+    released: the test kills or signals it at an exact place in the run, not after a sleep."""
+
+    def __init__(self, corpus, runs, name, *points):
+        self.holds = runs / f"holds-{name}"
+        self.holds.mkdir()
+        command = [sys.executable, str(HOLD), "train", "-c", "test", *SETTINGS]
+        command += ["--corpus", str(corpus), "--runs-dir", str(runs), "--name", name]
+        env = dict(os.environ, PTBLM_HOLD=",".join(points), PTBLM_HOLD_DIR=str(self.holds))
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+
+    def wait_held(self, index=0):
+        """Until the run reaches its index-th hold point (a hang fails after two minutes)."""
+        deadline = time.monotonic() + 120
+        while not (self.holds / f"held-{index}").exists():
+            assert self.process.poll() is None, self.process.communicate()
+            assert time.monotonic() < deadline, "the run never reached its hold point"
+            time.sleep(0.02)
+
+    def release(self, index=0):
+        (self.holds / f"release-{index}").touch()
+
+    def send(self, signum):
+        self.process.send_signal(signum)
+
+    def finish(self):
+        stdout, stderr = self.process.communicate(timeout=120)
+        return self.process.returncode, stdout, stderr
 
 
 def assert_same_run(run, reference):
@@ -88,14 +108,19 @@ def assert_same_run(run, reference):
 
 
 @pytest.mark.parametrize(
-    "file, after", [("last.pt", 0.0), ("last.pt", 0.3), ("best.pt", 0.0), ("best.pt", 0.2)]
+    "point",
+    [
+        "step:10",  # mid epoch 1, three windows after the last.pt of step 7
+        "before:last.pt:2",  # just before step 14's last.pt is written
+        "validate:1",  # epoch 1 trained, its validation under way
+        "after:best.pt:1",  # between epoch 1's best.pt and its last.pt
+    ],
 )
-def test_kill_9_then_resume_ends_bitwise_equal(tmp_path, corpus, reference, file, after):
-    process = start(corpus, tmp_path, "killed")
-    wait_for(process, tmp_path / "killed" / file, after)
-    assert process.poll() is None, "the run ended before it could be killed: make it longer"
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
+def test_kill_9_then_resume_ends_bitwise_equal(tmp_path, corpus, reference, point):
+    run = HeldRun(corpus, tmp_path, "killed", point)
+    run.wait_held()
+    run.send(signal.SIGKILL)
+    run.finish()
     assert not torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["finished"]
     result = ptblm("train", "--resume", tmp_path / "killed")
     assert result.returncode == 0, result.stderr
@@ -116,16 +141,17 @@ def test_kill_9_then_resume_ends_bitwise_equal(tmp_path, corpus, reference, file
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_saves_last_pt_and_says_how_to_resume(tmp_path, corpus, reference, signum, code):
-    process = start(corpus, tmp_path, "stopped")
-    wait_for(process, tmp_path / "stopped" / "last.pt", 0.3)
-    assert process.poll() is None, "the run ended before the signal: make it longer"
-    process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == code, stderr
+    run = HeldRun(corpus, tmp_path, "stopped", "step:10")
+    run.wait_held()
+    run.send(signum)  # arrives while window 11 is about to run
+    run.release()
+    returncode, _, stderr = run.finish()
+    assert returncode == code, stderr
     assert "Traceback" not in stderr
+    assert "stopping after this window" in stderr
     assert f"ptblm train --resume {tmp_path / 'stopped'}" in stderr
     checkpoint = torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)
-    assert not checkpoint["finished"]
+    assert not checkpoint["finished"] and checkpoint["global_step"] == 11
     result = ptblm("train", "--resume", tmp_path / "stopped")
     assert result.returncode == 0, result.stderr
     assert_same_run(tmp_path / "stopped", reference)
@@ -179,28 +205,38 @@ def test_eval_of_a_garbage_checkpoint_fails_cleanly(tmp_path, corpus):
 
 
 def test_divergence_exits_1_and_keeps_the_last_good_checkpoint(tmp_path, corpus):
+    # lr 1e30: the first window's update is finite but huge, the second window diverges; with a
+    # checkpoint every window, last.pt holds the first window's weights.
     result = ptblm(
         "train", "-c", "test", *SETTINGS, "--set", "learning_rate=1e30",
+        "--checkpoint-every", "1",
         "--corpus", corpus, "--runs-dir", tmp_path, "--name", "diverged",
     )  # fmt: skip
     assert_clean_failure(
         result, 1, "diverged at step", "learning rate 1e+30", "Lower learning_rate"
     )
-    if (tmp_path / "diverged" / "last.pt").exists():
-        checkpoint = torch.load(tmp_path / "diverged" / "last.pt", weights_only=True)
-        assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+    diverged_at = int(result.stderr.split("diverged at step ")[1].split()[0])
+    checkpoint = torch.load(tmp_path / "diverged" / "last.pt", weights_only=True)
+    assert checkpoint["global_step"] == diverged_at - 1 >= 1
+    assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
 
 
 def test_a_second_ctrl_c_exits_at_once_without_corrupting_anything(tmp_path, corpus, reference):
-    process = start(corpus, tmp_path, "twice")
-    wait_for(process, tmp_path / "twice" / "last.pt", 0.3)
-    assert process.poll() is None, "the run ended before the signal: make it longer"
-    process.send_signal(signal.SIGINT)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
+    # The first Ctrl-C arrives while window 11 is about to run; the second while the graceful
+    # stop is about to write last.pt: it must leave at once, without that save.
+    run = HeldRun(corpus, tmp_path, "twice", "step:10", "before:last.pt:2")
+    run.wait_held(0)
+    run.send(signal.SIGINT)
+    run.release(0)
+    run.wait_held(1)
+    run.send(signal.SIGINT)
+    returncode, _, stderr = run.finish()
+    assert returncode == 130, stderr
     assert "Traceback" not in stderr
-    torch.load(tmp_path / "twice" / "last.pt", weights_only=True)  # intact
+    assert "Ctrl-C again to quit at once" in stderr  # the first was heard
+    assert "Continue with" not in stderr  # the graceful path did not run to its end
+    last = torch.load(tmp_path / "twice" / "last.pt", weights_only=True)  # intact
+    assert last["global_step"] == 7  # the save of step 11 never happened
     result = ptblm("train", "--resume", tmp_path / "twice")
     assert result.returncode == 0, result.stderr
     assert_same_run(tmp_path / "twice", reference)
