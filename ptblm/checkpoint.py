@@ -34,6 +34,7 @@ import torch
 from ptblm import __version__
 from ptblm.atomic import atomic_write
 from ptblm.config import Config, build_config
+from ptblm.data import Corpus
 from ptblm.errors import CheckpointError, ConfigError
 from ptblm.model import LSTMLanguageModel
 
@@ -148,6 +149,15 @@ def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> Config:
         raise CheckpointError(f"{path} holds an invalid config: {error}") from None
     except (AttributeError, TypeError):
         raise CheckpointError(f"{path} holds no config mapping.") from None
+
+
+def check_vocabulary(checkpoint: dict[str, Any], corpus: Corpus, path: Path) -> None:
+    """A model only fits the corpus whose training split gave its vocabulary."""
+    if corpus.vocab != vocab_dict(checkpoint["vocab"]):
+        raise CheckpointError(
+            f"{path} was trained on another vocabulary than the corpus in {corpus.folder}: use it "
+            f"with the corpus it was trained on (--corpus DIR or --data-dir DIR)."
+        )
 
 
 def vocab_list(vocab: dict[str, int]) -> list[str]:

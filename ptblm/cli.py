@@ -9,13 +9,13 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ptblm import __version__
-from ptblm.config import config_to_yaml, load_config, resolve_config_path, shipped_configs
-from ptblm.errors import CheckpointError, ConfigError, Interrupted, PtblmError
+from ptblm.config import config_to_yaml, load_config, resolve_config_path
+from ptblm.errors import ConfigError, Interrupted, PtblmError
 
 app = typer.Typer(
     name="ptblm",
@@ -92,31 +92,9 @@ def config_show(
 def config_list() -> None:
     """List the shipped configs: size, epochs, parameters, the published test perplexity, and
     the expected training time of a full run on a CPU and on a GPU."""
-    from ptblm.published import PUBLISHED, expected_minutes, parameter_count
+    from ptblm.published import shipped_config_table
 
-    def duration(minutes: float | None) -> str:
-        if minutes is None:
-            return "-"
-        return f"~{minutes:.0f} min" if minutes < 120 else f"~{minutes / 60:.0f} h"
-
-    typer.echo(
-        f"{'name':8} {'size':>7} {'epochs':>6} {'params':>7} {'test ppl':>8} "
-        f"{'CPU (2 cores)':>13} {'GPU':>8}  file"
-    )
-    for name, path in shipped_configs().items():
-        config = load_config(name)
-        cpu, gpu = (expected_minutes(name, config, device) for device in ("cpu", "gpu"))
-        published = PUBLISHED.get(name, {}).get("test")
-        note = "  (wants a GPU)" if cpu is not None and cpu > 180 else ""
-        typer.echo(
-            f"{name:8} {config.num_layers}x{config.hidden_size:<5} {config.max_max_epoch:>6} "
-            f"{parameter_count(config) / 1e6:>6.1f}M {published or '-':>8} {duration(cpu):>13} "
-            f"{duration(gpu):>8}  {path}{note}"
-        )
-    typer.echo(
-        "Times are for a full PTB run in fp32. CPU: measured by ptblm on a 2-core AMD EPYC VM. "
-        "GPU: the TensorFlow tutorial's speed on one Titan X (ptblm is not yet measured on a GPU)."
-    )
+    typer.echo(shipped_config_table())
 
 
 @app.command()
@@ -198,8 +176,9 @@ def train(
         )
     # Checked before torch is imported (seconds): a typo is reported at once.
     new_config = load_config(config, overrides) if resume is None else None
+    from ptblm.data import load_corpus_on_all_ranks
     from ptblm.distributed import init_distributed, shutdown
-    from ptblm.runs import default_run_name
+    from ptblm.runs import default_run_name, format_summary
     from ptblm.runtime import check_precision, keep_freed_memory, resolve_device
     from ptblm.train import Trainer
 
@@ -214,7 +193,7 @@ def train(
             trainer = _resume_trainer(resume, data_dir, corpus, torch_device, dist, not quiet)
         else:
             label = resolve_config_path(config).stem
-            corpus_data = _load_corpus(data_dir, corpus, dist, not quiet)
+            corpus_data = load_corpus_on_all_ranks(data_dir, corpus, dist, not quiet)
             # The ranks' clocks may straddle a second: rank 0 names the run.
             name = dist.broadcast(name or default_run_name(label))
             trainer = Trainer(
@@ -235,32 +214,17 @@ def train(
         typer.echo(format_summary(metrics, trainer.run_dir.path))
 
 
-def _load_corpus(data_dir, corpus_dir, dist, verbose):
-    """Every rank loads the corpus; rank 0 downloads it first, the others wait for it."""
-    from ptblm.data import load_corpus
-    from ptblm.download import download_ptb
-
-    if dist.enabled:
-        if dist.is_main and corpus_dir is None:
-            download_ptb(data_dir, progress=verbose)
-        dist.barrier()
-    return load_corpus(data_dir, corpus_dir, progress=verbose and dist.is_main)
-
-
 def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose):
-    from ptblm.checkpoint import vocab_dict
+    from ptblm.checkpoint import check_vocabulary
+    from ptblm.data import load_corpus_on_all_ranks
     from ptblm.runs import load_resumable
     from ptblm.train import Trainer
 
     checkpoint, saved = load_resumable(run_dir)
     if corpus_dir is None and checkpoint.get("corpus_dir"):
         corpus_dir = Path(checkpoint["corpus_dir"])
-    corpus = _load_corpus(data_dir, corpus_dir, dist, verbose)
-    if corpus.vocab != vocab_dict(checkpoint["vocab"]):
-        raise CheckpointError(
-            f"{run_dir / 'last.pt'} was trained on another vocabulary than {corpus.folder}; resume "
-            f"it with the corpus it was trained on (--corpus DIR or --data-dir DIR)."
-        )
+    corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, verbose)
+    check_vocabulary(checkpoint, corpus, run_dir / "last.pt")
     trainer = Trainer(
         saved,
         corpus,
@@ -279,39 +243,6 @@ def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose):
             f"(epoch {checkpoint['epoch'] + 1}, window {checkpoint['window']})."
         )
     return trainer
-
-
-def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
-    """The run's row beside the published one, or why they cannot be compared."""
-    published = metrics.get("published")
-    wps = metrics["train_wps"] or 0
-    epochs = metrics.get("epochs_trained", metrics["epochs"])
-    lines = [
-        f"{'':>10} {'train':>8} {'valid':>8} {'test':>8}",
-        f"{'ptblm':>10} {metrics['train_ppl']:8.2f} {metrics['valid_ppl']:8.2f} "
-        f"{metrics['test_ppl']:8.2f}   ({epochs:.3g} epochs, "
-        f"{metrics['wall_seconds'] / 60:.1f} min, {wps:.0f} words/s, {metrics['device']})",
-    ]
-    if metrics.get("cut_short"):
-        limit = f"--max-steps {metrics['max_steps']}" if metrics.get("max_steps") else "its limit"
-        lines.append(
-            f"Cut short by {limit} after {epochs:.3g} epochs"
-            + (
-                f": not comparable with the published {published['config']} row."
-                if published
-                else "."
-            )
-        )
-    elif published:
-        lines.append(
-            f"{'published':>10} {published['train']:8.2f} {published['valid']:8.2f} "
-            f"{published['test']:8.2f}   (the tutorial's {published['config']} row)"
-        )
-    lines.append(
-        f"best.pt: valid {metrics['best_valid_ppl']:.2f}, test {metrics['best_test_ppl']:.2f}.  "
-        f"Run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})"
-    )
-    return "\n".join(lines)
 
 
 def command_line() -> str:

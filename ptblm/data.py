@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ptblm.config import Config
+from ptblm.distributed import Distributed
 from ptblm.download import SPLITS, download_ptb
 from ptblm.errors import ConfigError, DataError
 
@@ -114,6 +115,15 @@ def load_corpus(
     vocab = dict(vocab) if vocab is not None else build_vocab(words["train"])
     ids = {split: numericalize(words[split], vocab, folder / file_name(split)) for split in SPLITS}
     return Corpus(vocab=vocab, folder=folder, custom=corpus_dir is not None, **ids)
+
+
+def load_corpus_on_all_ranks(data_dir, corpus_dir, dist: Distributed, verbose: bool) -> Corpus:
+    """Every rank loads the corpus; rank 0 downloads it first, the others wait for it."""
+    if dist.enabled:
+        if dist.is_main and corpus_dir is None:
+            download_ptb(data_dir, progress=verbose)
+        dist.barrier()
+    return load_corpus(data_dir, corpus_dir, progress=verbose and dist.is_main)
 
 
 def check_fits(config: Config, corpus: Corpus, world_size: int, test_batch_size: int) -> None:

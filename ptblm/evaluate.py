@@ -18,9 +18,13 @@ from typing import Any
 
 import torch
 
-from ptblm.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint, vocab_dict
+from ptblm.checkpoint import (
+    check_vocabulary,
+    checkpoint_config,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from ptblm.data import batchify, load_corpus, windows
-from ptblm.errors import DataError
 from ptblm.model import LSTMLanguageModel, token_nll
 from ptblm.runtime import configure_tf32
 
@@ -98,11 +102,7 @@ def evaluate_checkpoint(
     if corpus_dir is None and checkpoint.get("corpus_dir"):
         corpus_dir = Path(checkpoint["corpus_dir"])
     corpus = load_corpus(data_dir, corpus_dir, progress=progress)
-    if corpus.vocab != vocab_dict(checkpoint["vocab"]):
-        raise DataError(
-            f"{path} was trained with another vocabulary than the corpus in {corpus.folder}: "
-            f"evaluate it on the corpus it was trained on (--corpus DIR or --data-dir DIR)."
-        )
+    check_vocabulary(checkpoint, corpus, path)
     if num_steps is None:
         num_steps = TEST_NUM_STEPS if batch_size == 1 else config.num_steps
     started = time.perf_counter()

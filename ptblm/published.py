@@ -7,7 +7,7 @@ This is the one place in the code that holds them; the run summary, metrics.json
 
 from __future__ import annotations
 
-from ptblm.config import TUTORIAL_FIELDS, Config, load_config
+from ptblm.config import TUTORIAL_FIELDS, Config, load_config, shipped_configs
 
 # The tutorial's table (REFERENCE.md, "Published results"): perplexity after max_max_epoch epochs.
 PUBLISHED = {
@@ -19,10 +19,11 @@ PUBLISHED = {
 PTB_TRAIN_TOKENS = 929_589
 
 # Training words/s, fp32, used to estimate a run's time. CPU: ptblm measured on this project's
-# 2-core AMD EPYC VM (small: the full run in the README; medium, large: `make bench`). GPU: the
-# tutorial's cuDNN mode on one Titan X (REFERENCE.md); ptblm itself has not been measured on a GPU.
+# 2-core AMD EPYC VMs (small: the full run in the README, 5.5k; medium: `make bench`, 1.8k with
+# AVX-512 and 1.1-1.2k with AVX2 only; large: `make bench`, 0.28k, AVX2). GPU: the tutorial's
+# cuDNN mode on one Titan X (REFERENCE.md); ptblm itself has not been measured on a GPU.
 WORDS_PER_SECOND = {
-    "cpu": {"small": 5_500, "medium": 1_800, "large": 330},
+    "cpu": {"small": 5_500, "medium": 1_500, "large": 280},
     "gpu": {"small": 49_000, "medium": 24_200, "large": 10_500},
 }
 
@@ -51,3 +52,35 @@ def expected_minutes(name: str, config: Config, device: str) -> float | None:
     if speed is None:
         return None
     return config.max_max_epoch * PTB_TRAIN_TOKENS / speed / 60
+
+
+def shipped_config_table() -> str:
+    """`ptblm config list`: each shipped config's size, epochs, parameters, published test
+    perplexity, and the expected time of a full run on a CPU and on a GPU."""
+
+    def duration(minutes: float | None) -> str:
+        if minutes is None:
+            return "-"
+        return f"~{minutes:.0f} min" if minutes < 120 else f"~{minutes / 60:.0f} h"
+
+    lines = [
+        f"{'name':8} {'size':>7} {'epochs':>6} {'params':>7} {'test ppl':>8} "
+        f"{'CPU (2 cores)':>13} {'GPU':>8}  file"
+    ]
+    shipped = shipped_configs()
+    table_order = [name for name in ("small", "medium", "large") if name in shipped]
+    for name in table_order + [name for name in shipped if name not in table_order]:
+        path, config = shipped[name], load_config(name)
+        cpu, gpu = (expected_minutes(name, config, device) for device in ("cpu", "gpu"))
+        published = PUBLISHED.get(name, {}).get("test")
+        note = "  (wants a GPU)" if cpu is not None and cpu > 180 else ""
+        lines.append(
+            f"{name:8} {config.num_layers}x{config.hidden_size:<5} {config.max_max_epoch:>6} "
+            f"{parameter_count(config) / 1e6:>6.1f}M {published or '-':>8} {duration(cpu):>13} "
+            f"{duration(gpu):>8}  {path}{note}"
+        )
+    lines.append(
+        "Times are for a full PTB run in fp32. CPU: measured by ptblm on a 2-core AMD EPYC VM. "
+        "GPU: the TensorFlow tutorial's speed on one Titan X (ptblm is not yet timed on a GPU)."
+    )
+    return "\n".join(lines)

@@ -147,6 +147,40 @@ def run_metrics(run: Trainer, test_ppl: float, best_test_ppl: float) -> dict[str
     }
 
 
+def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
+    """What `ptblm train` prints at the end, from metrics.json: the run's row beside the published
+    one, or why they cannot be compared."""
+    published = metrics.get("published")
+    wps = metrics["train_wps"] or 0
+    epochs = metrics.get("epochs_trained", metrics["epochs"])
+    lines = [
+        f"{'':>10} {'train':>8} {'valid':>8} {'test':>8}",
+        f"{'ptblm':>10} {metrics['train_ppl']:8.2f} {metrics['valid_ppl']:8.2f} "
+        f"{metrics['test_ppl']:8.2f}   ({epochs:.3g} epochs, "
+        f"{metrics['wall_seconds'] / 60:.1f} min, {wps:.0f} words/s, {metrics['device']})",
+    ]
+    if metrics.get("cut_short"):
+        limit = f"--max-steps {metrics['max_steps']}" if metrics.get("max_steps") else "its limit"
+        lines.append(
+            f"Cut short by {limit} after {epochs:.3g} epochs"
+            + (
+                f": not comparable with the published {published['config']} row."
+                if published
+                else "."
+            )
+        )
+    elif published:
+        lines.append(
+            f"{'published':>10} {published['train']:8.2f} {published['valid']:8.2f} "
+            f"{published['test']:8.2f}   (the tutorial's {published['config']} row)"
+        )
+    lines.append(
+        f"best.pt: valid {metrics['best_valid_ppl']:.2f}, test {metrics['best_test_ppl']:.2f}.  "
+        f"Run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})"
+    )
+    return "\n".join(lines)
+
+
 def newest_run(runs_dir: Path) -> Path:
     """The run directory under runs_dir whose checkpoint was written last."""
     candidates = [path for path in Path(runs_dir).glob("*/*.pt") if path.name in (BEST, LAST)]
