@@ -227,7 +227,7 @@ def training_checkpoint(run: Trainer) -> dict[str, Any]:
 def restore_training(run: Trainer, checkpoint: dict[str, Any], path: Path) -> None:
     """Load a training checkpoint into a freshly built run: weights, optimizer, scaler, record,
     this rank's rows of the carried state, and every generator."""
-    dist, device, rows = run.dist, run.device, run.rows
+    dist, device, rows = run.dist, run.device, run.rank_rows
     if checkpoint.get("world_size", 1) != dist.world_size:
         raise CheckpointError(
             f"this run was trained by {checkpoint.get('world_size', 1)} process(es); resume it "

@@ -39,20 +39,20 @@ class Diverged(Exception):  # noqa: N818 (a signal to the loop, which words the 
 class EagerStep:
     """SGD with global-norm clipping on the window objective, state carried across windows.
 
-    `forward` is what computes the logits: the model, or its DDP wrapper under torchrun.
+    `model` computes the logits: the language model, wrapped in DDP under torchrun.
     `state` is the (h, c) carried into the next window; None starts from zeros.
     """
 
     def __init__(
         self,
-        forward: nn.Module,
+        model: nn.Module,
         optimizer: torch.optim.Optimizer,
         config: Config,
         autocast,
         scaler: torch.amp.GradScaler | None = None,
         dist: Distributed = SINGLE_PROCESS,
     ):
-        self.forward = forward
+        self.model = model
         self.optimizer = optimizer
         self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
         self.max_grad_norm = config.max_grad_norm
@@ -66,7 +66,7 @@ class EagerStep:
         """x, y: (rows, num_steps) int64 -> the window's mean per-token NLL over all ranks and
         the gradient norm before clipping. Raises Diverged, weights untouched."""
         with self.autocast:
-            logits, state = self.forward(x, self.state)
+            logits, state = self.model(x, self.state)
             loss = window_loss(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler:

@@ -80,18 +80,18 @@ class Trainer:
         # Each rank trains a contiguous share of the batch's rows; DDP averages the gradients of
         # the equal shares, which is the gradient of the whole batch's mean loss.
         share = config.batch_size // dist.world_size
-        self.rows = range(dist.rank * share, (dist.rank + 1) * share)
-        forward = self.model
+        self.rank_rows = range(dist.rank * share, (dist.rank + 1) * share)
+        trained = self.model
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             torch.manual_seed(config.seed + dist.rank)  # own dropout masks for own rows
-            forward = DistributedDataParallel(self.model)
+            trained = DistributedDataParallel(self.model)
         scaler = make_scaler(config.precision, device)
-        self.step = EagerStep(forward, self.optimizer, config, autocast, scaler, dist)
+        self.step = EagerStep(trained, self.optimizer, config, autocast, scaler, dist)
         # Moved to the device once; windows are views cut from it, no per-window copy.
         rows_of_text = batchify(corpus.train, config.batch_size)
-        self.train_data = rows_of_text[self.rows.start : self.rows.stop].to(device)
+        self.train_data = rows_of_text[self.rank_rows.start : self.rank_rows.stop].to(device)
         self.windows_per_epoch = num_windows(self.train_data.size(1), config.num_steps)
         self.run_dir = RunDirectory(run_dir)
         self.record = RunRecord()
@@ -268,7 +268,7 @@ class Trainer:
             self.corpus.valid,
             config.batch_size,
             config.num_steps,
-            rows=self.rows,
+            rows=self.rank_rows,
             should_stop=stop,
         )
         return perplexity(*self.dist.sum([nll, tokens], self.device))
