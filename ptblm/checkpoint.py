@@ -130,9 +130,15 @@ def _load_failure(error: Exception) -> str:
     return f"truncated, corrupt or not a torch file: {lines[0][:150] if lines else type(error).__name__}"
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any], path: Path) -> LSTMLanguageModel:
-    """The model a checkpoint holds, on the CPU."""
-    model = LSTMLanguageModel.from_config(checkpoint_config(checkpoint, path))
+def model_from_checkpoint(
+    checkpoint: dict[str, Any], path: Path, cell: str | None = None
+) -> LSTMLanguageModel:
+    """The model a checkpoint holds, on the CPU; `cell` runs its LSTM with another cell (fused or
+    reference: the same parameters)."""
+    config = checkpoint_config(checkpoint, path)
+    if cell is not None:
+        config = dataclasses.replace(config, cell=cell, recurrent_dropout=0.0)  # eval: no dropout
+    model = LSTMLanguageModel.from_config(config)
     try:
         model.load_state_dict(checkpoint["model"])
     except (RuntimeError, TypeError, AttributeError) as error:

@@ -274,6 +274,10 @@ def eval_(
     corpus: CorpusDir = None,
     runs_dir: RunsDir = Path("runs"),
     device: Device = "auto",
+    cell: Annotated[
+        str | None,
+        typer.Option("--cell", help="Run the LSTM with another cell: fused or reference."),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout.")
     ] = False,
@@ -285,6 +289,8 @@ def eval_(
 
     if split not in ("test", "valid", "train"):
         raise ConfigError(f"--split {split}: use test, valid or train.")
+    if cell not in (None, "fused", "reference"):
+        raise ConfigError(f"--cell {cell}: use fused or reference.")
     path = resolve_checkpoint(target, runs_dir)
     result = evaluate_checkpoint(
         path,
@@ -295,6 +301,7 @@ def eval_(
         corpus,
         resolve_device(device),
         progress=not as_json,
+        cell=cell,
     )
     if as_json:
         typer.echo(json.dumps(result))

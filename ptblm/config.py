@@ -25,6 +25,8 @@ import yaml
 from ptblm.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+CELLS = ("fused", "reference")
+DROPOUT_MODES = ("standard", "variational")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,15 @@ class Config:
     precision: str = "fp32"  # fp32 (faithful), bf16 or fp16 autocast
     checkpoint_every: int = 0  # write last.pt every N training windows (0: end of epoch only)
     allow_tf32: bool = False  # let CUDA use TF32 matrix products (faster, not bit-faithful)
+    # --- the model family (model.py); the defaults are Zaremba et al.'s model ---
+    cell: str = "fused"  # fused (nn.LSTM: cuDNN / oneDNN) or reference (the gate equations)
+    forget_bias: float = 0.0  # a constant added to the forget gate (TensorFlow's forget_bias)
+    tie_weights: bool = False  # the decoder's weight is the embedding matrix
+    dropout_mode: str = "standard"  # standard (a new mask per element) or variational
+    embedding_dropout: float = 0.0  # drop whole word types from the embedding, per window
+    weight_drop: float = 0.0  # DropConnect on the LSTM's hidden-to-hidden weights, per window
+    recurrent_dropout: float = 0.0  # Gal's mask on h between time steps (cell: reference only)
+    weight_decay: float = 0.0  # L2 penalty in the SGD update
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -138,6 +149,17 @@ def _range_problems(values: dict[str, Any], sources: dict[str, str]) -> list[str
     need("seed", lambda v: v >= 0, "an integer >= 0")
     need("precision", lambda v: v in PRECISIONS, " | ".join(PRECISIONS))
     need("checkpoint_every", lambda v: v >= 0, "an integer >= 0 (0: end of epoch only)")
+    need("cell", lambda v: v in CELLS, " | ".join(CELLS))
+    need("forget_bias", math.isfinite, "a finite number")
+    need("dropout_mode", lambda v: v in DROPOUT_MODES, " | ".join(DROPOUT_MODES))
+    for name in ("embedding_dropout", "weight_drop", "recurrent_dropout"):
+        need(name, lambda v: 0 <= v < 1, "a probability in [0, 1)")
+    need("weight_decay", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+    if values.get("recurrent_dropout") and values.get("cell") == "fused":
+        problems.append(
+            f"{sources['recurrent_dropout']}: 'recurrent_dropout' needs cell: reference (the fused "
+            f"LSTM cannot drop h between time steps); set cell: reference, or use weight_drop"
+        )
     return problems
 
 

@@ -88,17 +88,19 @@ def evaluate_checkpoint(
     corpus_dir: Path | None = None,
     device: torch.device | None = None,
     progress: bool = False,
+    cell: str | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint and return its perplexity on a split, as a JSON-ready dict.
 
     A checkpoint trained on a --corpus directory is evaluated on that directory by default.
+    `cell` (fused or reference) evaluates it with another LSTM cell than it was trained with.
     """
     checkpoint = load_checkpoint(path)
     config = checkpoint_config(checkpoint, path)
     device = device or torch.device("cpu")
     if device.type == "cuda":
         configure_tf32(config.allow_tf32)  # compute exactly as the trainer did
-    model = model_from_checkpoint(checkpoint, path).to(device)
+    model = model_from_checkpoint(checkpoint, path, cell).to(device)
     if corpus_dir is None and checkpoint.get("corpus_dir"):
         corpus_dir = Path(checkpoint["corpus_dir"])
     corpus = load_corpus(data_dir, corpus_dir, progress=progress)
@@ -116,5 +118,6 @@ def evaluate_checkpoint(
         "global_step": checkpoint["global_step"],
         "batch_size": batch_size,
         "num_steps": num_steps,
+        "cell": model.cell,
         "seconds": round(time.perf_counter() - started, 3),
     }

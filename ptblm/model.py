@@ -1,12 +1,17 @@
-"""The Zaremba et al. LSTM language model (REFERENCE.md, "Model").
+"""The language model family. The default members are Zaremba et al.'s (REFERENCE.md, "Model"):
 
     ids (batch, steps)
-      -> embedding (vocab -> hidden) -> dropout
-      -> LSTM layer 1 -> dropout -> ... -> LSTM layer num_layers      (nn.LSTM: fused, cuDNN on GPU)
-      -> dropout -> linear (hidden -> vocab) = logits (batch, steps, vocab)
+      -> embedding (vocab -> hidden)                          [embedding_dropout: whole words]
+      -> dropout
+      -> LSTM layer 1 -> dropout -> ... -> LSTM layer L       cells.py: fused or reference
+      -> dropout -> linear (hidden -> vocab) = logits         [tie_weights: the embedding matrix]
 
-Dropout (probability 1 - keep_prob) only on non-recurrent connections; the recurrent ones get
-none, which is what nn.LSTM's `dropout` argument does between layers.
+Dropout (probability 1 - keep_prob) only on the non-recurrent connections: `standard` draws a new
+mask for every element (the paper), `variational` one mask per row for the whole window, at every
+time step (Gal & Ghahramani 2016). `weight_drop` drops entries of weight_hh, one mask a window
+(AWD-LSTM), `recurrent_dropout` masks h between time steps (reference cell only). Every option
+defaults to the faithful model, which runs the whole stack as one fused nn.LSTM call; the others
+run it layer by layer (the fused cell per layer, or the reference cell).
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ptblm.cells import ReferenceLSTM, State, fused_layer, layer_weights
 from ptblm.config import Config
+from ptblm.dropout import SequenceDropout, drop_connect, drop_rows
 
-State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, batch, hidden)
+__all__ = ["LSTMLanguageModel", "State", "detach_state", "token_nll", "window_loss"]
 
 
 class LSTMLanguageModel(nn.Module):
@@ -27,44 +34,70 @@ class LSTMLanguageModel(nn.Module):
         num_layers: int,
         keep_prob: float,
         init_scale: float,
+        cell: str = "fused",
+        forget_bias: float = 0.0,
+        tie_weights: bool = False,
+        dropout_mode: str = "standard",
+        embedding_dropout: float = 0.0,
+        weight_drop: float = 0.0,
+        recurrent_dropout: float = 0.0,
     ):
         super().__init__()
         dropout = 1.0 - keep_prob
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
+        self.hidden_size, self.num_layers, self.cell = hidden_size, num_layers, cell
+        self.embedding_dropout, self.weight_drop = embedding_dropout, weight_drop
         self.embedding = nn.Embedding(vocab_size, hidden_size)
-        self.dropout = nn.Dropout(dropout)
-        self.lstm = nn.LSTM(
-            hidden_size,
-            hidden_size,
-            num_layers,
-            batch_first=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
+        self.dropout = SequenceDropout(dropout, dropout_mode)
+        if cell == "fused":
+            between = dropout if num_layers > 1 else 0.0
+            self.lstm = nn.LSTM(
+                hidden_size, hidden_size, num_layers, batch_first=True, dropout=between
+            )
+        else:
+            self.lstm = ReferenceLSTM(
+                hidden_size, hidden_size, num_layers, dropout, recurrent_dropout
+            )
+        # One fused call for the whole stack only where nothing happens between the layers or
+        # to the weights that nn.LSTM does not do itself.
+        self.layer_by_layer = cell != "fused" or dropout_mode != "standard" or weight_drop > 0
         self.decoder = nn.Linear(hidden_size, vocab_size)
-        self.reset_parameters(init_scale)
+        if tie_weights:
+            self.decoder.weight = self.embedding.weight  # one tensor, initialised once
+        self.reset_parameters(init_scale, forget_bias)
 
     @classmethod
     def from_config(cls, config: Config) -> LSTMLanguageModel:
+        """The one constructor training, evaluation and every other command use."""
         return cls(
             config.vocab_size,
             config.hidden_size,
             config.num_layers,
             config.keep_prob,
             config.init_scale,
+            cell=config.cell,
+            forget_bias=config.forget_bias,
+            tie_weights=config.tie_weights,
+            dropout_mode=config.dropout_mode,
+            embedding_dropout=config.embedding_dropout,
+            weight_drop=config.weight_drop,
+            recurrent_dropout=config.recurrent_dropout,
         )
 
-    def reset_parameters(self, init_scale: float) -> None:
+    def reset_parameters(self, init_scale: float, forget_bias: float = 0.0) -> None:
         """Every parameter uniform(-init_scale, init_scale), as the tutorial.
 
         nn.LSTM keeps two bias vectors per layer (b_ih and b_hh) where the tutorial's cell has
         one. Drawing both would give the sum a triangular distribution twice as wide, and
-        training both would move the effective bias twice as fast, so b_hh is held at zero
-        and b_ih plays the tutorial's single bias.
+        training both would move the effective bias twice as fast, so b_hh is frozen and b_ih
+        plays the tutorial's single bias. b_hh holds zero, except `forget_bias` in its forget
+        gate quarter: TensorFlow's constant added to f, at no cost in the fused cell.
         """
-        for name, parameter in self.named_parameters():
+        hidden = self.hidden_size
+        for name, parameter in self.named_parameters():  # a tied matrix comes once
             if name.startswith("lstm.bias_hh"):
-                nn.init.zeros_(parameter)
+                with torch.no_grad():
+                    parameter.zero_()
+                    parameter[hidden : 2 * hidden] = forget_bias
                 parameter.requires_grad_(False)
             else:
                 nn.init.uniform_(parameter, -init_scale, init_scale)
@@ -74,11 +107,39 @@ class LSTMLanguageModel(nn.Module):
         zeros = torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device)
         return zeros, zeros.clone()
 
-    def forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward(self, ids: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
         """ids (batch, steps) int64, state (h, c) -> logits (batch, steps, vocab), new state."""
-        embedded = self.dropout(self.embedding(ids))
-        output, state = self.lstm(embedded, state)
+        if self.training and self.embedding_dropout:
+            weight = drop_rows(self.embedding.weight, self.embedding_dropout)
+            embedded = nn.functional.embedding(ids, weight)
+        else:
+            embedded = self.embedding(ids)
+        x = self.dropout(embedded)
+        if self.layer_by_layer:
+            output, state = self.layers(x, state or self.initial_state(ids.size(0), ids.device))
+        else:
+            output, state = self.lstm(x, state)
         return self.decoder(self.dropout(output)), state
+
+    def layers(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """The LSTM stack one layer at a time, the model's dropout between layers."""
+        final_h, final_c = [], []
+        for k in range(self.num_layers):
+            if k > 0:
+                x = self.dropout(x)
+            weights = layer_weights(self.lstm, k)
+            if self.training and self.weight_drop:
+                weights[1] = drop_connect(weights[1], self.weight_drop)
+            if self.cell == "fused":
+                x, (h, c) = fused_layer(
+                    x, (state[0][k : k + 1], state[1][k : k + 1]), weights, self.training
+                )
+                h, c = h[0], c[0]
+            else:
+                x, (h, c) = self.lstm.layer(x, (state[0][k], state[1][k]), weights)
+            final_h.append(h)
+            final_c.append(c)
+        return x, (torch.stack(final_h), torch.stack(final_c))
 
 
 def detach_state(state: State) -> State:

@@ -42,7 +42,8 @@ def parameter_count(config: Config) -> int:
     `ptblm config list` need not import torch."""
     hidden, vocab = config.hidden_size, config.vocab_size
     lstm_layer = 4 * hidden * (hidden + hidden) + 2 * 4 * hidden  # weights ih, hh; biases ih, hh
-    return vocab * hidden + config.num_layers * lstm_layer + hidden * vocab + vocab
+    decoder_weight = 0 if config.tie_weights else hidden * vocab
+    return vocab * hidden + config.num_layers * lstm_layer + decoder_weight + vocab
 
 
 def expected_minutes(name: str, config: Config, device: str) -> float | None:

@@ -76,7 +76,9 @@ class Trainer:
         seed_everything(config.seed)
         self.model = LSTMLanguageModel.from_config(config).to(device)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(parameters, lr=config.learning_rate)
+        self.optimizer = torch.optim.SGD(
+            parameters, lr=config.learning_rate, weight_decay=config.weight_decay
+        )
         # Each rank trains a contiguous share of the batch's rows; DDP averages the gradients of
         # the equal shares, which is the gradient of the whole batch's mean loss.
         share = config.batch_size // dist.world_size

@@ -67,6 +67,33 @@ def test_config_show_prints_the_resolved_config_with_overrides(tmp_path):
             ["fp16 needs a CUDA"],
         ),
         (None, ["--config", "small", "--device", "tpu"], ["unknown device"]),
+        (
+            None,
+            [
+                "--config",
+                "small",
+                "--set",
+                "recurrent_dropout=0.2",
+                "--set",
+                "cell=lstm",
+                "--set",
+                "weight_drop=1.5",
+                "--set",
+                "tie_weights=yes please",
+            ],
+            [
+                "3 problems",
+                "'cell' is 'lstm'",
+                "'weight_drop' is 1.5",
+                "[0, 1)",
+                "'tie_weights' must be true or false",
+            ],
+        ),
+        (
+            None,
+            ["--config", "small", "--set", "recurrent_dropout=0.2"],
+            ["'recurrent_dropout' needs cell: reference"],
+        ),
     ],
     ids=[
         "unknown-name",
@@ -79,6 +106,8 @@ def test_config_show_prints_the_resolved_config_with_overrides(tmp_path):
         "no-config",
         "fp16-on-cpu",
         "bad-device",
+        "bad-variants",
+        "recurrent-dropout-with-fused",
     ],
 )
 def test_bad_configs_are_refused_with_exit_2(tmp_path, yaml_text, args, fragments):

@@ -91,3 +91,137 @@ def test_parameter_count_arithmetic_matches_the_built_model():
         config = load_config(name)
         model = LSTMLanguageModel.from_config(config)
         assert parameter_count(config) == sum(p.numel() for p in model.parameters()), name
+
+
+def twin_models(**options):
+    """A fused and a reference model with the same weights."""
+    torch.manual_seed(0)
+    fused = LSTMLanguageModel(40, 12, 2, 1.0, 0.3, cell="fused", **options)
+    reference = LSTMLanguageModel(40, 12, 2, 1.0, 0.3, cell="reference", **options)
+    reference.load_state_dict(fused.state_dict())
+    return fused, reference
+
+
+def test_the_reference_cell_loads_the_fused_weights_and_gives_the_same_logits():
+    fused, reference = twin_models()
+    assert fused.state_dict().keys() == reference.state_dict().keys()
+    ids = torch.randint(40, (3, 9), generator=torch.Generator().manual_seed(1))
+    for model in (fused, reference):
+        model.eval()
+    ours, (h, c) = reference(ids, reference.initial_state(3))
+    theirs, (h2, c2) = fused(ids, fused.initial_state(3))
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h, h2, rtol=1e-5, atol=1e-6)
+
+
+def test_forget_bias_is_a_frozen_constant_on_the_forget_gate_in_both_cells():
+    fused, reference = twin_models(forget_bias=1.0)
+    for name in ("lstm.bias_hh_l0", "lstm.bias_hh_l1"):
+        bias = dict(fused.named_parameters())[name]
+        assert not bias.requires_grad
+        assert torch.equal(bias, torch.cat([torch.zeros(12), torch.ones(12), torch.zeros(24)]))
+    ids = torch.randint(40, (2, 5), generator=torch.Generator().manual_seed(2))
+    fused.eval(), reference.eval()
+    with_bias, _ = fused(ids, fused.initial_state(2))
+    torch.testing.assert_close(reference(ids, reference.initial_state(2))[0], with_bias)
+    torch.manual_seed(0)
+    without = LSTMLanguageModel(40, 12, 2, 1.0, 0.3).eval()
+    assert not torch.allclose(without(ids, without.initial_state(2))[0], with_bias)
+
+
+def test_tied_weights_are_one_tensor_initialised_once_and_saved_once(tmp_path):
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(300, 16, 2, 1.0, 0.1, tie_weights=True)
+    assert model.decoder.weight is model.embedding.weight
+    assert model.embedding.weight.abs().max() <= 0.1
+    names = [name for name, _ in model.named_parameters()]
+    assert "decoder.weight" not in names and "embedding.weight" in names
+    torch.save(model.state_dict(), tmp_path / "tied.pt")
+    torch.manual_seed(0)
+    untied = LSTMLanguageModel(300, 16, 2, 1.0, 0.1)
+    torch.save(untied.state_dict(), tmp_path / "untied.pt")
+    saved_less = (tmp_path / "untied.pt").stat().st_size - (tmp_path / "tied.pt").stat().st_size
+    assert saved_less >= 300 * 16 * 4  # the decoder's 300 x 16 floats are not stored twice
+    loaded = LSTMLanguageModel(300, 16, 2, 1.0, 0.1, tie_weights=True)
+    loaded.load_state_dict(torch.load(tmp_path / "tied.pt", weights_only=True))
+    assert loaded.decoder.weight is loaded.embedding.weight
+
+
+def test_weight_drop_passes_dropped_weights_without_touching_the_parameters(recwarn):
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(40, 12, 2, 1.0, 0.3, weight_drop=0.5)
+    plain = LSTMLanguageModel(40, 12, 2, 1.0, 0.3)
+    plain.load_state_dict(model.state_dict())  # the same parameters, the same names
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    ids = torch.randint(40, (3, 6), generator=torch.Generator().manual_seed(3))
+    logits, _ = model(ids, model.initial_state(3))
+    logits.sum().backward()
+    assert model.lstm.weight_hh_l0.grad is not None
+    # Entries dropped this window get no gradient; the parameter itself is unchanged.
+    assert (model.lstm.weight_hh_l0.grad == 0).float().mean() > 0.3
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    second, _ = model(ids, model.initial_state(3))
+    assert not torch.allclose(logits, second)  # a new mask for the next window
+    model.eval(), plain.eval()
+    torch.testing.assert_close(
+        model(ids, model.initial_state(3))[0], plain(ids, plain.initial_state(3))[0]
+    )
+    assert not [w for w in recwarn if "contiguous" in str(w.message)]
+
+
+def test_the_faithful_model_is_bitwise_a_plain_pytorch_model():
+    """Defaults leave the tutorial's model bit for bit: 50 windows of small (and of small with
+    dropout, so the dropout masks' random draws count too) equal a plain nn.Embedding / nn.LSTM /
+    nn.Linear model written here, trained with the textbook loop."""
+    import contextlib
+
+    from ptblm.step import EagerStep
+
+    generator = torch.Generator().manual_seed(0)
+    data = torch.randint(10_000, (20, 50 * 20 + 1), generator=generator)
+    for keep_prob in (1.0, 0.5):
+        config = load_config("small", [f"keep_prob={keep_prob}"])
+        torch.manual_seed(0)
+        model = LSTMLanguageModel.from_config(config)
+        params = [p for p in model.parameters() if p.requires_grad]
+        step = EagerStep(model, torch.optim.SGD(params, lr=1.0), config, contextlib.nullcontext())
+        step.state = model.initial_state(20)
+
+        torch.manual_seed(0)
+        embedding, lstm = (
+            nn.Embedding(10_000, 200),
+            nn.LSTM(200, 200, 2, batch_first=True, dropout=1 - keep_prob),
+        )
+        decoder, dropout = nn.Linear(200, 10_000), nn.Dropout(1 - keep_prob)
+        named = [
+            *embedding.named_parameters(),
+            *(("lstm." + n, p) for n, p in lstm.named_parameters()),
+            *decoder.named_parameters(),
+        ]
+        for name, parameter in named:
+            if name.startswith("lstm.bias_hh"):
+                nn.init.zeros_(parameter)
+                parameter.requires_grad_(False)
+            else:
+                nn.init.uniform_(parameter, -0.1, 0.1)
+        bare = [p for _, p in named if p.requires_grad]
+        optimizer = torch.optim.SGD(bare, lr=1.0)
+        state = (torch.zeros(2, 20, 200), torch.zeros(2, 20, 200))
+
+        for i in range(50):
+            x, y = data[:, i * 20 : (i + 1) * 20], data[:, i * 20 + 1 : (i + 1) * 20 + 1]
+            torch.manual_seed(100 + i)
+            step(x, y)
+            torch.manual_seed(100 + i)
+            output, state = lstm(dropout(embedding(x)), state)
+            logits = decoder(dropout(output))
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()) * 20
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(bare, 5.0)
+            optimizer.step()
+            state = tuple(t.detach() for t in state)
+        ours = [p for p in model.parameters()]
+        assert len(ours) == len(named)
+        for (name, theirs), mine in zip(named, ours):
+            assert torch.equal(mine, theirs), f"keep_prob {keep_prob}: {name} differs"

@@ -164,3 +164,53 @@ def test_a_corpus_too_short_for_the_config_is_refused_before_training(tmp_path):
     with pytest.raises(DataError, match="valid split .* too few for one window"):
         make_trainer(corpus, tmp_path / "run", "num_steps=200")
     assert not (tmp_path / "run").exists()
+
+
+def test_20_windows_with_either_cell_give_the_same_weights_and_the_same_perplexity(
+    corpus, tmp_path
+):
+    runs = {}
+    for cell in ("fused", "reference"):
+        trainer = make_trainer(corpus, tmp_path / cell, f"cell={cell}", "seed=3", max_steps=20)
+        runs[cell] = (trainer, trainer.run())
+    fused, reference = runs["fused"][0].model, runs["reference"][0].model
+    for (name, ours), theirs in zip(reference.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6, msg=name)
+    # A run trained with one cell evaluates to the same perplexity with the other.
+    from ptblm.evaluate import evaluate_checkpoint
+
+    last = tmp_path / "fused" / "last.pt"
+    as_trained = evaluate_checkpoint(last, corpus_dir=corpus.folder)
+    other = evaluate_checkpoint(last, corpus_dir=corpus.folder, cell="reference")
+    assert other["cell"] == "reference" and as_trained["cell"] == "fused"
+    assert other["perplexity"] == pytest.approx(as_trained["perplexity"], rel=1e-5)
+    assert as_trained["perplexity"] == runs["fused"][1]["test_ppl"]
+
+
+def test_weight_decay_shrinks_the_weights(corpus, tmp_path):
+    plain = make_trainer(corpus, tmp_path / "plain", max_steps=5)
+    decayed = make_trainer(corpus, tmp_path / "decayed", "weight_decay=0.5", max_steps=5)
+    plain.run(), decayed.run()
+    norm = lambda model: sum(p.norm() ** 2 for p in model.parameters()).item()  # noqa: E731
+    assert norm(decayed.model) < norm(plain.model)
+    assert decayed.optimizer.param_groups[0]["weight_decay"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["tie_weights=true"],
+        ["dropout_mode=variational", "keep_prob=0.5"],
+        ["embedding_dropout=0.2", "weight_drop=0.3", "keep_prob=0.5"],
+        ["cell=reference", "recurrent_dropout=0.3", "forget_bias=1.0"],
+    ],
+    ids=["tied", "variational", "embedding-and-weight-drop", "reference-recurrent"],
+)
+def test_every_variant_trains_saves_and_resumes(corpus, tmp_path, options):
+    trainer = make_trainer(corpus, tmp_path / "run", *options, max_steps=8)
+    metrics = trainer.run()
+    assert math.isfinite(metrics["test_ppl"]) and metrics["test_ppl"] < len(corpus.vocab)
+    from ptblm.evaluate import evaluate_checkpoint
+
+    again = evaluate_checkpoint(tmp_path / "run" / "last.pt", corpus_dir=corpus.folder)
+    assert again["perplexity"] == metrics["test_ppl"]
