@@ -16,6 +16,14 @@ PUBLISHED = {
     "large": {"train": 37.87, "valid": 82.62, "test": 78.29},
 }
 
+# Beyond the table (REFERENCE.md): the single-model test perplexity each shipped variant is to beat.
+TO_BEAT = {
+    "medium-tied": 75.96,  # pytorch/examples word_language_model README (2017), --tied 650
+    "large-tied": 74.3,  # Press & Wolf 2017, Table 5, "Large + WT"
+    "medium-variational-tied": 73.9,  # Inan et al. 2017, VD-LSTM + RE, medium
+    "large-variational-tied": 69.0,  # Inan et al. 2017, VD-LSTM + RE, large
+}
+
 PTB_TRAIN_TOKENS = 929_589
 
 # Training words/s, fp32, used to estimate a run's time. CPU: ptblm measured on this project's
@@ -49,7 +57,7 @@ def parameter_count(config: Config) -> int:
 def expected_minutes(name: str, config: Config, device: str) -> float | None:
     """Training time of a full PTB run of shipped config `name` on "cpu" or "gpu" (None when
     there is no figure for it)."""
-    speed = WORDS_PER_SECOND[device].get(name)
+    speed = WORDS_PER_SECOND[device].get(name.split("-")[0])  # a variant: its size's speed
     if speed is None:
         return None
     return config.max_max_epoch * PTB_TRAIN_TOKENS / speed / 60
@@ -64,24 +72,28 @@ def shipped_config_table() -> str:
             return "-"
         return f"~{minutes:.0f} min" if minutes < 120 else f"~{minutes / 60:.0f} h"
 
+    shipped = shipped_configs()
+    width = max(len(name) for name in shipped)
     lines = [
-        f"{'name':8} {'size':>7} {'epochs':>6} {'params':>7} {'test ppl':>8} "
+        f"{'name':{width}} {'size':7} {'epochs':>6} {'params':>7} {'test ppl':>8} "
         f"{'CPU (2 cores)':>13} {'GPU':>8}  file"
     ]
-    shipped = shipped_configs()
-    table_order = [name for name in ("small", "medium", "large") if name in shipped]
+    table_order = [name for name in ("small", "medium", "large", *TO_BEAT) if name in shipped]
     for name in table_order + [name for name in shipped if name not in table_order]:
         path, config = shipped[name], load_config(name)
         cpu, gpu = (expected_minutes(name, config, device) for device in ("cpu", "gpu"))
-        published = PUBLISHED.get(name, {}).get("test")
+        published = PUBLISHED.get(name, {}).get("test") or TO_BEAT.get(name)
         note = "  (wants a GPU)" if cpu is not None and cpu > 180 else ""
         lines.append(
-            f"{name:8} {config.num_layers}x{config.hidden_size:<5} {config.max_max_epoch:>6} "
+            f"{name:{width}} {config.num_layers}x{config.hidden_size:<5} {config.max_max_epoch:>6} "
             f"{parameter_count(config) / 1e6:>6.1f}M {published or '-':>8} {duration(cpu):>13} "
             f"{duration(gpu):>8}  {path}{note}"
         )
     lines.append(
-        "Times are for a full PTB run in fp32. CPU: measured by ptblm on a 2-core AMD EPYC VM. "
-        "GPU: the TensorFlow tutorial's speed on one Titan X (ptblm is not yet timed on a GPU)."
+        "test ppl: the published single-model test perplexity (the tutorial's table; for the "
+        "variants, the literature's number to beat). Times are for a full PTB run in fp32 at the "
+        "size's plain speed (variational and weight-drop variants run slower). CPU: measured by "
+        "ptblm on a 2-core AMD EPYC VM. GPU: the TensorFlow tutorial's speed on one Titan X (ptblm "
+        "is not yet timed on a GPU)."
     )
     return "\n".join(lines)

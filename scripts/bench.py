@@ -3,6 +3,7 @@
     python scripts/bench.py                 # small and medium, fp32 and bf16
     python scripts/bench.py --configs small --precisions fp32 --windows 200 --device cuda
     python scripts/bench.py --ptb ../shared/ptb --configs small --precisions fp32
+    python scripts/bench.py --configs small --precisions fp32 --set cell=reference  # a variant
 
 For each config and precision it times ptblm's real training step (Trainer.train_epoch: data
 views, loss, clipping, divergence guard, logging) and a bare loop written here with nothing but
@@ -124,6 +125,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field for ptblm's loop (e.g. cell=reference); the bare loop stays "
+        "the plain fused model, so the ratio is the variant's cost",
+    )
+    parser.add_argument(
         "--ptb", type=Path, help="a folder with the PTB files: also time loading it"
     )
     args = parser.parse_args()
@@ -145,7 +154,7 @@ def main() -> None:
     results = {}
     for name in args.configs:
         for precision in args.precisions:
-            config = load_config(name, [f"precision={precision}"])
+            config = load_config(name, [f"precision={precision}", *args.set])
             length = config.batch_size * ((args.windows + 1) * config.num_steps + 1)
             ids = zipf_ids(config.vocab_size, length)
             data = ids.view(config.batch_size, -1)

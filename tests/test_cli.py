@@ -320,13 +320,15 @@ def test_info_shows_what_a_bug_report_needs(tmp_path, ptb_dir):
 def test_config_list_shows_size_epochs_parameters_and_time():
     result = ptblm("config", "list")
     assert result.returncode == 0, result.stderr
-    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:5]}
-    assert set(rows) == {"small", "medium", "large", "test"}
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:9]}
+    assert set(rows) >= {"small", "medium", "large", "test", "large-variational-tied"}
     # Zaremba et al.: small 2x200, medium 2x650 (~20M parameters), large 2x1500 (~66M).
     assert rows["small"].split()[1:3] == ["2x200", "13"]
     assert rows["medium"].split()[1:4] == ["2x650", "39", "19.8M"]
     assert rows["large"].split()[1:4] == ["2x1500", "55", "66.0M"]
     assert "115.91" in rows["small"] and "wants a GPU" in rows["large"]
+    assert rows["medium-tied"].split()[1:4] == ["2x650", "39", "13.3M"]  # one matrix fewer
+    assert "69.0" in rows["large-variational-tied"]  # Inan et al.'s number to beat
     assert "wants a GPU" not in rows["small"]
 
 

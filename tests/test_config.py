@@ -113,12 +113,55 @@ def test_learning_rate_schedule_matches_the_tutorial():
     assert learning_rate_at(large, 54) == pytest.approx(1.15**-41)
 
 
-def test_shipped_configs_are_exactly_the_four():
+def test_shipped_configs_are_the_tutorials_four_and_the_four_variants():
     shipped = shipped_configs()
-    assert set(shipped) == {"small", "medium", "large", "test"}
+    assert set(shipped) == {
+        "small", "medium", "large", "test",
+        "medium-tied", "large-tied", "medium-variational-tied", "large-variational-tied",
+    }  # fmt: skip
     for name, path in shipped.items():
         assert Path(path).is_file()
         assert Path(path).name == f"{name}.yaml"
+
+
+# The variants beyond the table: what each changes from its size's tutorial config, by hand.
+VARIANTS = {
+    "medium-tied": ("medium", {"tie_weights": True}),
+    "large-tied": ("large", {"tie_weights": True}),
+    "medium-variational-tied": (
+        "medium",
+        {"tie_weights": True, "dropout_mode": "variational", "embedding_dropout": 0.2,
+         "weight_drop": 0.2},
+    ),
+    "large-variational-tied": (
+        "large",
+        {"tie_weights": True, "dropout_mode": "variational", "embedding_dropout": 0.3,
+         "weight_drop": 0.3, "weight_decay": 1e-7, "keep_prob": 0.5, "max_epoch": 10},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_each_variant_is_its_size_plus_the_documented_changes(name):
+    base, changes = VARIANTS[name]
+    variant, original = load_config(name).to_dict(), load_config(base).to_dict()
+    assert {key for key in variant if variant[key] != original[key]} == set(changes)
+    assert {key: variant[key] for key in changes} == changes
+    text = shipped_configs()[name].read_text()
+    assert f"ptblm train --config {name}" in text and "To beat: test perplexity" in text
+
+
+def test_the_tutorial_configs_keep_every_variant_option_at_the_faithful_default():
+    for name in ("small", "medium", "large", "test"):
+        config = load_config(name)
+        assert (config.cell, config.forget_bias, config.tie_weights, config.dropout_mode) == (
+            "fused",
+            0.0,
+            False,
+            "standard",
+        )
+        assert config.embedding_dropout == config.weight_drop == config.recurrent_dropout == 0.0
+        assert config.weight_decay == 0.0
 
 
 def test_every_yaml_in_configs_loads():
