@@ -66,6 +66,19 @@ class Config:
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 REQUIRED = [name for name, f in FIELDS.items() if f.default is dataclasses.MISSING]
 TUTORIAL_FIELDS = tuple(REQUIRED)  # the twelve fields of the tutorial's configs
+MODEL_FAMILY_FIELDS = (
+    "cell", "forget_bias", "tie_weights", "dropout_mode",
+    "embedding_dropout", "weight_drop", "recurrent_dropout", "weight_decay",
+)  # fmt: skip
+
+
+def model_variant(config: Config) -> dict[str, Any]:
+    """The model-family options that differ from Zaremba et al.'s model ({} for the faithful)."""
+    return {
+        name: getattr(config, name)
+        for name in MODEL_FAMILY_FIELDS
+        if getattr(config, name) != FIELDS[name].default
+    }
 
 
 def learning_rate_at(config: Config, epoch: int) -> float:

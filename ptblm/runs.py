@@ -24,7 +24,7 @@ import torch
 from ptblm import __version__
 from ptblm.atomic import atomic_write, remove_stale_temp_files
 from ptblm.checkpoint import checkpoint_config, load_checkpoint
-from ptblm.config import Config, config_to_yaml, load_config
+from ptblm.config import Config, config_to_yaml, load_config, model_variant
 from ptblm.distributed import Distributed
 from ptblm.errors import CheckpointError, ConfigError, DataError
 from ptblm.published import published_row
@@ -136,6 +136,7 @@ def run_metrics(run: Trainer, test_ppl: float, best_test_ppl: float) -> dict[str
         "device": device_description(run.device),
         "world_size": run.dist.world_size,
         "precision": config.precision,
+        "variant": model_variant(config),
         "versions": {
             "ptblm": __version__,
             "torch": str(torch.__version__),
@@ -151,6 +152,8 @@ def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
     """What `ptblm train` prints at the end, from metrics.json: the run's row beside the published
     one, or why they cannot be compared."""
     published = metrics.get("published")
+    variant = ", ".join(f"{key}: {value}" for key, value in (metrics.get("variant") or {}).items())
+    beside = f"; this run's model adds {variant}" if variant else ""
     wps = metrics["train_wps"] or 0
     epochs = metrics.get("epochs_trained", metrics["epochs"])
     lines = [
@@ -172,7 +175,7 @@ def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
     elif published:
         lines.append(
             f"{'published':>10} {published['train']:8.2f} {published['valid']:8.2f} "
-            f"{published['test']:8.2f}   (the tutorial's {published['config']} row)"
+            f"{published['test']:8.2f}   (the tutorial's {published['config']} row{beside})"
         )
     lines.append(
         f"best.pt: valid {metrics['best_valid_ppl']:.2f}, test {metrics['best_test_ppl']:.2f}.  "

@@ -72,6 +72,7 @@ def test_run_writes_metrics_and_checkpoints_and_picks_the_best(corpus, tmp_path)
     assert metrics["global_step"] == 3 * trainer.windows_per_epoch
     assert 1 < metrics["test_ppl"] < len(corpus.vocab)  # it learned something
     assert metrics["train_wps"] > 0
+    assert metrics["variant"] == {}  # the faithful model
     best = torch.load(run / "best.pt", weights_only=True)
     assert best["best_valid_ppl"] == metrics["best_valid_ppl"]
 
@@ -210,6 +211,8 @@ def test_every_variant_trains_saves_and_resumes(corpus, tmp_path, options):
     trainer = make_trainer(corpus, tmp_path / "run", *options, max_steps=8)
     metrics = trainer.run()
     assert math.isfinite(metrics["test_ppl"]) and metrics["test_ppl"] < len(corpus.vocab)
+    named = {option.split("=")[0] for option in options} - {"keep_prob"}
+    assert set(metrics["variant"]) == named  # the summary names what the model adds
     from ptblm.evaluate import evaluate_checkpoint
 
     again = evaluate_checkpoint(tmp_path / "run" / "last.pt", corpus_dir=corpus.folder)
