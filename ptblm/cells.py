@@ -13,6 +13,7 @@ f quarter, see model.py), so bias_ih is the tutorial's one bias per gate.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -32,9 +33,32 @@ def fused_layer(
     x: torch.Tensor, state: State, weights: list[torch.Tensor], training: bool
 ) -> tuple[torch.Tensor, State]:
     """One layer of the fused LSTM on the given weights (e.g. with a weight-dropped weight_hh),
-    without re-registering parameters. x (batch, steps, in), state (h, c) each (1, batch, H)."""
-    output, h, c = torch._VF.lstm(x, state, weights, True, 1, 0.0, training, False, True)
-    return output, (h, c)
+    without re-registering parameters. x (batch, steps, in), state (h, c) each (batch, H)."""
+    hidden = (state[0][None], state[1][None])  # nn.LSTM's (layers, batch, H)
+    output, h, c = torch._VF.lstm(x, hidden, weights, True, 1, 0.0, training, False, True)
+    return output, (h[0], c[0])
+
+
+def stack_layers(
+    x: torch.Tensor,
+    state: State,
+    layer: Callable[[int, torch.Tensor, State], tuple[torch.Tensor, State]],
+    between: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, State]:
+    """Run an LSTM stack one layer at a time: layer(k, x, (h_k, c_k)) for each layer k, with
+    between(x) (the dropout between layers) before every layer but the first.
+
+    x (batch, steps, in), state (h, c) each (num_layers, batch, H) -> output of the last layer
+    (batch, steps, H), final (h, c) each (num_layers, batch, H).
+    """
+    final_h, final_c = [], []
+    for k in range(state[0].size(0)):
+        if k > 0:
+            x = between(x)
+        x, (h, c) = layer(k, x, (state[0][k], state[1][k]))
+        final_h.append(h)
+        final_c.append(c)
+    return x, (torch.stack(final_h), torch.stack(final_c))
 
 
 class ReferenceLSTM(nn.Module):
@@ -89,14 +113,12 @@ class ReferenceLSTM(nn.Module):
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """x (batch, steps, in), state (h, c) each (num_layers, batch, H) -> output (batch, steps,
         H) of the last layer, final (h, c)."""
-        final_h, final_c = [], []
-        for k in range(self.num_layers):
-            if k > 0:
-                x = nn.functional.dropout(x, self.dropout, self.training)
-            x, (h, c) = self.layer(x, (state[0][k], state[1][k]), layer_weights(self, k))
-            final_h.append(h)
-            final_c.append(c)
-        return x, (torch.stack(final_h), torch.stack(final_c))
+        return stack_layers(
+            x,
+            state,
+            lambda k, x, layer_state: self.layer(x, layer_state, layer_weights(self, k)),
+            lambda x: nn.functional.dropout(x, self.dropout, self.training),
+        )
 
     def layer(
         self, x: torch.Tensor, state: State, weights: list[torch.Tensor]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ptblm.cells import ReferenceLSTM, State, fused_layer, layer_weights
+from ptblm.cells import ReferenceLSTM, State, fused_layer, layer_weights, stack_layers
 from ptblm.config import Config
 from ptblm.dropout import SequenceDropout, drop_connect, drop_rows
 
@@ -123,23 +123,16 @@ class LSTMLanguageModel(nn.Module):
 
     def layers(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """The LSTM stack one layer at a time, the model's dropout between layers."""
-        final_h, final_c = [], []
-        for k in range(self.num_layers):
-            if k > 0:
-                x = self.dropout(x)
+
+        def layer(k: int, x: torch.Tensor, layer_state: State) -> tuple[torch.Tensor, State]:
             weights = layer_weights(self.lstm, k)
             if self.training and self.weight_drop:
                 weights[1] = drop_connect(weights[1], self.weight_drop)
             if self.cell == "fused":
-                x, (h, c) = fused_layer(
-                    x, (state[0][k : k + 1], state[1][k : k + 1]), weights, self.training
-                )
-                h, c = h[0], c[0]
-            else:
-                x, (h, c) = self.lstm.layer(x, (state[0][k], state[1][k]), weights)
-            final_h.append(h)
-            final_c.append(c)
-        return x, (torch.stack(final_h), torch.stack(final_c))
+                return fused_layer(x, layer_state, weights, self.training)
+            return self.lstm.layer(x, layer_state, weights)
+
+        return stack_layers(x, state, layer, self.dropout)
 
 
 def detach_state(state: State) -> State:

@@ -32,7 +32,7 @@ class Progress:
         self.verbose = enabled and verbose
         self.writer = None
         self.bar = None
-        self._next_line = 0
+        self._line_every = self._next_line = 1  # set per epoch
 
     @contextlib.contextmanager
     def open(self, config: Config, resumed_at_step: int):
