@@ -13,7 +13,8 @@ from typing import Annotated
 
 import typer
 
-from ptblm import __version__
+from ptblm import __version__, cli_models
+from ptblm.cli_options import CorpusDir, DataDir, Device, Overrides, RunsDir
 from ptblm.config import config_to_yaml, load_config, resolve_config_path
 from ptblm.errors import ConfigError, Interrupted, PtblmError
 
@@ -27,26 +28,6 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-
-DataDir = Annotated[
-    Path, typer.Option("--data-dir", help="Where the PTB download is cached (DIR/ptb/).")
-]
-CorpusDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--corpus",
-        help="Train/evaluate on your own corpus: a directory with ptb.train.txt, ptb.valid.txt and "
-        "ptb.test.txt (one sentence a line). No download, no checksum.",
-    ),
-]
-RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Parent directory of run directories.")]
-Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda[:N].")]
-Overrides = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set", help="Override a config field, e.g. --set learning_rate=0.5 (repeatable)."
-    ),
-]
 
 
 def _version(value: bool) -> None:
@@ -249,67 +230,10 @@ def command_line() -> str:
     return shlex.join(["ptblm", *sys.argv[1:]])
 
 
-@app.command("eval")
-def eval_(
-    target: Annotated[
-        Path | None,
-        typer.Argument(
-            help="A run directory (its best.pt) or a checkpoint file. Default: the newest run."
-        ),
-    ] = None,
-    split: Annotated[str, typer.Option("--split", help="test, valid or train.")] = "test",
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="1: the table's protocol.")
-    ] = 1,
-    num_steps: Annotated[
-        int | None,
-        typer.Option(
-            "--num-steps",
-            min=1,
-            help="Window length (default: long windows with batch size 1, "
-            "else the config's num_steps).",
-        ),
-    ] = None,
-    data_dir: DataDir = Path("data"),
-    corpus: CorpusDir = None,
-    runs_dir: RunsDir = Path("runs"),
-    device: Device = "auto",
-    cell: Annotated[
-        str | None,
-        typer.Option("--cell", help="Run the LSTM with another cell: fused or reference."),
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object on stdout.")
-    ] = False,
-) -> None:
-    """Perplexity of a checkpoint on a split (default: test, batch size 1, the table's protocol)."""
-    from ptblm.evaluate import evaluate_checkpoint
-    from ptblm.runs import resolve_checkpoint
-    from ptblm.runtime import resolve_device
-
-    if split not in ("test", "valid", "train"):
-        raise ConfigError(f"--split {split}: use test, valid or train.")
-    if cell not in (None, "fused", "reference"):
-        raise ConfigError(f"--cell {cell}: use fused or reference.")
-    path = resolve_checkpoint(target, runs_dir)
-    result = evaluate_checkpoint(
-        path,
-        split,
-        batch_size,
-        num_steps,
-        data_dir,
-        corpus,
-        resolve_device(device),
-        progress=not as_json,
-        cell=cell,
-    )
-    if as_json:
-        typer.echo(json.dumps(result))
-    else:
-        typer.echo(
-            f"{split} perplexity {result['perplexity']:.3f} over {result['tokens']} tokens "
-            f"(batch size {batch_size}, {path}, {result['seconds']:.1f} s)"
-        )
+# The commands that use trained models and runs live in cli_models.py.
+app.command("eval")(cli_models.eval_)
+app.command()(cli_models.generate)
+app.command()(cli_models.runs)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Perplexity of a model on a split, and `ptblm eval` on a saved checkpoint.
+"""Perplexity of a model on a split, and `ptblm eval` on saved checkpoints (one, or an ensemble).
 
 Two protocols (REFERENCE.md, "Evaluation"):
 - validation after each epoch: the training batch_size and num_steps, full windows only;
@@ -18,14 +18,11 @@ from typing import Any
 
 import torch
 
-from ptblm.checkpoint import (
-    check_vocabulary,
-    checkpoint_config,
-    load_checkpoint,
-    model_from_checkpoint,
-)
+from ptblm.checkpoint import check_vocabulary
 from ptblm.data import batchify, load_corpus, windows
+from ptblm.ensemble import average, load_members, member_logprobs
 from ptblm.model import LSTMLanguageModel, token_nll
+from ptblm.published import published_ensemble
 from ptblm.runtime import configure_tf32
 
 TEST_BATCH_SIZE = 1
@@ -79,8 +76,8 @@ def perplexity(nll: float, tokens: int) -> float:
         return math.inf
 
 
-def evaluate_checkpoint(
-    path: Path,
+def evaluate_checkpoints(
+    paths: list[Path],
     split: str = "test",
     batch_size: int = TEST_BATCH_SIZE,
     num_steps: int | None = None,
@@ -90,34 +87,43 @@ def evaluate_checkpoint(
     progress: bool = False,
     cell: str | None = None,
 ) -> dict[str, Any]:
-    """Load a checkpoint and return its perplexity on a split, as a JSON-ready dict.
+    """Perplexity of a checkpoint, or of the ensemble of several (ensemble.py), on a split, as
+    a JSON-ready dict; an ensemble's members' own perplexities come in "members".
 
-    A checkpoint trained on a --corpus directory is evaluated on that directory by default.
-    `cell` (fused or reference) evaluates it with another LSTM cell than it was trained with.
+    Checkpoints trained on a --corpus directory are evaluated on that directory by default.
+    `cell` (fused or reference) runs the LSTM with another cell than it was trained with.
     """
-    checkpoint = load_checkpoint(path)
-    config = checkpoint_config(checkpoint, path)
     device = device or torch.device("cpu")
+    members = load_members(paths, device, cell)
+    first = members[0]
     if device.type == "cuda":
-        configure_tf32(config.allow_tf32)  # compute exactly as the trainer did
-    model = model_from_checkpoint(checkpoint, path, cell).to(device)
-    if corpus_dir is None and checkpoint.get("corpus_dir"):
-        corpus_dir = Path(checkpoint["corpus_dir"])
+        configure_tf32(first.config.allow_tf32)  # compute exactly as the trainer did
+    if corpus_dir is None and first.checkpoint.get("corpus_dir"):
+        corpus_dir = Path(first.checkpoint["corpus_dir"])
     corpus = load_corpus(data_dir, corpus_dir, progress=progress)
-    check_vocabulary(checkpoint, corpus, path)
+    check_vocabulary(first.checkpoint, corpus, first.path)
     if num_steps is None:
-        num_steps = TEST_NUM_STEPS if batch_size == 1 else config.num_steps
+        num_steps = TEST_NUM_STEPS if batch_size == 1 else first.config.num_steps
     started = time.perf_counter()
-    nll, tokens = evaluate(model, corpus.split(split), batch_size, num_steps)
-    return {
-        "perplexity": perplexity(nll, tokens),
-        "split": split,
-        "tokens": tokens,
-        "checkpoint": str(path),
-        "epoch": checkpoint["epoch"],
-        "global_step": checkpoint["global_step"],
-        "batch_size": batch_size,
-        "num_steps": num_steps,
-        "cell": model.cell,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    result: dict[str, Any] = {"split": split, "batch_size": batch_size, "num_steps": num_steps}
+    if len(members) == 1:  # the trainer's own evaluation, to the last bit
+        nll, tokens = evaluate(first.model, corpus.split(split), batch_size, num_steps)
+        result.update(perplexity=perplexity(nll, tokens), tokens=tokens)
+    else:
+        data = batchify(corpus.split(split), batch_size).to(device)
+        logprobs = member_logprobs([m.model for m in members], data, num_steps, batch_size == 1)
+        tokens = logprobs[0].numel()
+        result.update(perplexity=perplexity(-average(logprobs).sum().item(), tokens), tokens=tokens)
+        result["members"] = [
+            {"checkpoint": str(member.path), "perplexity": perplexity(-lp.sum().item(), tokens)}
+            for member, lp in zip(members, logprobs, strict=True)
+        ]
+        result["published"] = published_ensemble([m.config for m in members], split)
+    result.update(
+        checkpoint=str(first.path) if len(members) == 1 else [str(m.path) for m in members],
+        epoch=first.checkpoint["epoch"],
+        global_step=first.checkpoint["global_step"],
+        cell=first.model.cell,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return result

@@ -7,6 +7,8 @@ This is the one place in the code that holds them; the run summary, metrics.json
 
 from __future__ import annotations
 
+from typing import Any
+
 from ptblm.config import TUTORIAL_FIELDS, Config, load_config, shipped_configs
 
 # The tutorial's table (REFERENCE.md, "Published results"): perplexity after max_max_epoch epochs.
@@ -15,6 +17,14 @@ PUBLISHED = {
     "medium": {"train": 48.45, "valid": 86.16, "test": 82.07},
     "large": {"train": 37.87, "valid": 82.62, "test": 78.29},
 }
+
+# The paper's ensembles (REFERENCE.md): members averaged -> perplexity, per config and size.
+PUBLISHED_ENSEMBLES = {
+    "medium": {2: {"valid": 80.6, "test": 77.0}, 5: {"valid": 76.7, "test": 73.3},
+               10: {"valid": 75.2, "test": 72.0}},
+    "large": {2: {"valid": 76.9, "test": 73.6}, 10: {"valid": 72.8, "test": 69.5},
+              38: {"valid": 71.9, "test": 68.7}},
+}  # fmt: skip
 
 # Beyond the table (REFERENCE.md): the single-model test perplexity each shipped variant is to beat.
 TO_BEAT = {
@@ -43,6 +53,17 @@ def published_row(config: Config) -> tuple[str, dict[str, float]] | None:
         if all(getattr(config, key) == getattr(shipped, key) for key in TUTORIAL_FIELDS):
             return name, row
     return None
+
+
+def published_ensemble(configs: list[Config], split: str) -> dict[str, Any] | None:
+    """The paper's averaged row for this many members of one published config, if it has one."""
+    rows = [published_row(config) for config in configs]
+    if rows[0] is None or any(row is None or row[0] != rows[0][0] for row in rows):
+        return None
+    number = PUBLISHED_ENSEMBLES.get(rows[0][0], {}).get(len(configs), {}).get(split)
+    if number is None:
+        return None
+    return {"config": rows[0][0], "members": len(configs), split: number}
 
 
 def parameter_count(config: Config) -> int:

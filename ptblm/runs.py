@@ -5,6 +5,8 @@
         events.out.tfevents.*     TensorBoard (progress.py)
         last.pt, best.pt          checkpoints (checkpoint.py)
         metrics.json              the results, once the run has tested
+        summary.json              where the run stands, for `ptblm runs` (run_table.py): written
+                                  after every checkpoint and after the test
         .lock                     held by the process training the run
 
 Under torchrun only rank 0 creates, locks and writes it.
@@ -28,15 +30,19 @@ from ptblm.config import Config, config_to_yaml, load_config, model_variant
 from ptblm.distributed import Distributed
 from ptblm.errors import CheckpointError, ConfigError, DataError
 from ptblm.published import published_row
+from ptblm.run_table import (
+    BEST,
+    CONFIG_FILE,
+    LAST,
+    LOCK_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    finite,
+)
 from ptblm.runtime import device_description
 
 if TYPE_CHECKING:
     from ptblm.train import Trainer
-
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.json"
-LAST = "last.pt"
-BEST = "best.pt"
 
 
 def default_run_name(config_label: str) -> str:
@@ -89,7 +95,7 @@ class RunDirectory:
             import fcntl
         except ImportError:  # not POSIX: no lock
             return
-        self._lock = open(self.path / ".lock", "w")  # noqa: SIM115 (held for the whole run)
+        self._lock = open(self.path / LOCK_FILE, "w")  # noqa: SIM115 (held for the whole run)
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -104,8 +110,14 @@ class RunDirectory:
             return None
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
-        path = self.path / METRICS_FILE
-        text = json.dumps(metrics, indent=2).encode() + b"\n"
+        self._write_json(METRICS_FILE, metrics)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        self._write_json(SUMMARY_FILE, summary)
+
+    def _write_json(self, name: str, data: dict[str, Any]) -> None:
+        path = self.path / name
+        text = json.dumps(data, indent=2).encode() + b"\n"
         try:
             atomic_write(path, lambda file: file.write(text))
         except OSError as error:
@@ -115,35 +127,55 @@ class RunDirectory:
             ) from None
 
 
-def run_metrics(run: Trainer, test_ppl: float, best_test_ppl: float) -> dict[str, Any]:
-    """What metrics.json holds: the run's results, how it was made, the published row beside."""
+def run_summary(run: Trainer, status: str, **results: Any) -> dict[str, Any]:
+    """What summary.json holds: where the run stands, small enough to list dozens of runs.
+
+    status: stopped (at `epoch`, `window`), finished (with test_ppl and best_test_ppl in
+    `results`) or diverged (with diverged_at_step).
+    """
     record, config = run.record, run.config
     published = published_row(config)
+    history = record.history
     return {
+        "status": status,
         "config_name": run.config_name,
-        "train_ppl": record.history[-1]["train_ppl"],
-        "valid_ppl": record.history[-1]["valid_ppl"],
-        "test_ppl": test_ppl,
-        "best_valid_ppl": record.best_valid_ppl,
-        "best_test_ppl": best_test_ppl,
-        "epochs": len(record.history),  # epochs validated (the last one partial if cut short)
-        "epochs_trained": record.global_step / run.windows_per_epoch,
+        "config": config.to_dict(),
+        "variant": model_variant(config),
         "max_steps": run.max_steps,
         "cut_short": record.global_step < run.windows_per_epoch * config.max_max_epoch,
+        "epoch": record.epoch,
+        "window": record.window,
+        "finished_training": record.finished,
         "global_step": record.global_step,
+        "epochs_trained": record.global_step / run.windows_per_epoch,
+        "valid_ppl": finite(history[-1]["valid_ppl"]) if history else None,
+        "best_valid_ppl": finite(record.best_valid_ppl),
+        "test_ppl": None,
+        "best_test_ppl": None,
         "train_wps": record.timed_tokens / record.train_seconds if record.train_seconds else None,
         "wall_seconds": run.wall_seconds(),
+        "published": None if published is None else {"config": published[0], **published[1]},
+        **{key: finite(value) if isinstance(value, float) else value
+           for key, value in results.items()},
+    }  # fmt: skip
+
+
+def run_metrics(run: Trainer, test_ppl: float, best_test_ppl: float) -> dict[str, Any]:
+    """What metrics.json holds: the final summary, with how the run was made and its history."""
+    record = run.record
+    return {
+        **run_summary(run, "finished", test_ppl=test_ppl, best_test_ppl=best_test_ppl),
+        "train_ppl": finite(record.history[-1]["train_ppl"]),
+        "epochs": len(record.history),  # epochs validated (the last one partial if cut short)
         "device": device_description(run.device),
         "world_size": run.dist.world_size,
-        "precision": config.precision,
-        "variant": model_variant(config),
+        "precision": run.config.precision,
         "versions": {
             "ptblm": __version__,
             "torch": str(torch.__version__),
             "python": platform.python_version(),
             "numpy": np.__version__,
         },
-        "published": None if published is None else {"config": published[0], **published[1]},
         "history": record.history,
     }
 
@@ -156,10 +188,15 @@ def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
     beside = f"; this run's model adds {variant}" if variant else ""
     wps = metrics["train_wps"] or 0
     epochs = metrics.get("epochs_trained", metrics["epochs"])
+
+    def ppl(key: str, width: int = 8) -> str:
+        value = metrics[key]  # null in the JSON: it was infinite or NaN
+        return f"{'inf' if value is None else f'{value:.2f}':>{width}}"
+
     lines = [
         f"{'':>10} {'train':>8} {'valid':>8} {'test':>8}",
-        f"{'ptblm':>10} {metrics['train_ppl']:8.2f} {metrics['valid_ppl']:8.2f} "
-        f"{metrics['test_ppl']:8.2f}   ({epochs:.3g} epochs, "
+        f"{'ptblm':>10} {ppl('train_ppl')} {ppl('valid_ppl')} "
+        f"{ppl('test_ppl')}   ({epochs:.3g} epochs, "
         f"{metrics['wall_seconds'] / 60:.1f} min, {wps:.0f} words/s, {metrics['device']})",
     ]
     if metrics.get("cut_short"):
@@ -178,7 +215,7 @@ def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
             f"{published['test']:8.2f}   (the tutorial's {published['config']} row{beside})"
         )
     lines.append(
-        f"best.pt: valid {metrics['best_valid_ppl']:.2f}, test {metrics['best_test_ppl']:.2f}.  "
+        f"best.pt: valid {ppl('best_valid_ppl', 0)}, test {ppl('best_test_ppl', 0)}.  "
         f"Run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})"
     )
     return "\n".join(lines)

@@ -37,7 +37,7 @@ from ptblm.errors import DivergenceError, Interrupted
 from ptblm.evaluate import TEST_BATCH_SIZE, TEST_NUM_STEPS, evaluate, perplexity
 from ptblm.model import LSTMLanguageModel
 from ptblm.progress import LOG_EVERY, Progress
-from ptblm.runs import BEST, LAST, RunDirectory, run_metrics
+from ptblm.runs import BEST, LAST, RunDirectory, run_metrics, run_summary
 from ptblm.runtime import autocast_context, configure_tf32, make_scaler, seed_everything
 from ptblm.signals import StopOnSignal
 from ptblm.step import Diverged, EagerStep
@@ -147,6 +147,9 @@ class Trainer:
             hparams = {"config_name": self.config_name or "", "max_steps": self.max_steps or 0}
             self.progress.hparams({**self.config.to_dict(), **hparams})
         self.run_dir.write_metrics(metrics)
+        self.run_dir.write_summary(
+            run_summary(self, "finished", test_ppl=test_ppl, best_test_ppl=best_test_ppl)
+        )
         return metrics
 
     def end_epoch(self, ended: EpochEnd, valid_ppl: float) -> None:
@@ -254,6 +257,9 @@ class Trainer:
 
     def divergence_error(self, diverged: Diverged, lr: float) -> DivergenceError:
         record = self.record
+        if self.dist.is_main:
+            summary = run_summary(self, "diverged", diverged_at_step=record.global_step + 1)
+            self.run_dir.write_summary(summary)
         return DivergenceError(
             f"training diverged at step {record.global_step + 1} (epoch {record.epoch + 1}, "
             f"window {record.window + 1}, learning rate {lr:g}): loss per token "
@@ -303,6 +309,7 @@ class Trainer:
         checkpoint = training_checkpoint(self)
         if self.dist.is_main:
             save_checkpoint(self.run_dir.path / name, checkpoint)
+            self.run_dir.write_summary(run_summary(self, "stopped"))  # `ptblm runs` reads it
 
     def wall_seconds(self) -> float:
         return self._wall_before + time.perf_counter() - self._process_start

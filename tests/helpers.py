@@ -8,6 +8,7 @@ import random
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # REFERENCE.md, "Data", typed by hand.
@@ -91,3 +92,39 @@ def cpu_has_native_bf16_by_its_flags() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+HOLD = Path(__file__).resolve().parent / "hold.py"
+
+
+class HeldRun:
+    """`ptblm train` in a subprocess that stops at the given hold points (see hold.py) until
+    released: the test kills or signals it at an exact place in the run, not after a sleep."""
+
+    def __init__(self, corpus, runs, name, *points, settings=()):
+        self.holds = runs / f"holds-{name}"
+        self.holds.mkdir()
+        command = [sys.executable, str(HOLD), "train", "-c", "test", *settings]
+        command += ["--corpus", str(corpus), "--runs-dir", str(runs), "--name", name]
+        env = dict(os.environ, PTBLM_HOLD=",".join(points), PTBLM_HOLD_DIR=str(self.holds))
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+
+    def wait_held(self, index=0):
+        """Until the run reaches its index-th hold point (a hang fails after two minutes)."""
+        deadline = time.monotonic() + 120
+        while not (self.holds / f"held-{index}").exists():
+            assert self.process.poll() is None, self.process.communicate()
+            assert time.monotonic() < deadline, "the run never reached its hold point"
+            time.sleep(0.02)
+
+    def release(self, index=0):
+        (self.holds / f"release-{index}").touch()
+
+    def send(self, signum):
+        self.process.send_signal(signum)
+
+    def finish(self):
+        stdout, stderr = self.process.communicate(timeout=120)
+        return self.process.returncode, stdout, stderr

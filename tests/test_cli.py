@@ -236,6 +236,24 @@ def test_eval_reproduces_the_run_metrics_exactly(trained_run):
     assert f"{metrics['best_valid_ppl']:.3f}" in result.stdout
 
 
+def test_text_of_the_ptb_test_file_is_the_test_split(trained_run, ptb_dir):
+    """--text reads any file the PTB way; on ptb.test.txt it is `ptblm eval`'s test number, and
+    its lines' log-probabilities add up to the file's."""
+    home, run, _ = trained_run
+    split = json.loads(ptblm("eval", run, "--json", cwd=home).stdout)
+    result = ptblm(
+        "eval", run, "--text", ptb_dir / "ptb.test.txt", "--per-line", "--json", cwd=home
+    )
+    assert result.returncode == 0, result.stderr
+    *lines, total = [json.loads(line) for line in result.stdout.splitlines()]
+    total = total["total"]
+    assert total["perplexity"] == pytest.approx(split["perplexity"], rel=1e-6)
+    assert total["tokens"] == split["tokens"] == 82_429
+    assert total["unknown_words"] == 0  # PTB's rare words are <unk> in the file already
+    assert len(lines) == (ptb_dir / "ptb.test.txt").read_text().count("\n")
+    assert sum(line["logprob"] for line in lines) == pytest.approx(total["logprob"], rel=1e-9)
+
+
 def test_eval_without_runs_fails_cleanly(tmp_path):
     assert_clean_failure(ptblm("eval", cwd=tmp_path), 1, "no run with a checkpoint", "ptblm train")
 

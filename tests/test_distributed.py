@@ -51,7 +51,7 @@ def test_two_processes_train_the_same_model_as_one(tmp_path, corpus):
     # One set of logs and checkpoints: only rank 0 writes.
     assert len(list((tmp_path / "two").glob("events.out.tfevents.*"))) == 1
     assert sorted(p.name for p in (tmp_path / "two").iterdir() if p.name[0] not in "e.") == [
-        "best.pt", "config.yaml", "last.pt", "metrics.json",
+        "best.pt", "config.yaml", "last.pt", "metrics.json", "summary.json",
     ]  # fmt: skip
     assert double.stdout.count("Epoch 1:") == 1  # only rank 0 prints
 

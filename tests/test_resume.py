@@ -7,14 +7,10 @@ the random generators matter for the bitwise comparisons.
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_clean_failure, make_corpus, ptblm
+from helpers import HeldRun, assert_clean_failure, make_corpus, ptblm
 
 SETTINGS = [
     "--set", "vocab_size=40", "--set", "hidden_size=16", "--set", "num_layers=2",
@@ -46,42 +42,6 @@ def reference(tmp_path_factory, corpus):
     )
     assert result.returncode == 0, result.stderr
     return runs / "straight"
-
-
-HOLD = Path(__file__).resolve().parent / "hold.py"
-
-
-class HeldRun:
-    """`ptblm train` in a subprocess that stops at the given hold points (see hold.py) until
-    released: the test kills or signals it at an exact place in the run, not after a sleep."""
-
-    def __init__(self, corpus, runs, name, *points):
-        self.holds = runs / f"holds-{name}"
-        self.holds.mkdir()
-        command = [sys.executable, str(HOLD), "train", "-c", "test", *SETTINGS]
-        command += ["--corpus", str(corpus), "--runs-dir", str(runs), "--name", name]
-        env = dict(os.environ, PTBLM_HOLD=",".join(points), PTBLM_HOLD_DIR=str(self.holds))
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
-
-    def wait_held(self, index=0):
-        """Until the run reaches its index-th hold point (a hang fails after two minutes)."""
-        deadline = time.monotonic() + 120
-        while not (self.holds / f"held-{index}").exists():
-            assert self.process.poll() is None, self.process.communicate()
-            assert time.monotonic() < deadline, "the run never reached its hold point"
-            time.sleep(0.02)
-
-    def release(self, index=0):
-        (self.holds / f"release-{index}").touch()
-
-    def send(self, signum):
-        self.process.send_signal(signum)
-
-    def finish(self):
-        stdout, stderr = self.process.communicate(timeout=120)
-        return self.process.returncode, stdout, stderr
 
 
 def assert_same_run(run, reference):
@@ -117,7 +77,7 @@ def assert_same_run(run, reference):
     ],
 )
 def test_kill_9_then_resume_ends_bitwise_equal(tmp_path, corpus, reference, point):
-    run = HeldRun(corpus, tmp_path, "killed", point)
+    run = HeldRun(corpus, tmp_path, "killed", point, settings=SETTINGS)
     run.wait_held()
     run.send(signal.SIGKILL)
     run.finish()
@@ -141,7 +101,7 @@ def test_kill_9_then_resume_ends_bitwise_equal(tmp_path, corpus, reference, poin
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_saves_last_pt_and_says_how_to_resume(tmp_path, corpus, reference, signum, code):
-    run = HeldRun(corpus, tmp_path, "stopped", "step:10")
+    run = HeldRun(corpus, tmp_path, "stopped", "step:10", settings=SETTINGS)
     run.wait_held()
     run.send(signum)  # arrives while window 11 is about to run
     run.release()
@@ -224,7 +184,7 @@ def test_divergence_exits_1_and_keeps_the_last_good_checkpoint(tmp_path, corpus)
 def test_a_second_ctrl_c_exits_at_once_without_corrupting_anything(tmp_path, corpus, reference):
     # The first Ctrl-C arrives while window 11 is about to run; the second while the graceful
     # stop is about to write last.pt: it must leave at once, without that save.
-    run = HeldRun(corpus, tmp_path, "twice", "step:10", "before:last.pt:2")
+    run = HeldRun(corpus, tmp_path, "twice", "step:10", "before:last.pt:2", settings=SETTINGS)
     run.wait_held(0)
     run.send(signal.SIGINT)
     run.release(0)

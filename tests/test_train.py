@@ -133,10 +133,10 @@ def test_best_pt_keeps_the_lowest_validation_and_is_tested_as_such(corpus, tmp_p
     assert last["global_step"] == 3 * trainer.windows_per_epoch and last["finished"]
     assert metrics["best_valid_ppl"] == 40.0 and metrics["valid_ppl"] == 45.0
     # best_test_ppl is best.pt's own test perplexity, not the final model's.
-    from ptblm.evaluate import evaluate_checkpoint
+    from ptblm.evaluate import evaluate_checkpoints
 
-    on_best = evaluate_checkpoint(tmp_path / "run" / "best.pt", corpus_dir=corpus.folder)
-    on_last = evaluate_checkpoint(tmp_path / "run" / "last.pt", corpus_dir=corpus.folder)
+    on_best = evaluate_checkpoints([tmp_path / "run" / "best.pt"], corpus_dir=corpus.folder)
+    on_last = evaluate_checkpoints([tmp_path / "run" / "last.pt"], corpus_dir=corpus.folder)
     assert metrics["best_test_ppl"] == on_best["perplexity"] != on_last["perplexity"]
     assert metrics["test_ppl"] == on_last["perplexity"]
 
@@ -178,11 +178,11 @@ def test_20_windows_with_either_cell_give_the_same_weights_and_the_same_perplexi
     for (name, ours), theirs in zip(reference.named_parameters(), fused.parameters()):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6, msg=name)
     # A run trained with one cell evaluates to the same perplexity with the other.
-    from ptblm.evaluate import evaluate_checkpoint
+    from ptblm.evaluate import evaluate_checkpoints
 
     last = tmp_path / "fused" / "last.pt"
-    as_trained = evaluate_checkpoint(last, corpus_dir=corpus.folder)
-    other = evaluate_checkpoint(last, corpus_dir=corpus.folder, cell="reference")
+    as_trained = evaluate_checkpoints([last], corpus_dir=corpus.folder)
+    other = evaluate_checkpoints([last], corpus_dir=corpus.folder, cell="reference")
     assert other["cell"] == "reference" and as_trained["cell"] == "fused"
     assert other["perplexity"] == pytest.approx(as_trained["perplexity"], rel=1e-5)
     assert as_trained["perplexity"] == runs["fused"][1]["test_ppl"]
@@ -213,7 +213,7 @@ def test_every_variant_trains_saves_and_resumes(corpus, tmp_path, options):
     assert math.isfinite(metrics["test_ppl"]) and metrics["test_ppl"] < len(corpus.vocab)
     named = {option.split("=")[0] for option in options} - {"keep_prob"}
     assert set(metrics["variant"]) == named  # the summary names what the model adds
-    from ptblm.evaluate import evaluate_checkpoint
+    from ptblm.evaluate import evaluate_checkpoints
 
-    again = evaluate_checkpoint(tmp_path / "run" / "last.pt", corpus_dir=corpus.folder)
+    again = evaluate_checkpoints([tmp_path / "run" / "last.pt"], corpus_dir=corpus.folder)
     assert again["perplexity"] == metrics["test_ppl"]

@@ -1,0 +1,78 @@
+"""Several trained models as one: the paper's "averaged" rows.
+
+At every position the members' predicted distributions are averaged, each member carrying its
+own LSTM state; the perplexity is that of the averaged distribution:
+
+    window k:   x ──► member A ──► p_A(· | history)     (A's own (h, c), carried)
+                x ──► member B ──► p_B(· | history)     (B's own (h, c), carried)
+    log p(y) = log((p_A(y) + p_B(y)) / 2) = logsumexp_m(log p_m(y)) - log M
+
+Only the target's probability enters the perplexity, so the members run window by window in
+lockstep and keep each predicted token's log-probability, never the logits of the whole stream.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptblm.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+from ptblm.config import Config
+from ptblm.data import windows
+from ptblm.errors import CheckpointError
+from ptblm.model import LSTMLanguageModel, token_nll
+
+
+@dataclass
+class Member:
+    path: Path
+    checkpoint: dict[str, Any]
+    config: Config
+    model: LSTMLanguageModel
+
+
+def load_members(paths: list[Path], device: torch.device, cell: str | None = None) -> list[Member]:
+    """Load each checkpoint's model; CheckpointError unless all share one vocabulary."""
+    members = []
+    for path in paths:
+        checkpoint = load_checkpoint(path)
+        model = model_from_checkpoint(checkpoint, path, cell).to(device).eval()
+        members.append(Member(path, checkpoint, checkpoint_config(checkpoint, path), model))
+    first = members[0]
+    for member in members[1:]:
+        if member.checkpoint["vocab"] != first.checkpoint["vocab"]:
+            raise CheckpointError(
+                f"{member.path} and {first.path} were trained on different vocabularies: an "
+                f"ensemble averages distributions over one vocabulary. Use members trained on the "
+                f"same corpus."
+            )
+    return members
+
+
+@torch.no_grad()
+def member_logprobs(
+    models: list[LSTMLanguageModel], data: torch.Tensor, num_steps: int, partial: bool
+) -> torch.Tensor:
+    """Each member's log-probability of every predicted token, members in lockstep.
+
+    data: (rows, length) int64 on the models' device, read in windows of num_steps (the last,
+    shorter one too with `partial`). Returns (members, rows, predicted) float64 on the CPU.
+    """
+    states = [model.initial_state(data.size(0), data.device) for model in models]
+    columns = []
+    for x, y in windows(data, num_steps, partial=partial):
+        window = []
+        for k, model in enumerate(models):
+            logits, states[k] = model(x, states[k])
+            window.append(-token_nll(logits, y, "none").view_as(y))
+        columns.append(torch.stack(window).double().cpu())
+    return torch.cat(columns, dim=2)
+
+
+def average(logprobs: torch.Tensor) -> torch.Tensor:
+    """(members, ...) log-probabilities -> (...) log-probability of the averaged distribution."""
+    return torch.logsumexp(logprobs, dim=0) - math.log(logprobs.size(0))

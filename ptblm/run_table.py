@@ -1,0 +1,218 @@
+"""`ptblm runs`: a table of every run under a runs directory, read without torch.
+
+A run is listed from its small summary.json (written atomically right after each checkpoint, and
+after the final test), never from its checkpoints, so that dozens of large runs list at once.
+Its status:
+    training    a process holds the run's .lock now (the epoch shown is its last checkpoint's)
+    finished    trained and tested
+    stopped     stopped before the end; `ptblm train --resume RUN` continues it
+    diverged    the loss or gradient became NaN or infinite
+Runs whose configs differ only in their seed are summarised as mean +- std beside the published
+row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ptblm.errors import DataError
+
+# The files of a run directory (runs.py writes them; the names live here, where no torch is).
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+def finite(value: float | None) -> float | None:
+    """JSON has no inf or nan: such a value is written as null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def is_locked(run_dir: Path) -> bool:
+    """Is a process training this run now (holding its lock)?"""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: runs are never locked
+        return False
+    try:
+        with open(run_dir / LOCK_FILE) as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return False
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _from_older_ptblm(run_dir: Path) -> dict[str, Any] | None:
+    """A run written before summary.json existed: its metrics.json (finished runs) and config.yaml."""
+    metrics = _read_json(run_dir / METRICS_FILE)
+    if metrics is None:
+        return None
+    try:
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        config = None
+    return {
+        **{key: metrics.get(key) for key in ("config_name", "test_ppl", "best_test_ppl")},
+        **{key: metrics.get(key) for key in ("best_valid_ppl", "train_wps", "wall_seconds")},
+        **{key: metrics.get(key) for key in ("max_steps", "cut_short", "variant", "published")},
+        "status": "finished",
+        "config": config if isinstance(config, dict) else {},
+        "epochs_trained": metrics.get("epochs_trained", metrics.get("epochs")),
+    }
+
+
+def read_run(run_dir: Path) -> dict[str, Any] | None:
+    """One row of the table; None for a directory that is not a ptblm run."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        return None
+    summary = _read_json(run_dir / SUMMARY_FILE) or _from_older_ptblm(run_dir)
+    if summary is None:  # killed before its first checkpoint, or being started
+        summary = {"status": "stopped", "config": {}, "epochs_trained": 0.0}
+    config = summary.get("config") or {}
+    row = {
+        "name": run_dir.name,
+        "path": str(run_dir),
+        "config_name": summary.get("config_name"),
+        "seed": config.get("seed", 0),
+        "precision": config.get("precision", "fp32"),
+        **summary,
+        "resumable": (run_dir / LAST).is_file() and summary["status"] == "stopped",
+    }
+    if is_locked(run_dir):
+        row["status"] = "training"
+    return row
+
+
+def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
+    """Every run directly under runs_dir, by name (a run's name starts with its config)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise DataError(
+            f"{runs_dir}: no such runs directory. Train a run first (ptblm train --config small), "
+            f"or point --runs-dir at the directory your runs are in."
+        )
+    rows = (read_run(path) for path in sorted(runs_dir.iterdir()) if path.is_dir())
+    return [row for row in rows if row is not None]
+
+
+def seed_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Finished runs, full length, grouped by everything in their config but the seed; a group
+    with two seeds or more gets the mean and sample standard deviation of its results."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] == "finished" and not row.get("cut_short") and row.get("test_ppl"):
+            config = {key: value for key, value in row["config"].items() if key != "seed"}
+            key = json.dumps([row.get("config_name"), config], sort_keys=True)
+            groups.setdefault(key, []).append(row)
+    summaries = []
+    for members in groups.values():
+        if len({row["seed"] for row in members}) < 2:
+            continue
+        summary = {
+            "config_name": members[0].get("config_name"),
+            "runs": [row["name"] for row in members],
+            "seeds": [row["seed"] for row in members],
+            "published": members[0].get("published"),
+            "variant": members[0].get("variant") or {},
+        }
+        for key in ("best_valid_ppl", "test_ppl", "best_test_ppl"):
+            values = [row[key] for row in members if row.get(key) is not None]
+            if len(values) >= 2:
+                summary[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values)}
+        summaries.append(summary)
+    return summaries
+
+
+def _status(row: dict[str, Any]) -> str:
+    status = row["status"]
+    if status == "stopped":
+        if not row["resumable"]:
+            return "stopped, no checkpoint"
+        if row.get("finished_training"):
+            return "trained, test pending, resumable"
+        return (
+            f"stopped at epoch {row.get('epoch', 0) + 1} window {row.get('window', 0)}, resumable"
+        )
+    if status == "diverged":
+        return f"diverged at step {row.get('diverged_at_step', '?')}"
+    return status
+
+
+def render(rows: list[dict[str, Any]], groups: list[dict[str, Any]], runs_dir: Path) -> str:
+    """The table a person reads."""
+    if not rows:
+        return f"No runs under {runs_dir}. Train one: ptblm train --config small"
+
+    def number(value: float | None, digits: int = 2) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    header = ("run", "config", "seed", "prec", "status", "epochs", "best valid", "test",
+              "best.pt test", "min", "words/s")  # fmt: skip
+    table = [header]
+    for row in rows:
+        minutes = row.get("wall_seconds")
+        table.append(
+            (
+                row["name"],
+                row.get("config_name") or "?",
+                str(row["seed"]),
+                row["precision"],
+                _status(row),
+                number(row.get("epochs_trained"), 2),
+                number(row.get("best_valid_ppl")),
+                number(row.get("test_ppl")),
+                number(row.get("best_test_ppl")),
+                number(None if minutes is None else minutes / 60, 1),
+                number(row.get("train_wps"), 0),
+            )
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    right = {2, 5, 6, 7, 8, 9, 10}
+    lines = [
+        "  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in
+                  enumerate(zip(line, widths, strict=True))).rstrip()
+        for line in table
+    ]  # fmt: skip
+    for group in groups:
+        results = ", ".join(
+            f"{label} {group[key]['mean']:.2f} +- {group[key]['std']:.2f}"
+            for key, label in (("best_valid_ppl", "best valid"), ("test_ppl", "test"))
+            if key in group
+        )
+        published = group.get("published")
+        beside = (
+            f"; published {published['config']}: valid {published['valid']}, test "
+            f"{published['test']}"
+            if published
+            else ""
+        )
+        if group["variant"]:
+            adds = ", ".join(f"{key}: {value}" for key, value in group["variant"].items())
+            beside += f" (these runs' model adds {adds})"
+        seeds = ", ".join(map(str, group["seeds"]))
+        lines.append(
+            f"{group['config_name']} over {len(group['runs'])} runs (seeds {seeds}): "
+            f"{results}{beside}"
+        )
+    return "\n".join(lines)

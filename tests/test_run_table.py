@@ -1,0 +1,135 @@
+"""`ptblm runs` on real runs in every state: finished, stopped, training now, diverged."""
+
+import json
+import shutil
+import signal
+import statistics
+
+import pytest
+from helpers import HeldRun, assert_clean_failure, make_corpus, ptblm
+
+SETTINGS = [
+    "--set", "vocab_size=40", "--set", "hidden_size=16", "--set", "max_max_epoch=2", "--quiet",
+]  # fmt: skip
+
+
+def train(corpus, runs, name, *args):
+    return ptblm("train", "-c", "test", *SETTINGS, *args, "--corpus", corpus,
+                 "--runs-dir", runs, "--name", name)  # fmt: skip
+
+
+def listing(runs, env=None):
+    result = ptblm("runs", "--runs-dir", runs, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    table = json.loads(result.stdout)
+    return {row["name"]: row for row in table["runs"]}, table["seed_groups"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two finished runs that differ only in their seed, one stopped by Ctrl-C, one diverged,
+    one killed before its first checkpoint, and one that a process is training right now."""
+    runs = tmp_path_factory.mktemp("runs")
+    corpus = make_corpus(tmp_path_factory.mktemp("corpus"))
+    for seed in (1, 2):
+        assert train(corpus, runs, f"done-{seed}", "--seed", seed).returncode == 0
+    stopped = HeldRun(corpus, runs, "stopped", "step:3", settings=SETTINGS)
+    stopped.wait_held()
+    stopped.send(signal.SIGINT)
+    stopped.release()
+    assert stopped.finish()[0] == 130
+    diverged = train(
+        corpus, runs, "diverged", "--set", "learning_rate=1e30", "--checkpoint-every", 1
+    )
+    assert diverged.returncode == 1
+    early = HeldRun(corpus, runs, "early", "step:0", settings=SETTINGS)
+    early.wait_held()
+    early.send(signal.SIGKILL)
+    early.finish()
+    training = HeldRun(
+        corpus, runs, "training", "after:last.pt:1", settings=[*SETTINGS, "--checkpoint-every", "3"]
+    )
+    training.wait_held()
+    yield runs, diverged.stderr
+    training.send(signal.SIGKILL)
+    training.finish()
+
+
+def test_every_state_is_listed(runs):
+    runs, diverged_stderr = runs
+    rows, _ = listing(runs)
+    assert set(rows) == {"done-1", "done-2", "stopped", "diverged", "early", "training"}
+    for seed in (1, 2):
+        row = rows[f"done-{seed}"]
+        metrics = json.loads((runs / f"done-{seed}" / "metrics.json").read_text())
+        assert (row["status"], row["seed"], row["config_name"]) == ("finished", seed, "test")
+        for key in ("test_ppl", "best_test_ppl", "best_valid_ppl", "train_wps"):
+            assert row[key] == metrics[key]
+        assert row["epochs_trained"] == 2
+    assert rows["stopped"]["status"] == "stopped" and rows["stopped"]["resumable"]
+    assert (rows["stopped"]["epoch"], rows["stopped"]["window"]) == (0, 4)  # 4 windows trained
+    step = int(diverged_stderr.split("diverged at step ")[1].split()[0])
+    assert rows["diverged"]["status"] == "diverged"
+    assert rows["diverged"]["diverged_at_step"] == step
+    assert rows["early"]["status"] == "stopped" and not rows["early"]["resumable"]
+    assert rows["training"]["status"] == "training"
+    assert rows["training"]["global_step"] == 3  # as of its last checkpoint
+
+
+def test_the_table_a_person_reads(runs):
+    runs, _ = runs
+    result = ptblm("runs", "--runs-dir", runs)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "stopped at epoch 1 window 4, resumable" in lines["stopped"]
+    assert "stopped, no checkpoint" in lines["early"]
+    assert "training" in lines["training"] and "diverged at step" in lines["diverged"]
+    assert " finished " in lines["done-1"]
+
+
+def test_runs_that_differ_only_in_their_seed_are_summarised(runs):
+    runs, _ = runs
+    _, groups = listing(runs)
+    tests = [
+        json.loads((runs / f"done-{s}" / "metrics.json").read_text())["test_ppl"] for s in (1, 2)
+    ]
+    [group] = groups
+    assert group["seeds"] == [1, 2]
+    assert group["test_ppl"]["mean"] == pytest.approx(statistics.mean(tests))
+    assert group["test_ppl"]["std"] == pytest.approx(statistics.stdev(tests))
+    text = ptblm("runs", "--runs-dir", runs).stdout
+    assert "test over 2 runs (seeds 1, 2): " in text
+    assert f"test {statistics.mean(tests):.2f} +- {statistics.stdev(tests):.2f}" in text
+
+
+def test_listing_never_loads_a_checkpoint(runs, tmp_path):
+    """Dozens of large runs list at once: with torch unimportable and 300 MB checkpoints (sparse
+    files) that are not torch files at all, the listing is the same."""
+    runs, _ = runs
+    many = tmp_path / "many"
+    for copy in range(30):
+        shutil.copytree(runs / "done-1", many / f"large-{copy:02}")
+        for name in ("best.pt", "last.pt"):
+            with open(many / f"large-{copy:02}" / name, "wb") as checkpoint:
+                checkpoint.truncate(300 * 2**20)
+    (tmp_path / "torch.py").write_text("raise ImportError('torch was imported')\n")
+    rows, groups = listing(many, env={"PYTHONPATH": str(tmp_path)})
+    assert len(rows) == 30 and all(row["status"] == "finished" for row in rows.values())
+    assert groups == []  # thirty runs of one seed: nothing to average over seeds
+
+
+def test_a_run_of_an_older_ptblm_is_listed_from_its_metrics(runs, tmp_path):
+    runs, _ = runs
+    shutil.copytree(runs / "done-1", tmp_path / "old")
+    (tmp_path / "old" / "summary.json").unlink()
+    rows, _ = listing(tmp_path)
+    metrics = json.loads((tmp_path / "old" / "metrics.json").read_text())
+    assert rows["old"]["status"] == "finished" and rows["old"]["test_ppl"] == metrics["test_ppl"]
+
+
+def test_no_runs_directory(tmp_path):
+    result = ptblm("runs", "--runs-dir", tmp_path / "nothing")
+    assert_clean_failure(result, 1, "no such runs directory", "--runs-dir")
+    (tmp_path / "empty").mkdir()
+    result = ptblm("runs", "--runs-dir", tmp_path / "empty")
+    assert result.returncode == 0 and "No runs under" in result.stdout
