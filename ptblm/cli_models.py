@@ -93,11 +93,17 @@ def eval_(
         )
     if split not in (None, "test", "valid", "train"):
         raise ConfigError(f"--split {split}: use test, valid or train.")
+    if text is not None:
+        from ptblm.text import read_text
+
+        content = read_text(text)  # a bad file is refused before anything loads
+        paths = _checkpoints(targets, runs_dir, cell)
+        _eval_text(
+            paths, text, content, per_line, reset_each_line, resolve_device(device), cell, as_json
+        )
+        return
     paths = _checkpoints(targets, runs_dir, cell)
     torch_device = resolve_device(device)
-    if text is not None:
-        _eval_text(paths, text, per_line, reset_each_line, torch_device, cell, as_json)
-        return
     from ptblm.evaluate import evaluate_checkpoints
 
     split, batch_size = split or "test", batch_size or 1
@@ -126,14 +132,13 @@ def _echo_members(members: list[dict[str, Any]], published: dict | None, split: 
         )
 
 
-def _eval_text(paths, text, per_line, reset_each_line, device, cell, as_json) -> None:
+def _eval_text(paths, text, content, per_line, reset_each_line, device, cell, as_json) -> None:
     import time
 
     from ptblm.checkpoint import vocab_dict
     from ptblm.ensemble import load_members
-    from ptblm.text import read_text, score_text
+    from ptblm.text import score_text
 
-    content = read_text(text)  # before the models load: a bad file is refused at once
     members = load_members(paths, device, cell)
     started = time.perf_counter()
     vocab = vocab_dict(members[0].checkpoint["vocab"])
@@ -191,7 +196,7 @@ def generate(
     """Sample text from a model; `<eos>` prints as a line break."""
     from ptblm.generate import check_sampling
 
-    check_sampling(temperature, top_k, words)  # before anything loads
+    check_sampling(temperature, top_k, words, seed)  # before anything loads
     from ptblm.checkpoint import load_checkpoint, model_from_checkpoint, vocab_dict
     from ptblm.generate import as_text
     from ptblm.generate import generate as sample

@@ -25,6 +25,7 @@ from ptblm.config import Config
 from ptblm.data import windows
 from ptblm.errors import CheckpointError
 from ptblm.model import LSTMLanguageModel, token_nll
+from ptblm.runtime import configure_tf32
 
 
 @dataclass
@@ -36,13 +37,16 @@ class Member:
 
 
 def load_members(paths: list[Path], device: torch.device, cell: str | None = None) -> list[Member]:
-    """Load each checkpoint's model; CheckpointError unless all share one vocabulary."""
+    """Load each checkpoint's model; CheckpointError unless all share one vocabulary. On CUDA,
+    TF32 is set as the (first) member was trained with, so that it computes as in training."""
     members = []
     for path in paths:
         checkpoint = load_checkpoint(path)
         model = model_from_checkpoint(checkpoint, path, cell).to(device).eval()
         members.append(Member(path, checkpoint, checkpoint_config(checkpoint, path), model))
     first = members[0]
+    if device.type == "cuda":
+        configure_tf32(first.config.allow_tf32)
     for member in members[1:]:
         if member.checkpoint["vocab"] != first.checkpoint["vocab"]:
             raise CheckpointError(

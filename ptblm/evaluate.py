@@ -23,7 +23,6 @@ from ptblm.data import batchify, load_corpus, windows
 from ptblm.ensemble import average, load_members, member_logprobs
 from ptblm.model import LSTMLanguageModel, token_nll
 from ptblm.published import published_ensemble
-from ptblm.runtime import configure_tf32
 
 TEST_BATCH_SIZE = 1
 TEST_NUM_STEPS = 500  # any length gives the same number with batch_size 1; longer is faster
@@ -96,8 +95,6 @@ def evaluate_checkpoints(
     device = device or torch.device("cpu")
     members = load_members(paths, device, cell)
     first = members[0]
-    if device.type == "cuda":
-        configure_tf32(first.config.allow_tf32)  # compute exactly as the trainer did
     if corpus_dir is None and first.checkpoint.get("corpus_dir"):
         corpus_dir = Path(first.checkpoint["corpus_dir"])
     corpus = load_corpus(data_dir, corpus_dir, progress=progress)

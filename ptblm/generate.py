@@ -19,7 +19,7 @@ from ptblm.errors import ConfigError
 from ptblm.model import LSTMLanguageModel
 
 
-def check_sampling(temperature: float, top_k: int, words: int) -> None:
+def check_sampling(temperature: float, top_k: int, words: int, seed: int | None = 0) -> None:
     problems = []
     if not temperature > 0:
         problems.append(
@@ -29,6 +29,8 @@ def check_sampling(temperature: float, top_k: int, words: int) -> None:
         problems.append(f"--top-k {top_k}: it must be >= 0 (0: every word may be drawn).")
     if words < 1:
         problems.append(f"--words {words}: generate at least 1.")
+    if seed is not None and not 0 <= seed < 2**63:
+        problems.append(f"--seed {seed}: use an integer from 0 to 2**63 - 1.")
     if problems:
         raise ConfigError(problems)
 
@@ -44,7 +46,9 @@ def generate(
     seed: int = 0,
 ) -> list[int]:
     """`words` sampled ids (an `<eos>` counts as one), continuing the prompt."""
-    check_sampling(temperature, top_k, words)
+    check_sampling(temperature, top_k, words, seed)
+    if EOS not in vocab:
+        raise ConfigError(f"the model's vocabulary has no {EOS}: generation starts from one.")
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)

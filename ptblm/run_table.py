@@ -82,23 +82,45 @@ def _from_older_ptblm(run_dir: Path) -> dict[str, Any] | None:
     }
 
 
+STATUSES = ("finished", "stopped", "diverged")  # as written; "training" is read from the lock
+NUMBERS = ("epochs_trained", "valid_ppl", "best_valid_ppl", "test_ppl", "best_test_ppl",
+           "train_wps", "wall_seconds")  # fmt: skip
+COUNTS = ("epoch", "window", "global_step", "diverged_at_step", "max_steps")
+
+
+def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+
+def _clean(summary: dict[str, Any]) -> dict[str, Any]:
+    """Whatever a file holds (edited, truncated, from another version), a row the table can
+    print: a value of the wrong kind, infinite or NaN becomes None."""
+    row = dict(summary)
+    if row.get("status") not in STATUSES:
+        row["status"] = "unreadable"
+    for key in NUMBERS:
+        number = _typed(row.get(key), (int, float))
+        row[key] = None if number is None else finite(float(number))
+    for key in COUNTS:
+        row[key] = _typed(row.get(key), int)
+    row["config"] = _typed(row.get("config"), dict) or {}
+    row["config_name"] = _typed(row.get("config_name"), str)
+    row["variant"] = _typed(row.get("variant"), dict) or {}
+    row["published"] = _typed(row.get("published"), dict)
+    row["seed"] = _typed(row["config"].get("seed"), int)
+    row["precision"] = _typed(row["config"].get("precision"), str)
+    return row
+
+
 def read_run(run_dir: Path) -> dict[str, Any] | None:
     """One row of the table; None for a directory that is not a ptblm run."""
     if not (run_dir / CONFIG_FILE).is_file():
         return None
     summary = _read_json(run_dir / SUMMARY_FILE) or _from_older_ptblm(run_dir)
     if summary is None:  # killed before its first checkpoint, or being started
-        summary = {"status": "stopped", "config": {}, "epochs_trained": 0.0}
-    config = summary.get("config") or {}
-    row = {
-        "name": run_dir.name,
-        "path": str(run_dir),
-        "config_name": summary.get("config_name"),
-        "seed": config.get("seed", 0),
-        "precision": config.get("precision", "fp32"),
-        **summary,
-        "resumable": (run_dir / LAST).is_file() and summary["status"] == "stopped",
-    }
+        summary = {"status": "stopped"}
+    row = {"name": run_dir.name, "path": str(run_dir), **_clean(summary)}
+    row["resumable"] = row["status"] == "stopped" and (run_dir / LAST).is_file()
     if is_locked(run_dir):
         row["status"] = "training"
     return row
@@ -149,13 +171,15 @@ def _status(row: dict[str, Any]) -> str:
     if status == "stopped":
         if not row["resumable"]:
             return "stopped, no checkpoint"
-        if row.get("finished_training"):
+        if row.get("finished_training") is True:
             return "trained, test pending, resumable"
-        return (
-            f"stopped at epoch {row.get('epoch', 0) + 1} window {row.get('window', 0)}, resumable"
-        )
+        if row["epoch"] is None or row["window"] is None:  # a run of an older ptblm
+            return "stopped, resumable"
+        return f"stopped at epoch {row['epoch'] + 1} window {row['window']}, resumable"
     if status == "diverged":
-        return f"diverged at step {row.get('diverged_at_step', '?')}"
+        return f"diverged at step {row['diverged_at_step'] or '?'}"
+    if status == "unreadable":
+        return f"{SUMMARY_FILE} unreadable"
     return status
 
 
@@ -176,8 +200,8 @@ def render(rows: list[dict[str, Any]], groups: list[dict[str, Any]], runs_dir: P
             (
                 row["name"],
                 row.get("config_name") or "?",
-                str(row["seed"]),
-                row["precision"],
+                str(row["seed"] if row["seed"] is not None else "?"),
+                row["precision"] or "?",
                 _status(row),
                 number(row.get("epochs_trained"), 2),
                 number(row.get("best_valid_ppl")),
@@ -201,6 +225,8 @@ def render(rows: list[dict[str, Any]], groups: list[dict[str, Any]], runs_dir: P
             if key in group
         )
         published = group.get("published")
+        if not (published and {"config", "valid", "test"} <= published.keys()):
+            published = None
         beside = (
             f"; published {published['config']}: valid {published['valid']}, test "
             f"{published['test']}"

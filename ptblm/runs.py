@@ -96,12 +96,15 @@ class RunDirectory:
         except ImportError:  # not POSIX: no lock
             return
         self._lock = open(self.path / LOCK_FILE, "w")  # noqa: SIM115 (held for the whole run)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CheckpointError(
-                f"another ptblm process is training {self.path}; wait for it or stop it first."
-            ) from None
+        for attempt in range(20):  # `ptblm runs` may hold a shared lock for a moment
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                time.sleep(0.01 * attempt)
+        raise CheckpointError(
+            f"another ptblm process is training {self.path}; wait for it or stop it first."
+        )
 
     def read_metrics(self) -> dict[str, Any] | None:
         try:

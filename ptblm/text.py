@@ -73,7 +73,7 @@ def split_lines(text: str, vocab: dict[str, int]) -> list[Line]:
                 f"the vocabulary has no {UNK} to read it as: score text in that vocabulary."
             )
         tokens = words + ([EOS] if number < newlines else [])
-        ids = [vocab.get(token, vocab.get(UNK, -1)) for token in tokens]
+        ids = [vocab[token] if token in vocab else vocab[UNK] for token in tokens]
         lines.append(Line(ids, len(words), unknown))
     return lines
 
@@ -87,6 +87,8 @@ def score_text(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Perplexity of the text under the model (or the ensemble of the models), and each line's
     words, summed log-probability (natural log) and perplexity."""
+    if EOS not in vocab:
+        raise DataError(f"the model's vocabulary has no {EOS}: it cannot read lines.")
     lines = split_lines(text, vocab)
     if reset_each_line:
         per_line = [
@@ -115,6 +117,7 @@ def score_text(
         rows.append(
             {
                 "line": number + 1,
+                "words": line.words,
                 "tokens": logprobs.size(1),
                 "logprob": logprob,
                 "perplexity": perplexity(-logprob, logprobs.size(1)) if logprobs.size(1) else None,

@@ -14,6 +14,7 @@ logs and saves.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import signal
 import time
@@ -33,7 +34,7 @@ from ptblm.checkpoint import (
 from ptblm.config import Config, learning_rate_at
 from ptblm.data import Corpus, batchify, check_fits, num_windows, windows
 from ptblm.distributed import SINGLE_PROCESS, Distributed
-from ptblm.errors import DivergenceError, Interrupted
+from ptblm.errors import CheckpointError, DivergenceError, Interrupted
 from ptblm.evaluate import TEST_BATCH_SIZE, TEST_NUM_STEPS, evaluate, perplexity
 from ptblm.model import LSTMLanguageModel
 from ptblm.progress import LOG_EVERY, Progress
@@ -147,9 +148,8 @@ class Trainer:
             hparams = {"config_name": self.config_name or "", "max_steps": self.max_steps or 0}
             self.progress.hparams({**self.config.to_dict(), **hparams})
         self.run_dir.write_metrics(metrics)
-        self.run_dir.write_summary(
-            run_summary(self, "finished", test_ppl=test_ppl, best_test_ppl=best_test_ppl)
-        )
+        summary = run_summary(self, "finished", test_ppl=test_ppl, best_test_ppl=best_test_ppl)
+        self.run_dir.write_summary(summary)
         return metrics
 
     def end_epoch(self, ended: EpochEnd, valid_ppl: float) -> None:
@@ -207,7 +207,7 @@ class Trainer:
                 try:
                     mean_nll, grad_norm = self.step(x, y)
                 except Diverged as diverged:
-                    raise self.divergence_error(diverged, lr) from None
+                    raise self.on_divergence(diverged, lr) from None
                 record.train_nll += mean_nll * tokens_per_window
                 record.train_tokens += tokens_per_window
                 record.norm_sum += grad_norm
@@ -255,11 +255,14 @@ class Trainer:
         record.logged_nll, record.logged_tokens = record.train_nll, record.train_tokens
         record.norm_sum = 0.0
 
-    def divergence_error(self, diverged: Diverged, lr: float) -> DivergenceError:
+    def on_divergence(self, diverged: Diverged, lr: float) -> DivergenceError:
+        """Mark the run diverged in summary.json and return the error to raise (a summary that
+        cannot be written is let go: the divergence is what the user must hear about)."""
         record = self.record
         if self.dist.is_main:
-            summary = run_summary(self, "diverged", diverged_at_step=record.global_step + 1)
-            self.run_dir.write_summary(summary)
+            with contextlib.suppress(CheckpointError):
+                step = record.global_step + 1
+                self.run_dir.write_summary(run_summary(self, "diverged", diverged_at_step=step))
         return DivergenceError(
             f"training diverged at step {record.global_step + 1} (epoch {record.epoch + 1}, "
             f"window {record.window + 1}, learning rate {lr:g}): loss per token "

@@ -55,6 +55,8 @@ def test_a_low_temperature_is_nearly_greedy():
         ({"temperature": -1.0}, "--temperature -1.0"),
         ({"top_k": -1}, "--top-k -1: it must be >= 0"),
         ({"words": 0}, "--words 0"),
+        ({"seed": 2**64}, "--seed 18446744073709551616: use an integer from 0"),
+        ({"seed": -1}, "--seed -1"),
     ],
 )
 def test_bad_sampling_options(options, message):

@@ -133,3 +133,28 @@ def test_no_runs_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     result = ptblm("runs", "--runs-dir", tmp_path / "empty")
     assert result.returncode == 0 and "No runs under" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "summary",
+    [
+        "{not json",
+        '{"x": 1}',
+        '{"status": "finished", "test_ppl": "12", "epoch": null, "config": [1], "seed": []}',
+        '{"status": "finished", "test_ppl": Infinity, "best_valid_ppl": NaN, "published": 3}',
+        '{"status": "stopped", "epoch": "one", "window": 2.5}',
+        "[1, 2]",
+    ],
+)
+def test_an_odd_summary_is_listed_not_a_traceback(tmp_path, summary):
+    """Edited, truncated or foreign summary.json files: the run is listed, the odd values as -."""
+    for name in ("a", "b"):  # two alike, so that the seed summary sees them too
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text("seed: 1\n")
+        (tmp_path / name / "summary.json").write_text(summary)
+        (tmp_path / name / "last.pt").write_bytes(b"")
+    result = ptblm("runs", "--runs-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].startswith("a ")
+    as_json = ptblm("runs", "--runs-dir", tmp_path, "--json")
+    json.loads(as_json.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
