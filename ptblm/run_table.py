@@ -221,7 +221,11 @@ def render(rows: list[dict[str, Any]], groups: list[dict[str, Any]], runs_dir: P
     for group in groups:
         results = ", ".join(
             f"{label} {group[key]['mean']:.2f} +- {group[key]['std']:.2f}"
-            for key, label in (("best_valid_ppl", "best valid"), ("test_ppl", "test"))
+            for key, label in (
+                ("best_valid_ppl", "best valid"),
+                ("test_ppl", "test"),
+                ("best_test_ppl", "best.pt test"),
+            )
             if key in group
         )
         published = group.get("published")
