@@ -6,6 +6,7 @@ cli.py registers them and turns their errors into messages and exit codes.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +27,21 @@ Targets = Annotated[
 Cell = Annotated[
     str | None, typer.Option("--cell", help="Run the LSTM with another cell: fused or reference.")
 ]
+
+
+def _json(data: Any) -> str:
+    """Strict JSON for scripts: an infinite or NaN perplexity (a diverged model) becomes null."""
+
+    def strict(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: strict(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [strict(item) for item in value]
+        return value
+
+    return json.dumps(strict(data), allow_nan=False)
 
 
 def _checkpoints(targets: list[Path] | None, runs_dir: Path, cell: str | None) -> list[Path]:
@@ -111,7 +127,7 @@ def eval_(
         paths, split, batch_size, num_steps, data_dir, corpus, torch_device, not as_json, cell
     )
     if as_json:
-        typer.echo(json.dumps(result))
+        typer.echo(_json(result))
         return
     what = f" of the ensemble of {len(paths)} models:" if len(paths) > 1 else ""
     typer.echo(
@@ -147,9 +163,9 @@ def _eval_text(paths, text, content, per_line, reset_each_line, device, cell, as
     total["seconds"] = round(time.perf_counter() - started, 3)
     if per_line:
         for line in lines:
-            typer.echo(json.dumps(line))
+            typer.echo(_json(line))
     if as_json:
-        typer.echo(json.dumps({"total": total} if per_line else total))
+        typer.echo(_json({"total": total} if per_line else total))
         return
     reading = "each line on its own" if reset_each_line else "state carried across lines"
     summary = (
@@ -231,6 +247,6 @@ def runs(runs_dir: RunsDir = Path("runs"), as_json: AsJson = False) -> None:
     rows = read_runs(runs_dir)
     groups = seed_groups(rows)
     if as_json:
-        typer.echo(json.dumps({"runs": rows, "seed_groups": groups}))
+        typer.echo(_json({"runs": rows, "seed_groups": groups}))
     else:
         typer.echo(render(rows, groups, runs_dir))

@@ -117,3 +117,11 @@ def test_generate_is_reproducible_and_prints_vocabulary_words(runs):
 )
 def test_generate_refuses_bad_sampling_options(runs, args, message):
     assert_clean_failure(ptblm("generate", "runs/a", *args, cwd=runs), 2, message)
+
+
+def test_json_for_scripts_is_strict():
+    """A diverged model's perplexity is inf: the JSON says null, which every parser reads."""
+    from ptblm.cli_models import _json
+
+    text = _json({"perplexity": math.inf, "members": [{"perplexity": math.nan}], "tokens": 3})
+    assert json.loads(text) == {"perplexity": None, "members": [{"perplexity": None}], "tokens": 3}
