@@ -198,14 +198,14 @@ def train(
 def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose):
     from ptblm.checkpoint import check_vocabulary
     from ptblm.data import load_corpus_on_all_ranks
-    from ptblm.runs import load_resumable
+    from ptblm.runs import LAST, load_resumable
     from ptblm.train import Trainer
 
     checkpoint, saved = load_resumable(run_dir)
     if corpus_dir is None and checkpoint.get("corpus_dir"):
         corpus_dir = Path(checkpoint["corpus_dir"])
     corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, verbose)
-    check_vocabulary(checkpoint, corpus, run_dir / "last.pt")
+    check_vocabulary(checkpoint, corpus, run_dir / LAST)
     trainer = Trainer(
         saved,
         corpus,

@@ -6,7 +6,6 @@ cli.py registers them and turns their errors into messages and exit codes.
 from __future__ import annotations
 
 import json
-import math
 import secrets
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,6 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from ptblm.cli_options import AsJson, CorpusDir, DataDir, Device, RunsDir
+from ptblm.config import CELLS
+from ptblm.download import SPLITS
 from ptblm.errors import ConfigError
 
 Targets = Annotated[
@@ -31,15 +32,7 @@ Cell = Annotated[
 
 def _json(data: Any) -> str:
     """Strict JSON for scripts: an infinite or NaN perplexity (a diverged model) becomes null."""
-
-    def strict(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {key: strict(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [strict(item) for item in value]
-        return value
+    from ptblm.run_table import strict
 
     return json.dumps(strict(data), allow_nan=False)
 
@@ -47,8 +40,8 @@ def _json(data: Any) -> str:
 def _checkpoints(targets: list[Path] | None, runs_dir: Path, cell: str | None) -> list[Path]:
     from ptblm.runs import resolve_checkpoint
 
-    if cell not in (None, "fused", "reference"):
-        raise ConfigError(f"--cell {cell}: use fused or reference.")
+    if cell is not None and cell not in CELLS:
+        raise ConfigError(f"--cell {cell}: use {' or '.join(CELLS)}.")
     return [resolve_checkpoint(target, runs_dir) for target in targets or [None]]
 
 
@@ -107,7 +100,7 @@ def eval_(
             "--text scores the file as one stream with batch size 1: drop --split, --batch-size "
             "and --num-steps."
         )
-    if split not in (None, "test", "valid", "train"):
+    if split is not None and split not in SPLITS:
         raise ConfigError(f"--split {split}: use test, valid or train.")
     if text is not None:
         from ptblm.text import read_text
@@ -217,20 +210,19 @@ def generate(
     from ptblm.generate import as_text
     from ptblm.generate import generate as sample
     from ptblm.runtime import resolve_device
-    from ptblm.text import UNK
+    from ptblm.text import UNK, word_ids
 
     path = _checkpoints([target] if target else None, runs_dir, None)[0]
     checkpoint = load_checkpoint(path)
     vocab_words = checkpoint["vocab"]
     vocab = vocab_dict(vocab_words)
-    unknown = [word for word in prompt.split() if word not in vocab]
-    if unknown and UNK not in vocab:
+    prompt_ids, unknown = word_ids(prompt.split(), vocab)
+    if unknown and not prompt_ids:
         raise ConfigError(f"--prompt: {unknown[0]!r} is not in the model's vocabulary.")
     for word in dict.fromkeys(unknown):
         typer.echo(
             f"note: {word!r} is not in the vocabulary; the model reads it as {UNK}.", err=True
         )
-    prompt_ids = [vocab.get(word, vocab.get(UNK, 0)) for word in prompt.split()]
     if seed is None:
         seed = secrets.randbelow(2**31)
         typer.echo(f"seed {seed} (--seed {seed} gives this text again)", err=True)

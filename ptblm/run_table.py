@@ -37,6 +37,17 @@ def finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def strict(data: Any) -> Any:
+    """`data` with every infinite or NaN float, however deep, made None: strict JSON."""
+    if isinstance(data, float):
+        return finite(data)
+    if isinstance(data, dict):
+        return {key: strict(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [strict(value) for value in data]
+    return data
+
+
 def is_locked(run_dir: Path) -> bool:
     """Is a process training this run now (holding its lock)?"""
     try:
@@ -55,7 +66,7 @@ def is_locked(run_dir: Path) -> bool:
         return False
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -65,7 +76,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _from_older_ptblm(run_dir: Path) -> dict[str, Any] | None:
     """A run written before summary.json existed: its metrics.json (finished runs) and config.yaml."""
-    metrics = _read_json(run_dir / METRICS_FILE)
+    metrics = read_json(run_dir / METRICS_FILE)
     if metrics is None:
         return None
     try:
@@ -116,7 +127,7 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
     """One row of the table; None for a directory that is not a ptblm run."""
     if not (run_dir / CONFIG_FILE).is_file():
         return None
-    summary = _read_json(run_dir / SUMMARY_FILE) or _from_older_ptblm(run_dir)
+    summary = read_json(run_dir / SUMMARY_FILE) or _from_older_ptblm(run_dir)
     if summary is None:  # killed before its first checkpoint, or being started
         summary = {"status": "stopped"}
     row = {"name": run_dir.name, "path": str(run_dir), **_clean(summary)}

@@ -37,7 +37,8 @@ from ptblm.run_table import (
     LOCK_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
-    finite,
+    read_json,
+    strict,
 )
 from ptblm.runtime import device_description
 
@@ -107,10 +108,7 @@ class RunDirectory:
         )
 
     def read_metrics(self) -> dict[str, Any] | None:
-        try:
-            return json.loads((self.path / METRICS_FILE).read_text())
-        except (OSError, ValueError):
-            return None
+        return read_json(self.path / METRICS_FILE)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         self._write_json(METRICS_FILE, metrics)
@@ -134,41 +132,44 @@ def run_summary(run: Trainer, status: str, **results: Any) -> dict[str, Any]:
     """What summary.json holds: where the run stands, small enough to list dozens of runs.
 
     status: stopped (at `epoch`, `window`), finished (with test_ppl and best_test_ppl in
-    `results`) or diverged (with diverged_at_step).
+    `results`) or diverged (with diverged_at_step). Infinite or NaN perplexities become null.
     """
     record, config = run.record, run.config
     published = published_row(config)
     history = record.history
-    return {
-        "status": status,
-        "config_name": run.config_name,
-        "config": config.to_dict(),
-        "variant": model_variant(config),
-        "max_steps": run.max_steps,
-        "cut_short": record.global_step < run.windows_per_epoch * config.max_max_epoch,
-        "epoch": record.epoch,
-        "window": record.window,
-        "finished_training": record.finished,
-        "global_step": record.global_step,
-        "epochs_trained": record.global_step / run.windows_per_epoch,
-        "valid_ppl": finite(history[-1]["valid_ppl"]) if history else None,
-        "best_valid_ppl": finite(record.best_valid_ppl),
-        "test_ppl": None,
-        "best_test_ppl": None,
-        "train_wps": record.timed_tokens / record.train_seconds if record.train_seconds else None,
-        "wall_seconds": run.wall_seconds(),
-        "published": None if published is None else {"config": published[0], **published[1]},
-        **{key: finite(value) if isinstance(value, float) else value
-           for key, value in results.items()},
-    }  # fmt: skip
+    return strict(
+        {
+            "status": status,
+            "config_name": run.config_name,
+            "config": config.to_dict(),
+            "variant": model_variant(config),
+            "max_steps": run.max_steps,
+            "cut_short": record.global_step < run.windows_per_epoch * config.max_max_epoch,
+            "epoch": record.epoch,
+            "window": record.window,
+            "finished_training": record.finished,
+            "global_step": record.global_step,
+            "epochs_trained": record.global_step / run.windows_per_epoch,
+            "valid_ppl": history[-1]["valid_ppl"] if history else None,
+            "best_valid_ppl": record.best_valid_ppl,
+            "test_ppl": None,
+            "best_test_ppl": None,
+            "train_wps": record.timed_tokens / record.train_seconds
+            if record.train_seconds
+            else None,
+            "wall_seconds": run.wall_seconds(),
+            "published": None if published is None else {"config": published[0], **published[1]},
+            **results,
+        }
+    )
 
 
-def run_metrics(run: Trainer, test_ppl: float, best_test_ppl: float) -> dict[str, Any]:
+def run_metrics(run: Trainer, summary: dict[str, Any]) -> dict[str, Any]:
     """What metrics.json holds: the final summary, with how the run was made and its history."""
     record = run.record
     return {
-        **run_summary(run, "finished", test_ppl=test_ppl, best_test_ppl=best_test_ppl),
-        "train_ppl": finite(record.history[-1]["train_ppl"]),
+        **summary,
+        "train_ppl": strict(record.history[-1]["train_ppl"]),
         "epochs": len(record.history),  # epochs validated (the last one partial if cut short)
         "device": device_description(run.device),
         "world_size": run.dist.world_size,

@@ -58,6 +58,15 @@ class Line:
     unknown: list[str]  # words outside the vocabulary, read as <unk>
 
 
+def word_ids(words: list[str], vocab: dict[str, int]) -> tuple[list[int], list[str]]:
+    """Ids of the words, those outside the vocabulary read as <unk>, and which those were.
+    The caller refuses unknown words when the vocabulary has no <unk>."""
+    unknown = [word for word in words if word not in vocab]
+    if unknown and UNK not in vocab:
+        return [], unknown
+    return [vocab[word] if word in vocab else vocab[UNK] for word in words], unknown
+
+
 def split_lines(text: str, vocab: dict[str, int]) -> list[Line]:
     """The file's lines as ids; together they are exactly tokenize(text)."""
     parts, newlines = text.split("\n"), text.count("\n")
@@ -66,14 +75,13 @@ def split_lines(text: str, vocab: dict[str, int]) -> list[Line]:
     lines = []
     for number, part in enumerate(parts):
         words = part.split()
-        unknown = [word for word in words if word not in vocab]
-        if unknown and UNK not in vocab:
+        tokens = words + ([EOS] if number < newlines else [])
+        ids, unknown = word_ids(tokens, vocab)
+        if unknown and not ids:
             raise DataError(
                 f"line {number + 1} has {unknown[0]!r}, which the model's vocabulary lacks, and "
                 f"the vocabulary has no {UNK} to read it as: score text in that vocabulary."
             )
-        tokens = words + ([EOS] if number < newlines else [])
-        ids = [vocab[token] if token in vocab else vocab[UNK] for token in tokens]
         lines.append(Line(ids, len(words), unknown))
     return lines
 
@@ -127,10 +135,11 @@ def score_text(
     everything = torch.cat(per_line, dim=1)
     tokens, words = everything.size(1), sum(line.words for line in lines)
     unknown = sum(len(line.unknown) for line in lines)
+    logprob = average(everything).sum().item()
     total: dict[str, Any] = {
-        "perplexity": perplexity(-average(everything).sum().item(), tokens),
+        "perplexity": perplexity(-logprob, tokens),
         "tokens": tokens,
-        "logprob": average(everything).sum().item(),
+        "logprob": logprob,
         "words": words,
         "unknown_words": unknown,
         "unknown_share": unknown / words if words else 0.0,

@@ -144,11 +144,11 @@ class Trainer:
             if stop():
                 raise self.interrupted(stop)  # last.pt is final: resuming only tests again
             self.progress.scalar("test/ppl", test_ppl, record.global_step)
-            metrics = run_metrics(self, test_ppl, best_test_ppl)
+            summary = run_summary(self, "finished", test_ppl=test_ppl, best_test_ppl=best_test_ppl)
+            metrics = run_metrics(self, summary)
             hparams = {"config_name": self.config_name or "", "max_steps": self.max_steps or 0}
             self.progress.hparams({**self.config.to_dict(), **hparams})
         self.run_dir.write_metrics(metrics)
-        summary = run_summary(self, "finished", test_ppl=test_ppl, best_test_ppl=best_test_ppl)
         self.run_dir.write_summary(summary)
         return metrics
 
