@@ -29,6 +29,37 @@ def layer_weights(lstm: nn.Module, layer: int) -> list[torch.Tensor]:
     return [getattr(lstm, f"{name}_l{layer}") for name in names]
 
 
+class LayerwiseLSTM(nn.LSTM):
+    """nn.LSTM whose layers each own one contiguous block of memory, for stacks run one layer at
+    a time (variational dropout, weight drop).
+
+    nn.LSTM keeps all layers in one block. cuDNN takes a layer's weights as they are only when
+    they start a block laid out as w_ih, w_hh, b_ih, b_hh; layer 1 of one shared block does not,
+    so cuDNN would copy it on every call and warn "RNN module weights are not part of single
+    contiguous chunk of memory". Same parameters, names and shapes as nn.LSTM.
+    """
+
+    def flatten_parameters(self) -> None:  # nn.LSTM calls it after every .to() / .cuda()
+        for k in range(self.num_layers):
+            weights = layer_weights(self, k)
+            block = torch.cat([w.detach().reshape(-1) for w in weights])
+            offset = 0
+            for w in weights:
+                w.data = block[offset : offset + w.numel()].view_as(w)
+                offset += w.numel()
+
+
+def one_block(weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A layer's weights copied into one block in cuDNN's order (differentiably), for weights made
+    anew each window (a weight-dropped weight_hh): one copy instead of cuDNN's own, no warning."""
+    block = torch.cat([w.reshape(-1) for w in weights])
+    views, offset = [], 0
+    for w in weights:
+        views.append(block[offset : offset + w.numel()].view_as(w))
+        offset += w.numel()
+    return views
+
+
 def fused_layer(
     x: torch.Tensor, state: State, weights: list[torch.Tensor], training: bool
 ) -> tuple[torch.Tensor, State]:

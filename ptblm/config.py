@@ -49,6 +49,7 @@ class Config:
     precision: str = "fp32"  # fp32 (faithful), bf16 or fp16 autocast
     checkpoint_every: int = 0  # write last.pt every N training windows (0: end of epoch only)
     allow_tf32: bool = False  # let CUDA use TF32 matrix products (faster, not bit-faithful)
+    cuda_graph: bool = True  # on CUDA (fp32, one process) replay the training step as a CUDA graph
     # --- the model family (model.py); the defaults are Zaremba et al.'s model ---
     cell: str = "fused"  # fused (nn.LSTM: cuDNN / oneDNN) or reference (the gate equations)
     forget_bias: float = 0.0  # a constant added to the forget gate (TensorFlow's forget_bias)

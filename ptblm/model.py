@@ -19,7 +19,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ptblm.cells import ReferenceLSTM, State, fused_layer, layer_weights, stack_layers
+from ptblm.cells import (
+    LayerwiseLSTM,
+    ReferenceLSTM,
+    State,
+    fused_layer,
+    layer_weights,
+    one_block,
+    stack_layers,
+)
 from ptblm.config import Config
 from ptblm.dropout import SequenceDropout, drop_connect, drop_rows
 
@@ -48,18 +56,17 @@ class LSTMLanguageModel(nn.Module):
         self.embedding_dropout, self.weight_drop = embedding_dropout, weight_drop
         self.embedding = nn.Embedding(vocab_size, hidden_size)
         self.dropout = SequenceDropout(dropout, dropout_mode)
+        # One fused call for the whole stack only where nothing happens between the layers or
+        # to the weights that nn.LSTM does not do itself.
+        self.layer_by_layer = cell != "fused" or dropout_mode != "standard" or weight_drop > 0
         if cell == "fused":
             between = dropout if num_layers > 1 else 0.0
-            self.lstm = nn.LSTM(
-                hidden_size, hidden_size, num_layers, batch_first=True, dropout=between
-            )
+            fused = LayerwiseLSTM if self.layer_by_layer else nn.LSTM
+            self.lstm = fused(hidden_size, hidden_size, num_layers, batch_first=True, dropout=between)
         else:
             self.lstm = ReferenceLSTM(
                 hidden_size, hidden_size, num_layers, dropout, recurrent_dropout
             )
-        # One fused call for the whole stack only where nothing happens between the layers or
-        # to the weights that nn.LSTM does not do itself.
-        self.layer_by_layer = cell != "fused" or dropout_mode != "standard" or weight_drop > 0
         self.decoder = nn.Linear(hidden_size, vocab_size)
         if tie_weights:
             self.decoder.weight = self.embedding.weight  # one tensor, initialised once
@@ -128,6 +135,8 @@ class LSTMLanguageModel(nn.Module):
             weights = layer_weights(self.lstm, k)
             if self.training and self.weight_drop:
                 weights[1] = drop_connect(weights[1], self.weight_drop)
+                if self.cell == "fused":
+                    weights = one_block(weights)
             if self.cell == "fused":
                 return fused_layer(x, layer_state, weights, self.training)
             return self.lstm.layer(x, layer_state, weights)

@@ -179,6 +179,7 @@ def run_metrics(run: Trainer, summary: dict[str, Any]) -> dict[str, Any]:
             "torch": str(torch.__version__),
             "python": platform.python_version(),
             "numpy": np.__version__,
+            "cudnn": torch.backends.cudnn.version() if run.device.type == "cuda" else None,
         },
         "history": record.history,
     }

@@ -41,7 +41,7 @@ from ptblm.progress import LOG_EVERY, Progress
 from ptblm.runs import BEST, LAST, RunDirectory, run_metrics, run_summary
 from ptblm.runtime import autocast_context, configure_tf32, make_scaler, seed_everything
 from ptblm.signals import StopOnSignal
-from ptblm.step import Diverged, EagerStep
+from ptblm.step import Diverged, EagerStep, GraphStep
 
 
 class EpochEnd(enum.Enum):
@@ -91,7 +91,11 @@ class Trainer:
             torch.manual_seed(config.seed + dist.rank)  # own dropout masks for own rows
             trained = DistributedDataParallel(self.model)
         scaler = make_scaler(config.precision, device)
-        self.step = EagerStep(trained, self.optimizer, config, autocast, scaler, dist)
+        # The same update either way; the graph only removes the host from the window's pace.
+        if device.type == "cuda" and config.cuda_graph and scaler is None and not dist.enabled:
+            self.step = GraphStep(self.model, self.optimizer, config)
+        else:
+            self.step = EagerStep(trained, self.optimizer, config, autocast, scaler, dist)
         # Moved to the device once; windows are views cut from it, no per-window copy.
         rows_of_text = batchify(corpus.train, config.batch_size)
         self.train_data = rows_of_text[self.rank_rows.start : self.rank_rows.stop].to(device)
@@ -196,7 +200,6 @@ class Trainer:
             record.train_nll = record.logged_nll = record.norm_sum = 0.0
             record.train_tokens = record.logged_tokens = 0
         self.model.train()
-        tokens_per_window = config.batch_size * config.num_steps  # all ranks together
         interval_start = time.perf_counter()
         with self.progress.epoch(
             record.epoch, config.max_max_epoch, self.windows_per_epoch, record.window
@@ -205,17 +208,15 @@ class Trainer:
                 if self.reached_max_steps():
                     return EpochEnd.MAX_STEPS
                 try:
-                    mean_nll, grad_norm = self.step(x, y)
+                    self.step(x, y)
                 except Diverged as diverged:
                     raise self.on_divergence(diverged, lr) from None
-                record.train_nll += mean_nll * tokens_per_window
-                record.train_tokens += tokens_per_window
-                record.norm_sum += grad_norm
                 record.window += 1
                 record.global_step += 1
                 bar.update()
                 epoch_end = record.window == self.windows_per_epoch
                 if record.window % LOG_EVERY == 0 or epoch_end or self.reached_max_steps():
+                    self.account(lr)
                     self.log_interval(lr, time.perf_counter() - interval_start)
                     interval_start = time.perf_counter()
                 # At the epoch's end last.pt is written after validation instead.
@@ -230,6 +231,22 @@ class Trainer:
                 if self.reached_max_steps():
                     return EpochEnd.MAX_STEPS
         return EpochEnd.COMPLETE
+
+    def account(self, lr: float) -> None:
+        """Add the windows the step has trained since the last call to the record (the step
+        reads them back here, once per log interval, not once per window)."""
+        record = self.record
+        tokens_per_window = self.config.batch_size * self.config.num_steps  # all ranks together
+        try:
+            trained = self.step.drain()
+        except Diverged as diverged:
+            back = diverged.windows_after + 1  # to just before the diverged window
+            record.global_step, record.window = record.global_step - back, record.window - back
+            raise self.on_divergence(diverged, lr) from None
+        for mean_nll, grad_norm in trained:
+            record.train_nll += mean_nll * tokens_per_window
+            record.train_tokens += tokens_per_window
+            record.norm_sum += grad_norm
 
     def reached_max_steps(self) -> bool:
         return self.max_steps is not None and self.record.global_step >= self.max_steps
@@ -307,6 +324,7 @@ class Trainer:
 
     def save(self, name: str) -> None:
         """Write a checkpoint (and flush TensorBoard with it); a collective under torchrun."""
+        self.account(self.optimizer.param_groups[0]["lr"])
         self.record.wall_seconds = self.wall_seconds()
         self.progress.flush()
         checkpoint = training_checkpoint(self)

@@ -1,7 +1,7 @@
 """Training throughput of ptblm against a bare PyTorch loop of the same shapes, in one process.
 
     python scripts/bench.py                 # small and medium, fp32 and bf16
-    python scripts/bench.py --configs small --precisions fp32 --windows 200 --device cuda
+    python scripts/bench.py --configs small medium large --precisions fp32 --device cuda
     python scripts/bench.py --ptb ../shared/ptb --configs small --precisions fp32
     python scripts/bench.py --configs small --precisions fp32 --set cell=reference  # a variant
 

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 # ../shared/ptb relative to the repository root (this file is <root>/tests/conftest.py).
 PTB_DIR = Path(__file__).resolve().parents[2] / "shared" / "ptb"
@@ -25,6 +26,17 @@ TINY_TRAIN = (
 )
 TINY_VALID = "the cat sat on the log\n"
 TINY_TEST = "a dog sat on the mat\n"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without CUDA, deselect the `cuda` tests (counted as deselected, never as passed or
+    skipped): CI has no GPU, and scripts/gpu_check.py runs them on one."""
+    if torch.cuda.is_available():
+        return
+    gpu = [item for item in items if item.get_closest_marker("cuda")]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if not item.get_closest_marker("cuda")]
 
 
 def in_ci() -> bool:

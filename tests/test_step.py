@@ -10,7 +10,7 @@ from torch import nn
 
 from ptblm.config import load_config
 from ptblm.model import LSTMLanguageModel
-from ptblm.step import Diverged, EagerStep
+from ptblm.step import Diverged, EagerStep, GraphStep
 
 
 def make_step(max_grad_norm=5.0, learning_rate=0.7, seed=0):
@@ -93,4 +93,67 @@ def test_a_diverged_window_never_reaches_the_weights():
         step(data[:, 5:10], data[:, 6:11])
     assert not (math.isfinite(raised.value.mean_nll) and raised.value.mean_nll <= 10 * math.log(30))
     for before, now in zip(after_first, model.parameters()):
+        assert torch.equal(before, now)
+
+
+def test_the_graph_steps_device_side_update_is_the_eager_update():
+    """GraphStep's window() is what its CUDA graph holds; on the CPU it runs uncaptured.
+    Learning rate changed half way and weight decay on: both are device tensors there."""
+    config = load_config(
+        "small", ["vocab_size=30", "hidden_size=8", "num_steps=5", "batch_size=4"]
+    )
+    torch.manual_seed(0)
+    eager_model = LSTMLanguageModel.from_config(config)
+    graph_model = copy.deepcopy(eager_model)
+
+    def sgd(model):
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=0.7, weight_decay=0.01)
+
+    eager = EagerStep(eager_model, sgd(eager_model), config, contextlib.nullcontext())
+    graphed = GraphStep(graph_model, sgd(graph_model), config)
+    eager.state = eager_model.initial_state(4)
+    graphed.state = None
+    data = torch.randint(30, (4, 41), generator=torch.Generator().manual_seed(4))
+    for i in range(8):
+        if i == 4:
+            for step in (eager, graphed):
+                step.optimizer.param_groups[0]["lr"] = 0.3
+        x, y = data[:, 5 * i : 5 * i + 5], data[:, 5 * i + 1 : 5 * i + 6]
+        assert graphed(x, y) is None  # nothing read back per window
+        eager(x, y)
+    ours, theirs = graphed.drain(), eager.drain()
+    assert len(ours) == 8 and graphed.drain() == [] and eager.drain() == []
+    for (nll_a, norm_a), (nll_b, norm_b) in zip(ours, theirs):
+        assert nll_a == pytest.approx(nll_b, rel=1e-6) and norm_a == pytest.approx(norm_b, rel=1e-5)
+    for a, b in zip(graph_model.parameters(), eager_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(graphed.state, eager.state):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_graph_steps_guard_stops_every_update_from_the_diverged_window_on():
+    config = load_config(
+        "small",
+        ["vocab_size=30", "hidden_size=8", "num_steps=5", "batch_size=4", "max_grad_norm=1e30"],
+    )
+    torch.manual_seed(0)
+    model = LSTMLanguageModel.from_config(config)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    step = GraphStep(model, optimizer, config)
+    data = torch.randint(30, (4, 41), generator=torch.Generator().manual_seed(3))
+    window = lambda i: (data[:, 5 * i : 5 * i + 5], data[:, 5 * i + 1 : 5 * i + 6])  # noqa: E731
+    step(*window(0))
+    assert len(step.drain()) == 1
+    optimizer.param_groups[0]["lr"] = 1e30
+    step(*window(1))  # finite loss, a huge update: goes through and ruins the model
+    after_huge = [p.detach().clone() for p in model.parameters()]
+    optimizer.param_groups[0]["lr"] = 0.1  # too late: the next loss is already out of bounds
+    step(*window(2))
+    step(*window(3))
+    with pytest.raises(Diverged) as raised:
+        step.drain()
+    assert raised.value.windows_after == 1  # window 2 diverged, window 3 queued after it
+    assert not raised.value.mean_nll <= 10 * math.log(30)
+    for before, now in zip(after_huge, model.parameters()):
         assert torch.equal(before, now)
