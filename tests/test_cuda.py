@@ -136,29 +136,38 @@ def test_mixed_precision_trains_with_a_grad_scaler(corpus, tmp_path, precision):
     print(f"\n{precision}: cuDNN {torch.backends.cudnn.version()}, scale {run.step.scaler.get_scale()}")
 
 
-def test_resume_on_the_gpu_continues_the_run(corpus, tmp_path):
+@pytest.mark.parametrize("keep_prob", ["1.0", "0.5"], ids=["no-dropout", "dropout"])
+def test_resume_on_the_gpu_continues_the_run(corpus, tmp_path, keep_prob):
     """cuDNN's LSTM and the embedding's backward add with atomics, so a resumed GPU run equals
-    an uninterrupted one statistically, not bitwise: here within 1e-4 relative after 20 windows."""
-    whole = trainer(corpus, tmp_path / "whole", "medium", max_steps=20)
+    an uninterrupted one statistically, not bitwise: without dropout the weights agree to 1e-4
+    after 20 windows. With dropout, cuDNN draws the masks between the layers from a state of its
+    own that no checkpoint holds, so only the loss agrees (to 2%)."""
+    options = ["checkpoint_every=0", f"keep_prob={keep_prob}"]
+    whole = trainer(corpus, tmp_path / "whole", "medium", *options[1:], max_steps=20)
     whole.train_epoch(StopOnSignal())
-    half = trainer(corpus, tmp_path / "half", "medium", max_steps=10)
+    half = trainer(corpus, tmp_path / "half", "medium", *options[1:], max_steps=10)
     half.train_epoch(StopOnSignal())
     half.save("last.pt")
     half.run_dir._lock.close()  # as the process would at its exit
     checkpoint = load_checkpoint(tmp_path / "half" / "last.pt")
-    config = load_config("medium", ["checkpoint_every=0"])
+    config = load_config("medium", options)
     resumed = Trainer(
         config, corpus, tmp_path / "half", CUDA, max_steps=20, verbose=False, resume=checkpoint
     )
     resumed.train_epoch(StopOnSignal())
+    resumed.account(1.0)
     assert resumed.record.global_step == whole.record.global_step == 20
     worst = max(
         relative_difference(a, b)
         for a, b in zip(resumed.model.parameters(), whole.model.parameters())
     )
-    print(f"\nresumed vs uninterrupted after 20 windows: max relative weight difference {worst:.2e}")
-    assert worst < 1e-4
-    assert resumed.record.train_nll == pytest.approx(whole.record.train_nll, rel=1e-4)
+    nll = resumed.record.train_nll / whole.record.train_nll - 1
+    print(f"\nresumed vs uninterrupted (keep_prob {keep_prob}), 20 windows: max relative weight "
+          f"difference {worst:.2e}, training NLL {nll:+.2e}")  # fmt: skip
+    if keep_prob == "1.0":
+        assert worst < 1e-4 and abs(nll) < 1e-4
+    else:
+        assert abs(nll) < 0.02
 
 
 @pytest.mark.parametrize("trained_on", ["cuda", "cpu"])
