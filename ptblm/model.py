@@ -62,7 +62,9 @@ class LSTMLanguageModel(nn.Module):
         if cell == "fused":
             between = dropout if num_layers > 1 else 0.0
             fused = LayerwiseLSTM if self.layer_by_layer else nn.LSTM
-            self.lstm = fused(hidden_size, hidden_size, num_layers, batch_first=True, dropout=between)
+            self.lstm = fused(
+                hidden_size, hidden_size, num_layers, batch_first=True, dropout=between
+            )
         else:
             self.lstm = ReferenceLSTM(
                 hidden_size, hidden_size, num_layers, dropout, recurrent_dropout

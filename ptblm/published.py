@@ -39,11 +39,11 @@ PTB_TRAIN_TOKENS = 929_589
 
 # Training words/s, fp32, used to estimate a run's time. CPU: ptblm measured on this project's
 # 2-core AMD EPYC VMs (small: the full run in the README, 5.5k; medium: `make bench`, 1.8k with
-# AVX-512 and 1.1-1.2k with AVX2 only; large: `make bench`, 0.28k, AVX2). GPU: the tutorial's
-# cuDNN mode on one Titan X (REFERENCE.md); ptblm itself has not been measured on a GPU.
+# AVX-512 and 1.1-1.2k with AVX2 only; large: `make bench`, 0.28k, AVX2). GPU: ptblm's graphed
+# step alone on one H200, TF32 off (scripts/gpu_check.py's benchmark, 2026-11-29).
 WORDS_PER_SECOND = {
     "cpu": {"small": 5_500, "medium": 1_500, "large": 280},
-    "gpu": {"small": 49_000, "medium": 24_200, "large": 10_500},
+    "gpu": {"small": 339_000, "medium": 150_000, "large": 65_800},
 }
 
 
@@ -121,7 +121,7 @@ def shipped_config_table() -> str:
         "test ppl: the published single-model test perplexity (the tutorial's table; for the "
         "variants, the literature's number to beat). Times are for a full PTB run in fp32 at the "
         "size's plain speed (variational and weight-drop variants run slower). CPU: measured by "
-        "ptblm on a 2-core AMD EPYC VM. GPU: the TensorFlow tutorial's speed on one Titan X (ptblm "
-        "is not yet timed on a GPU)."
+        "ptblm on a 2-core AMD EPYC VM. GPU: measured by ptblm on one NVIDIA H200 (fp32, TF32 "
+        "off), training only."
     )
     return "\n".join(lines)

@@ -94,7 +94,10 @@ def collect(run_name: str, args, out: Path) -> dict:
     target = out / "results" / run_name
     target.mkdir(parents=True, exist_ok=True)
     for path in source.glob("*"):
-        if path.name in ("metrics.json", "summary.json", "config.yaml") or ".tfevents." in path.name:
+        if (
+            path.name in ("metrics.json", "summary.json", "config.yaml")
+            or ".tfevents." in path.name
+        ):
             shutil.copy2(path, target / path.name)
     try:
         return json.loads((target / "metrics.json").read_text())

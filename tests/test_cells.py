@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ptblm.cells import ReferenceLSTM
+from ptblm.cells import ReferenceLSTM, layer_weights, one_block
 
 
 def twin_stacks(input_size, hidden_size, num_layers, seed=0):
@@ -120,3 +120,34 @@ def test_recurrent_dropout_masks_h_with_one_mask_for_the_window():
     assert not torch.allclose(dropped, plain)
     # From step 2 on (h is no longer zero) the same entries are dropped at every step.
     assert all(torch.equal(mask, seen[1]) for mask in seen[1:]) and not seen[1].all()
+
+
+def test_a_layer_by_layer_fused_stack_keeps_each_layers_weights_in_one_block_of_its_own():
+    """cuDNN takes a layer's weights as they are only if they start a block laid out as w_ih,
+    w_hh, b_ih, b_hh; else it copies them on every call (with a warning). Also after .to()."""
+    from ptblm.model import LSTMLanguageModel
+
+    model = LSTMLanguageModel(50, 8, 3, 0.5, 0.1, dropout_mode="variational")
+    for moved in (model, model.to(torch.float64)):
+        for k in range(3):
+            weights = layer_weights(moved.lstm, k)
+            base = weights[0].untyped_storage()
+            assert base.nbytes() == sum(w.numel() for w in weights) * weights[0].element_size()
+            offset = 0
+            for w in weights:
+                assert w.untyped_storage().data_ptr() == base.data_ptr()
+                assert w.storage_offset() == offset and w.is_contiguous()
+                offset += w.numel()
+    # The same parameters as nn.LSTM, so checkpoints move between the two.
+    plain = LSTMLanguageModel(50, 8, 3, 0.5, 0.1)
+    assert list(plain.state_dict()) == list(model.state_dict())
+
+
+def test_one_block_holds_the_weights_and_passes_their_gradients_back():
+    weights = [torch.randn(8, 4, requires_grad=True), torch.randn(8, 2, requires_grad=True)]
+    block = one_block(weights)
+    assert block[0].untyped_storage().data_ptr() == block[1].untyped_storage().data_ptr()
+    assert all(torch.equal(a, b) for a, b in zip(block, weights))
+    (block[0].sum() + 2 * block[1].sum()).backward()
+    assert torch.equal(weights[0].grad, torch.ones(8, 4))
+    assert torch.equal(weights[1].grad, torch.full((8, 2), 2.0))

@@ -99,9 +99,7 @@ def test_a_diverged_window_never_reaches_the_weights():
 def test_the_graph_steps_device_side_update_is_the_eager_update():
     """GraphStep's window() is what its CUDA graph holds; on the CPU it runs uncaptured.
     Learning rate changed half way and weight decay on: both are device tensors there."""
-    config = load_config(
-        "small", ["vocab_size=30", "hidden_size=8", "num_steps=5", "batch_size=4"]
-    )
+    config = load_config("small", ["vocab_size=30", "hidden_size=8", "num_steps=5", "batch_size=4"])
     torch.manual_seed(0)
     eager_model = LSTMLanguageModel.from_config(config)
     graph_model = copy.deepcopy(eager_model)
