@@ -8,6 +8,7 @@ A checkpoint (best.pt, last.pt) holds:
     state               the carried LSTM (h, c) of all batch rows for the next window (None at an
                         epoch boundary)
     max_steps           the run's --max-steps limit (None for none)
+    eval_tokens         its --eval-tokens limit (None for none)
     world_size          the number of torchrun processes that trained it
     rng                 torch / cuda / numpy / python random states, as tensors and plain data
     rank_rngs           every rank's torch (and cuda) generator state: the dropout masks
@@ -21,9 +22,11 @@ payload is refused instead of executed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +38,7 @@ from ptblm import __version__
 from ptblm.atomic import atomic_write
 from ptblm.config import Config, build_config
 from ptblm.data import Corpus
-from ptblm.errors import CheckpointError, ConfigError
+from ptblm.errors import CheckpointError, ConfigError, cut, quote
 from ptblm.model import LSTMLanguageModel
 
 if TYPE_CHECKING:
@@ -76,10 +79,15 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     """Write a checkpoint atomically; CheckpointError (old file intact) if the disk refuses."""
     try:
         atomic_write(path, lambda file: torch.save(checkpoint, file))
-    except (OSError, RuntimeError) as error:  # torch's zip writer reports ENOSPC as RuntimeError
+    except (OSError, RuntimeError) as error:
+        # torch's zip writer reports a full disk as a RuntimeError ("unexpected pos ...").
+        reason = getattr(error, "strerror", None) or "the write failed"
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(path.parent).free
+            reason += f"; {free / 2**20:.1f} MB free there"
         raise CheckpointError(
-            f"could not write {path} ({error.strerror or error}); the previous checkpoint there, "
-            f"if any, is intact. Free some space or choose another --runs-dir, then resume."
+            f"could not write {path} ({reason}); the previous checkpoint there, if any, is "
+            f"intact. Free some space or choose another --runs-dir, then resume."
         ) from None
 
 
@@ -115,19 +123,42 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         or len(set(vocab)) != len(vocab)
     ):
         raise CheckpointError(f"{path}: its vocabulary does not match its config's vocab_size.")
+    _check_position(checkpoint, config, path)
     return checkpoint
 
 
+def _check_position(checkpoint: dict[str, Any], config: Config, path: Path) -> None:
+    """Where the run stands, as integers in range: a resumed run counts and indexes with them,
+    and a wrong type fails deep inside training, a wrong number silently. Whether `window` lies
+    inside an epoch depends on the corpus; restore_training checks that."""
+    limits = {"epoch": config.max_max_epoch, "window": None, "global_step": None}
+    for name, most in limits.items():
+        value = checkpoint[name]
+        if type(value) is not int or value < 0 or (most is not None and value > most):
+            allowed = f"0 to max_max_epoch ({most})" if most is not None else ">= 0"
+            raise CheckpointError(
+                f"{path} is damaged: its {name} is {quote(value)}, where an integer {allowed} "
+                f"belongs. Use another checkpoint (best.pt or last.pt of a run)."
+            )
+
+
+# torch.load's refusals open with a paragraph on its weights_only default and end with a pointer
+# to its documentation: no help to someone whose file is not a checkpoint. The reason is between.
+_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
 def _load_failure(error: Exception) -> str:
-    """One line on why torch.load refused a file."""
+    """One short line on why torch.load refused a file."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
+    reasons = [line for line in lines if not line.startswith(_TORCH_BOILERPLATE)]
+    for line in reasons:
         if "GLOBAL" in line:
             return (
                 "it holds pickled Python objects, which a checkpoint never does; they were refused, "
-                "not run: " + line.split("error:", 1)[-1].strip()[:150]
+                "not run: " + cut(line.split("error:", 1)[-1].strip(), 120)
             )
-    return f"truncated, corrupt or not a torch file: {lines[0][:150] if lines else type(error).__name__}"
+    reason = reasons[0].split(". ")[0] if reasons else type(error).__name__
+    return f"truncated, corrupt or not a torch file: {cut(reason, 100)}"
 
 
 def model_from_checkpoint(
@@ -138,7 +169,10 @@ def model_from_checkpoint(
     config = checkpoint_config(checkpoint, path)
     if cell is not None:
         config = dataclasses.replace(config, cell=cell, recurrent_dropout=0.0)  # eval: no dropout
-    model = LSTMLanguageModel.from_config(config)
+    try:
+        model = LSTMLanguageModel.from_config(config)
+    except ConfigError as error:  # the config asks for more memory than there is
+        raise CheckpointError(f"{path}: {error}") from None
     try:
         model.load_state_dict(checkpoint["model"])
     except (RuntimeError, TypeError, AttributeError) as error:
@@ -223,6 +257,7 @@ def training_checkpoint(run: Trainer) -> dict[str, Any]:
         "corpus_dir": str(run.corpus.folder.resolve()) if run.corpus.custom else None,
         "state": carried,
         "max_steps": run.max_steps,
+        "eval_tokens": run.eval_tokens,
         "world_size": dist.world_size,
         "rng": rng_state(),
         "rank_rngs": rank_rngs,
@@ -246,6 +281,8 @@ def restore_training(run: Trainer, checkpoint: dict[str, Any], path: Path) -> No
             run.step.scaler.load_state_dict(checkpoint["scaler"])
         fields = dataclasses.fields(RunRecord)
         run.record = RunRecord(**{field.name: checkpoint[field.name] for field in fields})
+        if run.record.window > run.windows_per_epoch:  # load_checkpoint checked the type
+            raise ValueError(f"window {run.record.window} of an epoch of {run.windows_per_epoch}")
         run.step.state = None
         if checkpoint["state"] is not None:
             state = tuple(t[:, rows.start : rows.stop].to(device) for t in checkpoint["state"])

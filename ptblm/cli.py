@@ -14,8 +14,14 @@ from typing import Annotated
 import typer
 
 from ptblm import __version__, cli_models
-from ptblm.cli_options import CorpusDir, DataDir, Device, Overrides, RunsDir
-from ptblm.config import config_to_yaml, load_config, resolve_config_path
+from ptblm.cli_options import CorpusDir, DataDir, Device, Overrides, RunsDir, Threads
+from ptblm.config import (
+    PRECISIONS,
+    config_to_yaml,
+    load_config,
+    resolve_config_path,
+    shipped_configs,
+)
 from ptblm.errors import ConfigError, Interrupted, PtblmError
 
 app = typer.Typer(
@@ -25,8 +31,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
+SHIPPED = ", ".join(shipped_configs())
 app.add_typer(config_app, name="config")
 
 
@@ -59,14 +67,12 @@ def download(data_dir: DataDir = Path("data")) -> None:
 
 @config_app.command("show")
 def config_show(
-    name: Annotated[
-        str, typer.Argument(help="A shipped config (small, medium, large, test) or a YAML path.")
-    ],
+    name: Annotated[str, typer.Argument(help=f"A shipped config ({SHIPPED}) or a YAML path.")],
     overrides: Overrides = None,
 ) -> None:
     """Print the resolved config (with overrides applied) as YAML."""
     config = load_config(name, overrides or [])
-    typer.echo(config_to_yaml(config, f"ptblm config show {name}"), nl=False)
+    typer.echo(config_to_yaml(config, command_line()), nl=False)
 
 
 @config_app.command("list")
@@ -94,9 +100,7 @@ def info(
 def train(
     config: Annotated[
         str | None,
-        typer.Option(
-            "--config", "-c", help="A shipped config (small, medium, large, test) or a YAML path."
-        ),
+        typer.Option("--config", "-c", help=f"A shipped config ({SHIPPED}) or a YAML path."),
     ] = None,
     overrides: Overrides = None,
     data_dir: DataDir = Path("data"),
@@ -120,6 +124,16 @@ def train(
             help="Stop after N training windows, then validate, test and save.",
         ),
     ] = None,
+    threads: Threads = None,
+    eval_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--eval-tokens",
+            min=2,
+            help="Validate and test on the first N tokens of each split only: a quick smoke run "
+            "whose perplexities are not comparable with the table.",
+        ),
+    ] = None,
     checkpoint_every: Annotated[
         int | None,
         typer.Option(
@@ -137,6 +151,8 @@ def train(
     ] = False,
 ) -> None:
     """Train a model, validate each epoch, test with the table's protocol, save the run."""
+    if precision is not None and precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision}: use {', '.join(PRECISIONS)}.")
     overrides = list(overrides or [])
     for key, value in (
         ("seed", seed),
@@ -146,32 +162,40 @@ def train(
         if value is not None:
             overrides.append(f"{key}={value}")
     if resume is not None:
-        if config is not None or overrides or max_steps is not None or name is not None:
+        limits = (max_steps, name, eval_tokens)
+        if config is not None or overrides or any(limit is not None for limit in limits):
             raise ConfigError(
                 "--resume continues a run with its own config and limits: drop --config, --set, "
-                "--seed, --precision, --checkpoint-every, --max-steps and --name."
+                "--seed, --precision, --checkpoint-every, --max-steps, --eval-tokens and --name."
             )
     elif config is None:
+        raise ConfigError(f"say which config to train: --config NAME ({SHIPPED}) or a YAML path.")
+    if name is not None and (name in ("", ".", "..") or "/" in name or "\0" in name):
         raise ConfigError(
-            "say which config to train: --config small (or medium, large, test, or a YAML path)."
+            f"--name {name[:60]!r}: a run's name is one directory name under --runs-dir, without "
+            f"'/' (use --runs-dir to train somewhere else)."
         )
     # Checked before torch is imported (seconds): a typo is reported at once.
     new_config = load_config(config, overrides) if resume is None else None
     from ptblm.data import load_corpus_on_all_ranks
     from ptblm.distributed import init_distributed, shutdown
     from ptblm.runs import default_run_name, format_summary
+    from ptblm.runtime import Threads as ComputeThreads
     from ptblm.runtime import check_precision, keep_freed_memory, resolve_device
     from ptblm.train import Trainer
 
     torch_device = resolve_device(device)
     if new_config is not None:
         check_precision(new_config.precision, torch_device)  # before any download
+    compute_threads = ComputeThreads(threads)
     keep_freed_memory()
     # Under torchrun this joins the job; otherwise it is rank 0 of 1.
     dist, torch_device = init_distributed(torch_device)
     try:
         if resume is not None:
-            trainer = _resume_trainer(resume, data_dir, corpus, torch_device, dist, not quiet)
+            trainer = _resume_trainer(
+                resume, data_dir, corpus, torch_device, dist, not quiet, compute_threads
+            )
         else:
             label = resolve_config_path(config).stem
             corpus_data = load_corpus_on_all_ranks(data_dir, corpus, dist, not quiet)
@@ -183,7 +207,10 @@ def train(
                 Path(runs_dir) / name,
                 torch_device,
                 max_steps=max_steps,
+                eval_tokens=eval_tokens,
                 command=command_line(),
+                limits=limit_flags(max_steps=max_steps, eval_tokens=eval_tokens),
+                threads=compute_threads,
                 config_name=label,
                 verbose=not quiet,
                 dist=dist,
@@ -195,7 +222,7 @@ def train(
         typer.echo(format_summary(metrics, trainer.run_dir.path))
 
 
-def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose):
+def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose, threads):
     from ptblm.checkpoint import check_vocabulary
     from ptblm.data import load_corpus_on_all_ranks
     from ptblm.runs import LAST, load_resumable
@@ -212,13 +239,15 @@ def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose):
         run_dir,
         device,
         max_steps=checkpoint["max_steps"],
+        eval_tokens=checkpoint.get("eval_tokens"),
         command=command_line(),
         config_name=checkpoint.get("config_name"),
         verbose=verbose,
         resume=checkpoint,
         dist=dist,
+        threads=threads,
     )
-    if verbose and dist.is_main:
+    if verbose and dist.is_main and not checkpoint["finished"]:
         typer.echo(
             f"Resuming {run_dir} at step {checkpoint['global_step']} "
             f"(epoch {checkpoint['epoch'] + 1}, window {checkpoint['window']})."
@@ -230,15 +259,31 @@ def command_line() -> str:
     return shlex.join(["ptblm", *sys.argv[1:]])
 
 
+def limit_flags(**limits: int | None) -> str:
+    """The run's limits that its config.yaml does not hold, as flags: ' --max-steps 80'."""
+    return "".join(f" --{key.replace('_', '-')} {value}" for key, value in limits.items() if value)
+
+
 # The commands that use trained models and runs live in cli_models.py.
 app.command("eval")(cli_models.eval_)
 app.command()(cli_models.generate)
 app.command()(cli_models.runs)
 
 
+def usage_error(error: Exception) -> str | None:
+    """Click's usage errors (an unknown option, a value out of range) as one line in ptblm's
+    voice; None for any other exception. (Typer may bring click or a copy of its own: matched by
+    shape, not class.)"""
+    if getattr(error, "exit_code", None) != 2 or not hasattr(error, "format_message"):
+        return None
+    context = getattr(error, "ctx", None)
+    where = f" (see {context.command_path} --help)" if context is not None else ""
+    return f"error: {error.format_message()}{where}"
+
+
 def main() -> None:
     try:
-        app(prog_name="ptblm")
+        code = app(prog_name="ptblm", standalone_mode=False)
     except PtblmError as error:
         rank = int(os.environ.get("RANK", "0"))
         if isinstance(error, Interrupted):
@@ -249,3 +294,15 @@ def main() -> None:
         elif not isinstance(error, ConfigError):  # every rank finds the same config errors
             print(f"error (rank {rank}): {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except Exception as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # `ptblm` or `ptblm config` alone
+            print(error.ctx.get_help(), file=sys.stderr)
+            sys.exit(2)
+        message = usage_error(error)
+        if message is None:
+            if type(error).__name__ == "Abort":
+                sys.exit(1)
+            raise
+        print(message, file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

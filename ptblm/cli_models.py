@@ -12,10 +12,26 @@ from typing import Annotated, Any
 
 import typer
 
-from ptblm.cli_options import AsJson, CorpusDir, DataDir, Device, RunsDir
+from ptblm.cli_options import (
+    AsJson,
+    Cache,
+    CacheLambda,
+    CacheTheta,
+    CacheWindow,
+    CorpusDir,
+    DataDir,
+    Device,
+    Dynamic,
+    DynamicDecay,
+    DynamicLr,
+    DynamicSegment,
+    RunsDir,
+    Threads,
+    Tune,
+)
 from ptblm.config import CELLS
 from ptblm.download import SPLITS
-from ptblm.errors import ConfigError
+from ptblm.errors import ConfigError, quote
 
 Targets = Annotated[
     list[Path] | None,
@@ -87,11 +103,37 @@ def eval_(
     runs_dir: RunsDir = Path("runs"),
     device: Device = "auto",
     cell: Cell = None,
+    cache: Cache = False,
+    cache_window: CacheWindow = None,
+    cache_theta: CacheTheta = None,
+    cache_lambda: CacheLambda = None,
+    dynamic: Dynamic = False,
+    dynamic_lr: DynamicLr = None,
+    dynamic_decay: DynamicDecay = None,
+    dynamic_segment: DynamicSegment = None,
+    tune: Tune = False,
+    threads: Threads = None,
     as_json: AsJson = False,
 ) -> None:
     """Perplexity of a checkpoint, or of an ensemble of several (their distributions averaged),
-    on a split (default: test, batch size 1, the table's protocol) or on a text file."""
+    on a split (default: test, batch size 1, the table's protocol) or on a text file; with
+    --cache and/or --dynamic, of one checkpoint adapting to what it reads."""
+    from ptblm.runtime import Threads as ComputeThreads
     from ptblm.runtime import resolve_device
+
+    adapting = _adaptation(
+        {"window": cache_window, "theta": cache_theta, "lam": cache_lambda} if cache else None,
+        {"lr": dynamic_lr, "decay": dynamic_decay, "segment": dynamic_segment} if dynamic else None,
+        [cache_window, cache_theta, cache_lambda],
+        [dynamic_lr, dynamic_decay, dynamic_segment],
+        tune,
+    )
+    if adapting and (len(targets or []) > 1 or batch_size or num_steps or reset_each_line):
+        raise ConfigError(
+            "--cache and --dynamic score one checkpoint with the table's protocol (batch size 1, "
+            "the state carried): drop the other checkpoints, --batch-size, --num-steps and "
+            "--reset-each-line."
+        )
 
     if text is None and (per_line or reset_each_line):
         raise ConfigError("--per-line and --reset-each-line go with --text FILE.")
@@ -102,17 +144,30 @@ def eval_(
         )
     if split is not None and split not in SPLITS:
         raise ConfigError(f"--split {split}: use test, valid or train.")
+    ComputeThreads(threads)
     if text is not None:
-        from ptblm.text import read_text
+        from ptblm.text import check_text
 
-        content = read_text(text)  # a bad file is refused before anything loads
+        check_text(text)  # a bad file is refused before anything loads
         paths = _checkpoints(targets, runs_dir, cell)
-        _eval_text(
-            paths, text, content, per_line, reset_each_line, resolve_device(device), cell, as_json
-        )
+        torch_device = resolve_device(device)
+        if adapting:
+            _eval_text_adapted(
+                paths[0], text, torch_device, cell, as_json, adapting, data_dir, corpus
+            )
+        else:
+            _eval_text(paths, text, per_line, reset_each_line, torch_device, cell, as_json)
         return
     paths = _checkpoints(targets, runs_dir, cell)
     torch_device = resolve_device(device)
+    if adapting:
+        from ptblm.adapt import describe, evaluate_checkpoint_adapted
+
+        result = evaluate_checkpoint_adapted(
+            paths[0], split or "test", data_dir, corpus, torch_device, cell, *adapting
+        )
+        typer.echo(_json(result) if as_json else describe(result))
+        return
     from ptblm.evaluate import evaluate_checkpoints
 
     split, batch_size = split or "test", batch_size or 1
@@ -131,6 +186,31 @@ def eval_(
     _echo_members(result.get("members", []), result.get("published"), split)
 
 
+def _adaptation(cache, dynamic, cache_values, dynamic_values, tune):
+    """(CacheSettings or None, DynamicSettings or None, tune) from the options, None when
+    neither is asked for; ConfigError for a setting without its switch or out of range."""
+    if cache is None and any(value is not None for value in cache_values):
+        raise ConfigError("--cache-window, --cache-theta and --cache-lambda go with --cache.")
+    if dynamic is None and any(value is not None for value in dynamic_values):
+        raise ConfigError("--dynamic-lr, --dynamic-decay and --dynamic-segment go with --dynamic.")
+    if cache is None and dynamic is None:
+        if tune:
+            raise ConfigError("--tune chooses the settings of --cache and/or --dynamic: add one.")
+        return None
+    from ptblm.cache import CacheSettings
+    from ptblm.dynamic import DynamicSettings
+
+    def settings(kind, values):
+        given = {key: value for key, value in values.items() if value is not None}
+        return kind(**given) if values is not None else None
+
+    return (
+        settings(CacheSettings, cache) if cache is not None else None,
+        settings(DynamicSettings, dynamic) if dynamic is not None else None,
+        tune,
+    )
+
+
 def _echo_members(members: list[dict[str, Any]], published: dict | None, split: str) -> None:
     for member in members:
         typer.echo(f"  member {member['perplexity']:9.3f}  {member['checkpoint']}")
@@ -141,22 +221,29 @@ def _echo_members(members: list[dict[str, Any]], published: dict | None, split: 
         )
 
 
-def _eval_text(paths, text, content, per_line, reset_each_line, device, cell, as_json) -> None:
+def _eval_text(paths, text, per_line, reset_each_line, device, cell, as_json) -> None:
     import time
 
     from ptblm.checkpoint import vocab_dict
     from ptblm.ensemble import load_members
-    from ptblm.text import score_text
+    from ptblm.runtime import keep_freed_memory
+    from ptblm.text import TextScorer, check_covered, read_lines
 
+    # Each window allocates and frees the same (500 x vocab) logits; without this glibc hands
+    # them back to the OS and faults them in again every window (1.8x the time on a 2-core CPU).
+    keep_freed_memory()
     members = load_members(paths, device, cell)
     started = time.perf_counter()
     vocab = vocab_dict(members[0].checkpoint["vocab"])
-    total, lines = score_text([m.model for m in members], vocab, content, reset_each_line, device)
+    check_covered(read_lines(text), vocab)
+    # The file is streamed: each line's row is printed when it is scored, never all held.
+    scorer = TextScorer([m.model for m in members], vocab, reset_each_line, device)
+    for line in scorer.rows(read_lines(text)):
+        if per_line:
+            typer.echo(_json(line))
+    total = scorer.total
     total.update(file=str(text), checkpoint=[str(path) for path in paths])
     total["seconds"] = round(time.perf_counter() - started, 3)
-    if per_line:
-        for line in lines:
-            typer.echo(_json(line))
     if as_json:
         typer.echo(_json({"total": total} if per_line else total))
         return
@@ -173,6 +260,52 @@ def _eval_text(paths, text, content, per_line, reset_each_line, device, cell, as
             for path, ppl in zip(paths, total.get("member_perplexities", []), strict=False)
         ]
         _echo_members(members_rows, None, "")
+
+
+def _eval_text_adapted(path, text, device, cell, as_json, adapting, data_dir, corpus) -> None:
+    """--text with --cache/--dynamic: the plain and the adapted perplexity of the file."""
+    import dataclasses
+    import time
+
+    from ptblm.adapt import Adaptation, settle
+    from ptblm.checkpoint import vocab_dict
+    from ptblm.ensemble import load_members
+    from ptblm.text import TextScorer, check_covered, read_lines
+
+    (member,) = load_members([path], device, cell)
+    cache, dynamic, tried = settle(member, data_dir, corpus, *adapting)
+    vocab = vocab_dict(member.checkpoint["vocab"])
+    check_covered(read_lines(text), vocab)
+    plain = TextScorer([member.model], vocab, device=device)
+    for _ in plain.rows(read_lines(text)):
+        pass
+    started = time.perf_counter()
+    adaptation = Adaptation(member.model, cache, dynamic)
+    try:
+        scorer = TextScorer([member.model], vocab, device=device, adaptation=adaptation)
+        for _ in scorer.rows(read_lines(text)):
+            pass
+    finally:
+        adaptation.close()
+    total = scorer.total
+    total.update(
+        file=str(text),
+        checkpoint=str(path),
+        plain_perplexity=plain.total["perplexity"],
+        cache=dataclasses.asdict(cache) if cache else None,
+        dynamic=dataclasses.asdict(dynamic) if dynamic else None,
+        tuned_on_valid=tried,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    if as_json:
+        typer.echo(_json(total))
+        return
+    change = total["perplexity"] / total["plain_perplexity"] - 1
+    typer.echo(
+        f"{text}: perplexity {total['perplexity']:.3f}, plain {total['plain_perplexity']:.3f} "
+        f"({change:+.1%}), over {total['tokens']} tokens; cache {total['cache']}, dynamic "
+        f"{total['dynamic']}"
+    )
 
 
 def generate(
@@ -206,9 +339,14 @@ def generate(
     from ptblm.generate import check_sampling
 
     check_sampling(temperature, top_k, words, seed)  # before anything loads
-    from ptblm.checkpoint import load_checkpoint, model_from_checkpoint, vocab_dict
-    from ptblm.generate import as_text
-    from ptblm.generate import generate as sample
+    from ptblm.checkpoint import (
+        checkpoint_config,
+        load_checkpoint,
+        model_from_checkpoint,
+        vocab_dict,
+    )
+    from ptblm.generate import sample
+    from ptblm.memory import check_fits, model_bytes
     from ptblm.runtime import resolve_device
     from ptblm.text import UNK, word_ids
 
@@ -218,17 +356,54 @@ def generate(
     vocab = vocab_dict(vocab_words)
     prompt_ids, unknown = word_ids(prompt.split(), vocab)
     if unknown and not prompt_ids:
-        raise ConfigError(f"--prompt: {unknown[0]!r} is not in the model's vocabulary.")
+        raise ConfigError(f"--prompt: {quote(unknown[0])} is not in the model's vocabulary.")
     for word in dict.fromkeys(unknown):
         typer.echo(
-            f"note: {word!r} is not in the vocabulary; the model reads it as {UNK}.", err=True
+            f"note: {quote(word)} is not in the vocabulary; the model reads it as {UNK}.", err=True
         )
     if seed is None:
         seed = secrets.randbelow(2**31)
         typer.echo(f"seed {seed} (--seed {seed} gives this text again)", err=True)
-    model = model_from_checkpoint(checkpoint, path).to(resolve_device(device))
-    sampled = sample(model, vocab, prompt_ids, words, temperature, top_k, seed)
-    typer.echo(as_text([vocab_words[i] for i in prompt_ids + sampled]))
+    torch_device = resolve_device(device)
+    model = model_from_checkpoint(checkpoint, path)
+    if torch_device.type != "cpu":  # model_from_checkpoint checked the host's memory
+        config = checkpoint_config(checkpoint, path)
+        check_fits(model_bytes(config), torch_device, f"{path}'s model", "Use --device cpu.")
+    sampled = sample(model.to(torch_device), vocab, prompt_ids, words, temperature, top_k, seed)
+    _print_streaming([vocab_words[i] for i in prompt_ids], sampled, vocab_words, words)
+
+
+def _print_streaming(prompt: list[str], sampled, vocab_words: list[str], words: int) -> None:
+    """Print the prompt, then each word as it is drawn: a long text shows as it comes, and
+    Ctrl-C keeps what was printed (exit 130)."""
+    import itertools
+    import os
+    import sys
+
+    from ptblm.errors import Interrupted
+    from ptblm.generate import stream_text
+
+    drawn = 0
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def counted():
+        nonlocal drawn
+        for index in sampled:
+            yield vocab_words[index]
+            drawn += 1
+
+    try:
+        try:
+            stream_text(itertools.chain(prompt, counted()), write)
+        finally:
+            write("\n")  # the last line ends, also after Ctrl-C
+    except KeyboardInterrupt:
+        raise Interrupted(f"stopped by Ctrl-C after {drawn} of {words} words.", 130) from None
+    except BrokenPipeError:  # the reader has gone (`| head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def runs(runs_dir: RunsDir = Path("runs"), as_json: AsJson = False) -> None:

@@ -27,3 +27,49 @@ Overrides = Annotated[
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads to compute with (default: the cores other work leaves free, re-checked "
+        "as the run goes; all of them when the machine is idle).",
+    ),
+]
+
+# ptblm eval's adaptive evaluation (adapt.py); unset values take CacheSettings' and
+# DynamicSettings' defaults, the values tuned for the small reproduction.
+Cache = Annotated[
+    bool, typer.Option("--cache", help="Mix in a continuous cache (Grave et al. 2017).")
+]
+CacheWindow = Annotated[
+    int | None, typer.Option("--cache-window", help="Positions the cache looks back (>= 1).")
+]
+CacheTheta = Annotated[
+    float | None, typer.Option("--cache-theta", help="Scale of the cache's dot products (>= 0).")
+]
+CacheLambda = Annotated[
+    float | None, typer.Option("--cache-lambda", help="The cache's weight in the mixture, [0, 1].")
+]
+Dynamic = Annotated[
+    bool,
+    typer.Option("--dynamic", help="Dynamic evaluation: learn from the text as it is scored."),
+]
+DynamicLr = Annotated[
+    float | None, typer.Option("--dynamic-lr", help="Step size per segment (>= 0).")
+]
+DynamicDecay = Annotated[
+    float | None,
+    typer.Option("--dynamic-decay", help="Pull towards the trained weights per segment, [0, 1]."),
+]
+DynamicSegment = Annotated[
+    int | None, typer.Option("--dynamic-segment", help="Predictions per update (>= 1).")
+]
+Tune = Annotated[
+    bool,
+    typer.Option(
+        "--tune",
+        help="Choose the cache's and dynamic evaluation's settings on the validation split (a "
+        "small grid), then score the split or text with them.",
+    ),
+]

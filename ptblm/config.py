@@ -22,16 +22,18 @@ from typing import Any
 
 import yaml
 
-from ptblm.errors import ConfigError
+from ptblm import safe_yaml
+from ptblm.errors import ConfigError, cut, quote
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+SEED_LIMIT = 2**32  # numpy's np.random.seed takes 0 <= seed < 2**32; torch takes more
 CELLS = ("fused", "reference")
 DROPOUT_MODES = ("standard", "variational")
 
 
 @dataclass(frozen=True)
 class Config:
-    # --- the tutorial's fields (REFERENCE.md, "Configurations") ---
+    # --- the tutorial's fields (docs/reference.md, "The configurations") ---
     init_scale: float  # parameters start uniform(-init_scale, +init_scale)
     learning_rate: float  # SGD learning rate of the first max_epoch epochs
     max_grad_norm: float  # clip all gradients together to this global norm
@@ -84,7 +86,7 @@ def model_variant(config: Config) -> dict[str, Any]:
 
 def learning_rate_at(config: Config, epoch: int) -> float:
     """The learning rate of 0-based `epoch`: learning_rate for max_epoch epochs, then multiplied
-    by lr_decay every epoch (REFERENCE.md, "Training")."""
+    by lr_decay every epoch (docs/reference.md, "Training")."""
     return config.learning_rate * config.lr_decay ** max(epoch + 1 - config.max_epoch, 0)
 
 
@@ -139,7 +141,7 @@ def _check_value(name: str, value: Any, where: str) -> tuple[Any, str | None]:
     expected = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}
     return (
         value,
-        f"{where}: '{name}' must be {expected[kind]}, got {value!r} ({type(value).__name__})",
+        f"{where}: '{name}' must be {expected[kind]}, got {quote(value)} ({type(value).__name__})",
     )
 
 
@@ -149,7 +151,9 @@ def _range_problems(values: dict[str, Any], sources: dict[str, str]) -> list[str
 
     def need(name: str, ok, allowed: str) -> None:
         if name in values and not ok(values[name]):
-            problems.append(f"{sources[name]}: '{name}' is {values[name]!r}; allowed: {allowed}")
+            problems.append(
+                f"{sources[name]}: '{name}' is {quote(values[name])}; allowed: {allowed}"
+            )
 
     for name in ("init_scale", "learning_rate", "max_grad_norm"):
         need(name, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
@@ -160,7 +164,7 @@ def _range_problems(values: dict[str, Any], sources: dict[str, str]) -> list[str
     need("lr_decay", lambda v: 0 < v <= 1, "a number in (0, 1]")
     total = values.get("max_max_epoch", math.inf)
     need("max_epoch", lambda v: 0 <= v <= total, f"an integer from 0 to max_max_epoch ({total})")
-    need("seed", lambda v: v >= 0, "an integer >= 0")
+    need("seed", lambda v: 0 <= v < SEED_LIMIT, f"an integer from 0 to {SEED_LIMIT - 1}")
     need("precision", lambda v: v in PRECISIONS, " | ".join(PRECISIONS))
     need("checkpoint_every", lambda v: v >= 0, "an integer >= 0 (0: end of epoch only)")
     need("cell", lambda v: v in CELLS, " | ".join(CELLS))
@@ -182,9 +186,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set '{text}': expected KEY=VALUE, e.g. --set learning_rate=0.5")
+        raise ConfigError(f"--set '{cut(text)}': expected KEY=VALUE, e.g. --set learning_rate=0.5")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_yaml.load(raw) if raw.strip() else None
+    except safe_yaml.REFUSED as error:
+        raise ConfigError(f"--set {cut(text)}: {error.problem}") from None
     except yaml.YAMLError:
         value = raw  # not YAML: leave it to the type check to say what it should be
     return key, value
@@ -199,7 +205,7 @@ def build_config(
     sources = {}
     for key, value in values.items():
         if key not in FIELDS:
-            problems.append(f"{where}: unknown key '{key}'; known keys: {', '.join(FIELDS)}")
+            problems.append(f"{where}: unknown key {quote(key)}; known keys: {', '.join(FIELDS)}")
             continue
         merged[key], sources[key] = value, where
     for text in overrides:
@@ -209,9 +215,11 @@ def build_config(
             problems.extend(error.problems)
             continue
         if key not in FIELDS:
-            problems.append(f"--set {text}: unknown key '{key}'; known keys: {', '.join(FIELDS)}")
+            problems.append(
+                f"--set {cut(text)}: unknown key {quote(key)}; known keys: {', '.join(FIELDS)}"
+            )
             continue
-        merged[key], sources[key] = value, f"--set {text}"
+        merged[key], sources[key] = value, f"--set {cut(text)}"
 
     for name in REQUIRED:
         if name not in merged:
@@ -240,7 +248,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot be read ({error})") from None
     try:
-        values = yaml.safe_load(text)
+        values = safe_yaml.load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

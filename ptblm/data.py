@@ -1,6 +1,6 @@
 """The corpus: tokenize, number, and cut into truncated-BPTT windows (download.py fetches PTB).
 
-Everything here is exactly REFERENCE.md's "Data" and "Batching":
+Everything here is exactly docs/reference.md's "Data" and "Batching":
 - every newline becomes the token `<eos>`, then the text is split on whitespace;
 - the vocabulary is every word of the training split, ids by descending count, ties by the word
   (`the`=0, `<unk>`=1, `<eos>`=2 on PTB);
@@ -31,7 +31,7 @@ def file_name(split: str) -> str:
 
 
 def tokenize(text: str) -> list[str]:
-    """Every newline becomes `<eos>`, then split on whitespace (REFERENCE.md)."""
+    """Every newline becomes `<eos>`, then split on whitespace (docs/reference.md)."""
     return text.replace("\n", f" {EOS} ").split()
 
 

@@ -1,7 +1,8 @@
-"""Fetch the three PTB files into the data directory and verify their sha256 (REFERENCE.md)."""
+"""Fetch the three PTB files into the data directory and verify their sha256 (docs/reference.md)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import os
@@ -30,6 +31,7 @@ SHA256 = {
 DOWNLOAD_TRIES = 3
 DOWNLOAD_TIMEOUT = 10.0  # seconds without a byte before a try is given up
 DOWNLOAD_BACKOFF = 1.0  # seconds before the 2nd try, doubled for each further one
+_MEGABYTES = 6  # the three files together: 5.95 MB, what --data-dir needs free
 
 
 def sha256_of(path: Path) -> str:
@@ -110,6 +112,12 @@ def _fetch(url: str, target: Path, expected_sha256: str, show_bar: bool) -> int:
             if 400 <= error.code < 500 and error.code != 429:
                 break  # a missing file stays missing
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
+            if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+                # Our disk, not the network: asking again fills it again.
+                raise DataError(
+                    f"no space left on device in {target.parent} ({error.strerror}): free some "
+                    f"space there, or use --data-dir DIR on a disk with {_MEGABYTES} MB free."
+                ) from None
             reason = getattr(error, "reason", None) or error
             last_error = str(reason)
     raise DataError(f"could not download {url}: {last_error}. {_manual_hint(target.parent)}")
@@ -119,7 +127,7 @@ def download_ptb(data_dir: str | os.PathLike = "data", progress: bool = True) ->
     """Make sure `<data_dir>/ptb/` holds the three verified PTB files; return that folder.
 
     Files already there with the right checksum are never fetched again. The base URL is
-    $PTBLM_DATA_URL if set (the file names are appended), else REFERENCE.md's canonical one.
+    $PTBLM_DATA_URL if set (the file names are appended), else docs/reference.md's canonical one.
     With `progress`, a bar per file on a terminal and a line per file on stderr.
     """
     folder = Path(data_dir) / "ptb"

@@ -4,6 +4,30 @@ Every message names the problem and, where there is one, the fix, because it is 
 as it is (no traceback).
 """
 
+from __future__ import annotations
+
+import reprlib
+
+QUOTE_LIMIT = 60  # characters of a bad value a message shows
+
+# Bounded at every level, so that quoting a huge value costs as little as quoting a small one.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple = 3, 8, 12, 12
+_REPR.maxstring = _REPR.maxother = QUOTE_LIMIT + 10
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """repr(value), cut to `limit` characters and "...": a message names a bad value without
+    printing all of it (a value can be a 50 MB list, or an integer too long for repr)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
+        return f"an integer of {int(value.bit_length() * 0.30103) + 1} digits"
+    return cut(_REPR.repr(value), limit)
+
+
+def cut(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """The first `limit` characters of a text the user gave (a --set KEY=VALUE), and "..."."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
 
 class PtblmError(Exception):
     """Base class: a failure at run time (exit code 1)."""

@@ -1,6 +1,6 @@
 """Perplexity of a model on a split, and `ptblm eval` on saved checkpoints (one, or an ensemble).
 
-Two protocols (REFERENCE.md, "Evaluation"):
+Two protocols (docs/reference.md, "Evaluation"):
 - validation after each epoch: the training batch_size and num_steps, full windows only;
 - test, the table's number: batch_size 1 over the whole stream, every token after the first
   predicted once. With one row, dropout off and the state carried, the window length does not
@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
+from ptblm import memory
 from ptblm.checkpoint import check_vocabulary
+from ptblm.config import Config
 from ptblm.data import batchify, load_corpus, windows
 from ptblm.ensemble import average, load_members, member_logprobs
 from ptblm.model import LSTMLanguageModel, token_nll
@@ -65,6 +67,29 @@ def evaluate(
     return nll.item(), tokens
 
 
+def check_window_fits(
+    tokens: int, batch_size: int, num_steps: int, config: Config, device: torch.device
+) -> None:
+    """ConfigError when one window's logits (and their log-softmax) cannot fit on the device,
+    and a --num-steps that fits with room to spare. A window is at most the split, so a huge
+    --num-steps is the whole split at once: 37 GB of logits for PTB's training split."""
+    window = max(min(num_steps, tokens // batch_size - 1), 1)
+    per_token = (
+        2 * config.vocab_size + (config.num_layers + 1) * config.hidden_size
+    ) * memory.FLOAT_BYTES
+    free = memory.available_bytes(device) or 0
+    most = free // 2 // (batch_size * per_token)  # leave room for everything else
+    scale = 10 ** max(len(str(most)) - 2, 0)
+    most = most // scale * scale  # two significant digits, rounded down: 153,135 -> 150,000
+    memory.check_fits(
+        batch_size * window * per_token,
+        device,
+        f"--num-steps {num_steps} with --batch-size {batch_size} (windows of {batch_size} x "
+        f"{window:,} tokens, each with {config.vocab_size:,} logits)",
+        f"Use --num-steps {most} or less." if most else "Use a smaller --batch-size.",
+    )
+
+
 def perplexity(nll: float, tokens: int) -> float:
     """exp(mean NLL); inf when that overflows a float (a diverging model), nan for no tokens."""
     if not tokens:
@@ -101,6 +126,7 @@ def evaluate_checkpoints(
     check_vocabulary(first.checkpoint, corpus, first.path)
     if num_steps is None:
         num_steps = TEST_NUM_STEPS if batch_size == 1 else first.config.num_steps
+    check_window_fits(corpus.split(split).numel(), batch_size, num_steps, first.config, device)
     started = time.perf_counter()
     result: dict[str, Any] = {"split": split, "batch_size": batch_size, "num_steps": num_steps}
     if len(members) == 1:  # the trainer's own evaluation, to the last bit

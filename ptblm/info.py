@@ -11,7 +11,13 @@ from typing import Any
 import torch
 
 from ptblm.download import corpus_status
-from ptblm.runtime import cpu_has_native_bf16, cpu_name, supported_precisions
+from ptblm.runtime import (
+    Threads,
+    busy_elsewhere,
+    cpu_has_native_bf16,
+    cpu_name,
+    supported_precisions,
+)
 
 PACKAGES = ("ptblm", "torch", "numpy", "typer", "tensorboard", "pyyaml", "tqdm")
 
@@ -42,6 +48,7 @@ def collect(data_dir: Path) -> dict[str, Any]:
             )
     folder = Path(data_dir).resolve() / "ptb"
     files = corpus_status(data_dir)
+    threads = Threads()  # what `ptblm train` would take now: fixed, or adapted to the load
     return {
         "versions": {"python": platform.python_version()}
         | {name: package_version(name) for name in PACKAGES},
@@ -50,6 +57,8 @@ def collect(data_dir: Path) -> dict[str, Any]:
             "model": cpu_name(),
             "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "threads": threads.describe(),
+            "busy_elsewhere": busy_elsewhere(),
             "native_bf16": cpu_has_native_bf16(),
             "precisions": supported_precisions(torch.device("cpu")),
         },
@@ -73,11 +82,17 @@ def render(info: dict[str, Any]) -> str:
         f"{name} {version or 'missing'}" for name, version in info["versions"].items()
     )
     cpu, cuda, data = info["cpu"], info["cuda"], info["data"]
+    threads = (
+        f"{cpu['threads']} (OMP_NUM_THREADS or --threads)"
+        if cpu["threads"] != "auto"
+        else f"auto, the cores other work leaves free: {cpu['torch_threads']} now "
+        f"({cpu['busy_elsewhere']} threads of other processes running)"
+    )
     bf16 = "yes" if cpu["native_bf16"] else "no (neither AVX-512 BF16 nor AMX: bf16 is refused)"
     lines = [
         f"versions   {versions}",
         f"platform   {info['platform']}",
-        f"cpu        {cpu['model']}, {cpu['cores']} cores, torch uses {cpu['torch_threads']} threads",
+        f"cpu        {cpu['model']}, {cpu['cores']} cores; threads: {threads}",
         f"           native bf16: {bf16}; precisions: {', '.join(cpu['precisions'])}",
     ]
     if cuda["available"]:

@@ -1,4 +1,4 @@
-"""The language model family. The default members are Zaremba et al.'s (REFERENCE.md, "Model"):
+"""The language model family. The default members are Zaremba et al.'s (docs/reference.md, "Model"):
 
     ids (batch, steps)
       -> embedding (vocab -> hidden)                          [embedding_dropout: whole words]
@@ -30,6 +30,7 @@ from ptblm.cells import (
 )
 from ptblm.config import Config
 from ptblm.dropout import SequenceDropout, drop_connect, drop_rows
+from ptblm.memory import check_model_fits
 
 __all__ = ["LSTMLanguageModel", "State", "detach_state", "token_nll", "window_loss"]
 
@@ -76,7 +77,9 @@ class LSTMLanguageModel(nn.Module):
 
     @classmethod
     def from_config(cls, config: Config) -> LSTMLanguageModel:
-        """The one constructor training, evaluation and every other command use."""
+        """The one constructor training, evaluation and every other command use; ConfigError
+        before anything is allocated when the model cannot fit in the host's memory."""
+        check_model_fits(config)
         return cls(
             config.vocab_size,
             config.hidden_size,
@@ -118,6 +121,12 @@ class LSTMLanguageModel(nn.Module):
 
     def forward(self, ids: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
         """ids (batch, steps) int64, state (h, c) -> logits (batch, steps, vocab), new state."""
+        output, state = self.features(ids, state)
+        return self.decoder(self.dropout(output)), state
+
+    def features(self, ids: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        """The top layer's output h (batch, steps, hidden) before the last dropout and the
+        decoder (what the continuous cache keys on), and the new state."""
         if self.training and self.embedding_dropout:
             weight = drop_rows(self.embedding.weight, self.embedding_dropout)
             embedded = nn.functional.embedding(ids, weight)
@@ -125,10 +134,8 @@ class LSTMLanguageModel(nn.Module):
             embedded = self.embedding(ids)
         x = self.dropout(embedded)
         if self.layer_by_layer:
-            output, state = self.layers(x, state or self.initial_state(ids.size(0), ids.device))
-        else:
-            output, state = self.lstm(x, state)
-        return self.decoder(self.dropout(output)), state
+            return self.layers(x, state or self.initial_state(ids.size(0), ids.device))
+        return self.lstm(x, state)
 
     def layers(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """The LSTM stack one layer at a time, the model's dropout between layers."""
@@ -165,7 +172,7 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor, reduction: str) -> to
 
 
 def window_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """REFERENCE.md's objective of one window: the sum over time steps of the batch-averaged
+    """docs/reference.md's objective of one window: the sum over time steps of the batch-averaged
     cross-entropy, i.e. the mean over all tokens times num_steps (NOT the mean alone: with
     learning rate 1.0 that is num_steps times too weak and does not reproduce the table).
 

@@ -1,10 +1,12 @@
 """What a run shows while it trains: TensorBoard scalars, a progress bar or plain lines, messages.
 
 - TensorBoard: `train/loss`, `train/ppl`, `train/lr`, `train/grad_norm`, `train/wps` every
-  LOG_EVERY training windows (and at each epoch's end), `valid/ppl` per epoch, `test/ppl`, the
+  log_every(run's windows) training windows (50, or fewer for a short run; and at each epoch's
+  end), `valid/ppl` per epoch, `test/ppl`, the
   config as text and the HParams entry. The x axis is the number of training windows.
-- On a terminal a tqdm bar per epoch; off one (a log file, a pipe) a plain line ten times an
-  epoch, like the tutorial's log.
+- On a terminal a tqdm bar per epoch, its figures from the first window on; off one (a log file,
+  a pipe, a terminal too narrow for a bar) a plain line like the tutorial's log, ten times an
+  epoch and at least every LINE_SECONDS, from the first window on.
 
 Only rank 0 shows anything: on the other ranks, and with `enabled=False`, every method is a
 no-op. `verbose=False` (--quiet) keeps TensorBoard but prints nothing.
@@ -13,7 +15,9 @@ no-op. `verbose=False` (--quiet) keeps TensorBoard but prints nothing.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +25,15 @@ from tqdm import tqdm
 
 from ptblm.config import Config, config_to_yaml
 
-LOG_EVERY = 50  # training windows between two TensorBoard points, at every model size
+LOG_EVERY = 50  # training windows between two TensorBoard points, at most
+POINTS_AT_LEAST = 20  # ...but a short run still gets this many points on each curve
 LINES_PER_EPOCH = 10
+LINE_SECONDS = 30  # off a terminal, a plain line at least this often
+
+
+def log_every(total_windows: int) -> int:
+    """Training windows between two TensorBoard points for a run of `total_windows`."""
+    return max(1, min(LOG_EVERY, total_windows // POINTS_AT_LEAST))
 
 
 class Progress:
@@ -33,6 +44,7 @@ class Progress:
         self.writer = None
         self.bar = None
         self._line_every = self._next_line = 1  # set per epoch
+        self._last_line = time.monotonic()
 
     @contextlib.contextmanager
     def open(self, config: Config, resumed_at_step: int):
@@ -55,17 +67,20 @@ class Progress:
         self.writer = None
 
     @contextlib.contextmanager
-    def epoch(self, epoch: int, epochs: int, windows: int, done: int):
-        """A bar for 0-based `epoch` of `windows` windows, `done` of them already trained."""
+    def epoch(self, epoch: int, epochs: int, windows: int, done: int, last: int | None = None):
+        """A bar for 0-based `epoch` of `windows` windows, `done` of them already trained; `last`:
+        the window where the run stops in this epoch (--max-steps), the bar's total and ETA."""
+        wide = shutil.get_terminal_size(fallback=(80, 24)).columns >= 40
         self.bar = tqdm(
-            total=windows,
+            total=windows if last is None else last,
             initial=done,
             desc=f"epoch {epoch + 1}/{epochs}",
             unit="win",
             file=sys.stdout,
-            disable=not (self.verbose and sys.stdout.isatty()),
+            disable=not (self.verbose and sys.stdout.isatty() and wide),
             dynamic_ncols=True,
         )
+        self._last_line = time.monotonic()
         line_every = max(1, windows // LINES_PER_EPOCH)
         self._next_line = (done // line_every + 1) * line_every
         self._line_every = line_every
@@ -79,20 +94,34 @@ class Progress:
         if self.writer:
             for name, value in scalars.items():
                 self.writer.add_scalar(f"train/{name}", value, step)
+        if not self.bar.disable or window >= self._next_line or window == windows:
+            self.show(epoch, window, windows, **scalars)
+
+    def wants_figures(self) -> bool:
+        """Off a terminal: has no line been printed for LINE_SECONDS? (The loop then shows the
+        figures so far, between two log points.)"""
+        return (
+            self.verbose and self.bar.disable and time.monotonic() - self._last_line >= LINE_SECONDS
+        )
+
+    def show(self, epoch: int, window: int, windows: int, **scalars) -> None:
+        """The figures on the bar, or as a plain line."""
         if not self.verbose:
             return
-        loss, ppl, wps, lr = (scalars[key] for key in ("loss", "ppl", "wps", "lr"))
+        ppl, wps, lr = (scalars[key] for key in ("ppl", "wps", "lr"))
         if not self.bar.disable:
-            self.bar.set_postfix(
-                loss=f"{loss:.3f}", ppl=f"{ppl:.2f}", wps=f"{wps:.0f}", lr=f"{lr:g}"
-            )
-        elif window >= self._next_line or window == windows:
-            print(
-                f"epoch {epoch + 1} {window / windows:.3f} perplexity: {ppl:.3f} "
-                f"speed: {wps:.0f} wps lr: {lr:g}",
-                flush=True,
-            )
-            self._next_line = (window // self._line_every + 1) * self._line_every
+            figures = {"ppl": f"{ppl:.2f}", "wps": f"{wps:.0f}", "lr": f"{lr:g}"}
+            if "loss" in scalars:
+                figures = {"loss": f"{scalars['loss']:.3f}", **figures}
+            self.bar.set_postfix(figures)
+            return
+        print(
+            f"epoch {epoch + 1} {window / windows:.3f} perplexity: {ppl:.3f} "
+            f"speed: {wps:.0f} wps lr: {lr:g}",
+            flush=True,
+        )
+        self._last_line = time.monotonic()
+        self._next_line = (window // self._line_every + 1) * self._line_every
 
     def scalar(self, name: str, value: float, step: int) -> None:
         if self.writer:

@@ -1,4 +1,4 @@
-"""The published numbers a run is compared with (REFERENCE.md), and what each shipped config
+"""The published numbers a run is compared with (docs/reference.md), and what each shipped config
 costs: its parameters and how long it takes to train.
 
 This is the one place in the code that holds them; the run summary, metrics.json and
@@ -12,14 +12,14 @@ from typing import Any
 
 from ptblm.config import TUTORIAL_FIELDS, Config, load_config, shipped_configs
 
-# The tutorial's table (REFERENCE.md, "Published results"): perplexity after max_max_epoch epochs.
+# The tutorial's table (docs/reference.md, "The published table"): perplexity after max_max_epoch epochs.
 PUBLISHED = {
     "small": {"train": 37.99, "valid": 121.39, "test": 115.91},
     "medium": {"train": 48.45, "valid": 86.16, "test": 82.07},
     "large": {"train": 37.87, "valid": 82.62, "test": 78.29},
 }
 
-# The paper's ensembles (REFERENCE.md): members averaged -> perplexity, per config and size.
+# The paper's ensembles (docs/reference.md): members averaged -> perplexity, per config and size.
 PUBLISHED_ENSEMBLES = {
     "medium": {2: {"valid": 80.6, "test": 77.0}, 5: {"valid": 76.7, "test": 73.3},
                10: {"valid": 75.2, "test": 72.0}},
@@ -27,7 +27,7 @@ PUBLISHED_ENSEMBLES = {
               38: {"valid": 71.9, "test": 68.7}},
 }  # fmt: skip
 
-# Beyond the table (REFERENCE.md): the single-model test perplexity each shipped variant is to beat.
+# Beyond the table (docs/reference.md): the single-model test perplexity each shipped variant is to beat.
 TO_BEAT = {
     "medium-tied": 75.96,  # pytorch/examples word_language_model README (2017), --tied 650
     "large-tied": 74.3,  # Press & Wolf 2017, Table 5, "Large + WT"

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import statistics
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ptblm import safe_yaml
 from ptblm.errors import DataError
 
 # The files of a run directory (runs.py writes them; the names live here, where no torch is).
@@ -48,6 +51,24 @@ def strict(data: Any) -> Any:
     return data
 
 
+def open_regular(path: Path, flags: int = os.O_RDONLY) -> int:
+    """os.open for a file of a run directory, which may have come from someone else: never
+    through a symbolic link (a `.lock` linked to a file of the user's would be written), never
+    blocking on a FIFO or device (`ptblm runs` would hang). OSError unless a regular file."""
+    nofollow = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    handle = os.open(path, flags | nofollow | getattr(os, "O_CLOEXEC", 0), 0o666)
+    if not stat.S_ISREG(os.fstat(handle).st_mode):
+        os.close(handle)
+        raise OSError(f"{path} is not a regular file")
+    return handle
+
+
+def read_text(path: Path) -> str:
+    """A run directory's text file, read as open_regular allows."""
+    with os.fdopen(open_regular(path), encoding="utf-8") as file:
+        return file.read()
+
+
 def is_locked(run_dir: Path) -> bool:
     """Is a process training this run now (holding its lock)?"""
     try:
@@ -55,7 +76,7 @@ def is_locked(run_dir: Path) -> bool:
     except ImportError:  # not POSIX: runs are never locked
         return False
     try:
-        with open(run_dir / LOCK_FILE) as lock:
+        with os.fdopen(open_regular(run_dir / LOCK_FILE)) as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -68,10 +89,32 @@ def is_locked(run_dir: Path) -> bool:
 
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """config.yaml as a plain mapping ({} where it is missing or unreadable)."""
+    try:
+        config = safe_yaml.load(read_text(run_dir / CONFIG_FILE))  # no alias bombs
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def config_name_of(run_dir: Path) -> str | None:
+    """The --config a run was started with, from the command in config.yaml's header (for a run
+    that never wrote a summary)."""
+    try:
+        command = read_text(run_dir / CONFIG_FILE).splitlines()[1].lstrip("# ").split()
+    except (OSError, ValueError, IndexError):
+        return None
+    for option, value in zip(command, command[1:]):
+        if option in ("--config", "-c"):
+            return Path(value).stem
+    return None
 
 
 def _from_older_ptblm(run_dir: Path) -> dict[str, Any] | None:
@@ -79,16 +122,12 @@ def _from_older_ptblm(run_dir: Path) -> dict[str, Any] | None:
     metrics = read_json(run_dir / METRICS_FILE)
     if metrics is None:
         return None
-    try:
-        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
-    except (OSError, yaml.YAMLError):
-        config = None
     return {
         **{key: metrics.get(key) for key in ("config_name", "test_ppl", "best_test_ppl")},
         **{key: metrics.get(key) for key in ("best_valid_ppl", "train_wps", "wall_seconds")},
         **{key: metrics.get(key) for key in ("max_steps", "cut_short", "variant", "published")},
         "status": "finished",
-        "config": config if isinstance(config, dict) else {},
+        "config": read_config(run_dir),
         "epochs_trained": metrics.get("epochs_trained", metrics.get("epochs")),
     }
 
@@ -129,9 +168,14 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
         return None
     summary = read_json(run_dir / SUMMARY_FILE) or _from_older_ptblm(run_dir)
     if summary is None:  # killed before its first checkpoint, or being started
-        summary = {"status": "stopped"}
+        summary = {
+            "status": "stopped",
+            "config": read_config(run_dir),
+            "config_name": config_name_of(run_dir),
+        }
     row = {"name": run_dir.name, "path": str(run_dir), **_clean(summary)}
-    row["resumable"] = row["status"] == "stopped" and (run_dir / LAST).is_file()
+    saved = (run_dir / LAST).is_file() or (run_dir / BEST).is_file()
+    row["resumable"] = row["status"] == "stopped" and saved
     if is_locked(run_dir):
         row["status"] = "training"
     return row
@@ -181,7 +225,7 @@ def _status(row: dict[str, Any]) -> str:
     status = row["status"]
     if status == "stopped":
         if not row["resumable"]:
-            return "stopped, no checkpoint"
+            return "stopped before its first checkpoint: start it again"
         if row.get("finished_training") is True:
             return "trained, test pending, resumable"
         if row["epoch"] is None or row["window"] is None:  # a run of an older ptblm
@@ -191,6 +235,9 @@ def _status(row: dict[str, Any]) -> str:
         return f"diverged at step {row['diverged_at_step'] or '?'}"
     if status == "unreadable":
         return f"{SUMMARY_FILE} unreadable"
+    if status == "finished" and row.get("cut_short"):
+        epochs = row["epochs_trained"]
+        return "finished, cut short" + (f" at epoch {epochs:.2f}" if epochs is not None else "")
     return status
 
 

@@ -15,6 +15,7 @@ Under torchrun only rank 0 creates, locks and writes it.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ from ptblm.run_table import (
     LOCK_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
+    open_regular,
     read_json,
     strict,
 )
@@ -55,9 +57,12 @@ class RunDirectory:
         self.path = Path(path)
         self._lock = None
 
-    def create(self, config: Config, command: str, dist: Distributed, device: torch.device):
-        """Rank 0 creates the directory, locks it and writes config.yaml; if that fails, no rank
-        trains on (a collective under torchrun)."""
+    def create(
+        self, config: Config, command: str, dist: Distributed, device: torch.device, limits=""
+    ):
+        """Rank 0 creates the directory, locks it and writes config.yaml (headed by the command
+        and how to train the same run again, `limits`: flags such as --max-steps that the config
+        does not hold); if that fails, no rank trains on (a collective under torchrun)."""
         failure = None
         if dist.is_main:
             try:
@@ -66,15 +71,18 @@ class RunDirectory:
                 header = (
                     f"Resolved config of this run (ptblm {__version__}), written by:\n"
                     f"  {command}\n"
-                    f"Train again with: ptblm train --config {self.path / CONFIG_FILE}"
+                    f"Train again with: ptblm train --config {self.path / CONFIG_FILE}{limits}"
                 )
                 text = config_to_yaml(config, header).encode()
                 atomic_write(self.path / CONFIG_FILE, lambda file: file.write(text))
             except FileExistsError:
-                failure = ConfigError(
-                    f"{self.path} already exists. Choose another --name, or continue it with "
-                    f"ptblm train --resume {self.path}."
-                )
+                if resumable_checkpoint(self.path) is None:
+                    failure = ConfigError(never_saved(self.path))
+                else:
+                    failure = ConfigError(
+                        f"{self.path} already exists. Choose another --name, or continue it with "
+                        f"ptblm train --resume {self.path}."
+                    )
             except OSError as error:
                 failure = DataError(
                     f"cannot create the run directory {self.path} ({error.strerror}). "
@@ -96,7 +104,15 @@ class RunDirectory:
             import fcntl
         except ImportError:  # not POSIX: no lock
             return
-        self._lock = open(self.path / LOCK_FILE, "w")  # noqa: SIM115 (held for the whole run)
+        try:  # never truncate: a .lock that is a link to a file of the user's must not wipe it
+            handle = open_regular(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+        except OSError as error:
+            raise CheckpointError(
+                f"cannot lock {self.path / LOCK_FILE} ({error.strerror or error}): the run "
+                f"directory must be writable and its .lock a plain file. Copy the run to a "
+                f"writable place (cp -r, without its .lock) and resume that copy."
+            ) from None
+        self._lock = os.fdopen(handle, "r+")
         for attempt in range(20):  # `ptblm runs` may hold a shared lock for a moment
             try:
                 fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -115,6 +131,11 @@ class RunDirectory:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self._write_json(SUMMARY_FILE, summary)
+
+    def complete_summary(self, metrics: dict[str, Any]) -> None:
+        """Write the finished run's summary.json from its metrics.json, unless it is there."""
+        if (read_json(self.path / SUMMARY_FILE) or {}).get("status") != "finished":
+            self.write_summary({k: v for k, v in metrics.items() if k not in METRICS_ONLY})
 
     def _write_json(self, name: str, data: dict[str, Any]) -> None:
         path = self.path / name
@@ -144,6 +165,7 @@ def run_summary(run: Trainer, status: str, **results: Any) -> dict[str, Any]:
             "config": config.to_dict(),
             "variant": model_variant(config),
             "max_steps": run.max_steps,
+            "eval_tokens": run.eval_tokens,
             "cut_short": record.global_step < run.windows_per_epoch * config.max_max_epoch,
             "epoch": record.epoch,
             "window": record.window,
@@ -164,6 +186,11 @@ def run_summary(run: Trainer, status: str, **results: Any) -> dict[str, Any]:
     )
 
 
+METRICS_ONLY = (
+    "train_ppl", "epochs", "device", "threads", "world_size", "precision", "versions", "history",
+)  # fmt: skip
+
+
 def run_metrics(run: Trainer, summary: dict[str, Any]) -> dict[str, Any]:
     """What metrics.json holds: the final summary, with how the run was made and its history."""
     record = run.record
@@ -172,6 +199,7 @@ def run_metrics(run: Trainer, summary: dict[str, Any]) -> dict[str, Any]:
         "train_ppl": strict(record.history[-1]["train_ppl"]),
         "epochs": len(record.history),  # epochs validated (the last one partial if cut short)
         "device": device_description(run.device),
+        "threads": run.threads.describe() if run.threads else torch.get_num_threads(),
         "world_size": run.dist.world_size,
         "precision": run.config.precision,
         "versions": {
@@ -204,6 +232,11 @@ def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
         f"{ppl('test_ppl')}   ({epochs:.3g} epochs, "
         f"{metrics['wall_seconds'] / 60:.1f} min, {wps:.0f} words/s, {metrics['device']})",
     ]
+    if metrics.get("eval_tokens"):
+        lines.append(
+            f"Validated and tested on the first {metrics['eval_tokens']} tokens of each split "
+            f"(--eval-tokens): not comparable with the table."
+        )
     if metrics.get("cut_short"):
         limit = f"--max-steps {metrics['max_steps']}" if metrics.get("max_steps") else "its limit"
         lines.append(
@@ -250,15 +283,35 @@ def resolve_checkpoint(target: Path | None, runs_dir: Path) -> Path:
     raise CheckpointError(f"{run_dir} holds no {BEST} or {LAST}: it is not a ptblm run directory.")
 
 
+def never_saved(run_dir: Path) -> str:
+    return (
+        f"{run_dir} holds no checkpoint: its run stopped before it saved one, so there is nothing "
+        f"to continue. Start it again (delete the directory first: rm -r {run_dir}), or choose "
+        f"another --name."
+    )
+
+
+def resumable_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a resume continues from: last.pt, or best.pt where that is newer (best.pt
+    is written first at an epoch's end and holds the same full training state, so a run whose
+    last.pt could not be written there loses nothing); None where the run has neither."""
+    saved = [path for path in (run_dir / LAST, run_dir / BEST) if path.is_file()]
+    return max(saved, key=lambda path: path.stat().st_mtime_ns, default=None)
+
+
 def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config]:
-    """The last.pt of a run that may be resumed, and its config. A run continues with the config
-    it started with: a config.yaml edited since is refused, naming the keys that differ."""
-    config_file, last = run_dir / CONFIG_FILE, run_dir / LAST
-    if not run_dir.is_dir() or not config_file.is_file() or not last.is_file():
+    """The checkpoint of a run that may be resumed (resumable_checkpoint), and its config. A run
+    continues with the config it started with: a config.yaml edited since is refused, naming the
+    keys that differ."""
+    config_file = run_dir / CONFIG_FILE
+    if not run_dir.is_dir() or not config_file.is_file():
         raise CheckpointError(
-            f"{run_dir} is not a ptblm run directory with a checkpoint (it needs {CONFIG_FILE} and "
-            f"{LAST}). Name the directory a `ptblm train` run wrote, e.g. runs/small-20261122-101500."
+            f"{run_dir} is not a ptblm run directory (it needs {CONFIG_FILE} and {LAST}). Name "
+            f"the directory a `ptblm train` run wrote, e.g. runs/small-20261122-101500."
         )
+    last = resumable_checkpoint(run_dir)
+    if last is None:
+        raise CheckpointError(never_saved(run_dir))
     checkpoint = load_checkpoint(last)
     saved = checkpoint_config(checkpoint, last)
     try:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import glob
+import os
 import platform
 import random
 from pathlib import Path
@@ -80,7 +82,8 @@ def supported_precisions(device: torch.device) -> list[str]:
 def check_precision(precision: str, device: torch.device) -> None:
     """Refuse a precision this device cannot compute fast, instead of falling back silently."""
     if device.type == "cpu" and precision == "fp16":
-        raise ConfigError("precision fp16 needs a CUDA device; on the CPU use fp32 (or bf16).")
+        also = " (or bf16: this CPU has it natively)" if cpu_has_native_bf16() else ""
+        raise ConfigError(f"precision fp16 needs a CUDA device; on the CPU use fp32{also}.")
     if device.type == "cpu" and precision == "bf16" and not cpu_has_native_bf16():
         raise ConfigError(
             f"this CPU ({cpu_name()}) has no native bf16 (neither AVX-512 BF16 nor AMX), so bf16 "
@@ -151,4 +154,56 @@ def seed_everything(seed: int) -> None:
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.machine()}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"cpu: {platform.machine()}, {threads} thread{'s' if threads != 1 else ''}"
+
+
+def cpu_count() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def busy_elsewhere() -> int:
+    """Threads of other processes running on a core right now (Linux /proc; 0 elsewhere)."""
+    own, busy = os.getpid(), 0
+    for stat in glob.glob("/proc/[0-9]*/task/[0-9]*/stat"):
+        if int(stat.split("/")[2]) == own:
+            continue
+        try:
+            with open(stat) as file:
+                text = file.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        busy += text[text.rfind(")") + 2 : text.rfind(")") + 3] == "R"
+    return busy
+
+
+class Threads:
+    """How many threads torch computes with on the CPU.
+
+    `--threads N` (or OMP_NUM_THREADS) fixes it. Otherwise ptblm takes the cores that other work
+    leaves free, at least one, at the start and again at every `adjust()` (each log interval):
+    alone, all of them, as torch would; beside another busy process, fewer. torch's OpenMP
+    threads spin while they wait for one another, so two processes that both take every core
+    run at a third of their speed each instead of about two thirds.
+    """
+
+    def __init__(self, requested: int | None = None):
+        self.requested = requested
+        self.adaptive = requested is None and "OMP_NUM_THREADS" not in os.environ
+        if requested is not None:
+            torch.set_num_threads(requested)
+        self.adjust()
+
+    def adjust(self) -> None:
+        if self.adaptive:
+            wanted = max(1, cpu_count() - busy_elsewhere())
+            if wanted != torch.get_num_threads():
+                torch.set_num_threads(wanted)
+
+    def describe(self) -> str | int:
+        """For metrics.json: N when fixed, else "auto"."""
+        return torch.get_num_threads() if not self.adaptive else "auto"

@@ -128,7 +128,7 @@ class GraphStep:
     """
 
     WARMUP = 3
-    CAPACITY = 256  # windows between two drains at most (the loop drains every LOG_EVERY)
+    CAPACITY = 256  # windows between two drains at most (the loop drains at every log point, 50 windows at most)
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: Config):
         device = next(model.parameters()).device

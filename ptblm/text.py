@@ -10,11 +10,19 @@ a word the vocabulary lacks is read as `<unk>` and counted. Two ways to read the
 - reset each line: every line is scored on its own from a zero state fed `<eos>` (what the model
   saw before every sentence in training); all its words and its closing `<eos>` are predicted,
   and its score does not depend on the lines before it (reranking independent sentences).
+
+The file is streamed: read a line at a time, scored a window (TEST_NUM_STEPS tokens) at a time,
+each line's row handed on as soon as its last token is scored. Memory stays that of one window
+and the lines it spans, whatever the file's size (holding a 50 MB file's tokens as Python lists
+took 1.5 GB).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import codecs
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +30,62 @@ import torch
 
 from ptblm.data import EOS
 from ptblm.ensemble import average, member_logprobs
-from ptblm.errors import DataError
+from ptblm.errors import DataError, quote
 from ptblm.evaluate import TEST_NUM_STEPS, perplexity
-from ptblm.model import LSTMLanguageModel
+from ptblm.model import LSTMLanguageModel, token_nll
 
 UNK = "<unk>"
+CHUNK_BYTES = 1 << 20
 
 
-def read_text(path: Path) -> str:
-    """The file's text; DataError for a missing, binary, non-UTF-8 or wordless file."""
+def check_text(path: Path) -> None:
+    """DataError for a missing, binary, non-UTF-8 or wordless file. Reads it in chunks and keeps
+    none of it, so that a bad file is refused before anything loads, at no cost in memory."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, has_words = 0, False
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as file:
+            while True:
+                chunk = file.read(CHUNK_BYTES)
+                if b"\0" in chunk:
+                    raise DataError(
+                        f"{path} is a binary file: --text takes UTF-8 text, one sentence a line."
+                    )
+                held = len(decoder.getstate()[0])  # a character split across chunks
+                try:
+                    text = decoder.decode(chunk, final=not chunk)
+                except UnicodeDecodeError as error:
+                    raise DataError(
+                        f"{path} is not UTF-8 text (byte {offset - held + error.start}: "
+                        f"{error.reason}). Convert it, e.g. with iconv -t UTF-8."
+                    ) from None
+                has_words = has_words or (text != "" and not text.isspace())
+                if not chunk:
+                    break
+                offset += len(chunk)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file.") from None
     except OSError as error:
         raise DataError(f"cannot read {path} ({error.strerror}).") from None
-    if b"\0" in data:
-        raise DataError(f"{path} is a binary file: --text takes UTF-8 text, one sentence a line.")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(
-            f"{path} is not UTF-8 text (byte {error.start}: {error.reason}). Convert it, e.g. "
-            f"with iconv -t UTF-8."
-        ) from None
-    if not text.split():
+    if not has_words:
         raise DataError(f"{path} has no words to score (it is empty or blank).")
-    return text
+
+
+def read_lines(path: Path) -> Iterator[str]:
+    """The file's lines, one at a time, each with the newline that ends it (the last may have
+    none). Split on b"\n" before decoding: in UTF-8 that byte is never part of a character."""
+    with open(path, "rb") as file:
+        for raw in file:
+            yield raw.decode("utf-8")
+
+
+def text_lines(text: str) -> Iterator[str]:
+    """A text's lines as read_lines gives a file's."""
+    *ended, last = text.split("\n")
+    for line in ended:
+        yield line + "\n"
+    if last:
+        yield last
 
 
 @dataclass
@@ -67,23 +104,161 @@ def word_ids(words: list[str], vocab: dict[str, int]) -> tuple[list[int], list[s
     return [vocab[word] if word in vocab else vocab[UNK] for word in words], unknown
 
 
+def to_line(number: int, text: str, vocab: dict[str, int]) -> Line:
+    """Line `number` (0-based) of read_lines or text_lines as ids."""
+    words = text.split()
+    ids, unknown = word_ids(words + ([EOS] if text.endswith("\n") else []), vocab)
+    if unknown and not ids:
+        raise DataError(
+            f"line {number + 1} has {quote(unknown[0])}, which the model's vocabulary lacks, and "
+            f"the vocabulary has no {UNK} to read it as: score text in that vocabulary."
+        )
+    return Line(ids, len(words), unknown)
+
+
 def split_lines(text: str, vocab: dict[str, int]) -> list[Line]:
-    """The file's lines as ids; together they are exactly tokenize(text)."""
-    parts, newlines = text.split("\n"), text.count("\n")
-    if parts[-1] == "":
-        parts.pop()  # the newline that ends the file ends its last line
-    lines = []
-    for number, part in enumerate(parts):
-        words = part.split()
-        tokens = words + ([EOS] if number < newlines else [])
-        ids, unknown = word_ids(tokens, vocab)
-        if unknown and not ids:
+    """The text's lines as ids; together they are exactly tokenize(text)."""
+    return [to_line(number, line, vocab) for number, line in enumerate(text_lines(text))]
+
+
+def check_covered(lines: Iterable[str], vocab: dict[str, int]) -> None:
+    """Without <unk> in the vocabulary an unknown word is an error: find it before anything is
+    printed (with <unk>, nothing to do)."""
+    if UNK not in vocab:
+        for number, line in enumerate(lines):
+            to_line(number, line, vocab)
+
+
+@dataclass
+class _Row:
+    """A line waiting for the scores of its tokens."""
+
+    number: int
+    line: Line
+    left: int  # predictions still to come
+    logprob: float = 0.0
+    tokens: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "line": self.number + 1,
+            "words": self.line.words,
+            "tokens": self.tokens,
+            "logprob": self.logprob,
+            "perplexity": perplexity(-self.logprob, self.tokens) if self.tokens else None,
+            "unknown": self.line.unknown,
+        }
+
+
+@dataclass
+class TextScorer:
+    """Scores lines as they come (rows), then holds the text's summary (total)."""
+
+    models: list[LSTMLanguageModel]
+    vocab: dict[str, int]
+    reset_each_line: bool = False
+    device: torch.device | str = "cpu"
+    total: dict[str, Any] = field(default_factory=dict)
+    # One model reading with the cache and/or dynamic evaluation (adapt.Adaptation), carried only.
+    adaptation: Any = None
+
+    def rows(self, lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+        """Each line's words, summed log-probability (natural log) and perplexity, in order;
+        `total` is filled in when the last line is out."""
+        if EOS not in self.vocab:
+            raise DataError(f"the model's vocabulary has no {EOS}: it cannot read lines.")
+        self._logprob, self._tokens, self._words, self._unknown = 0.0, 0, 0, 0
+        self._members = torch.zeros(len(self.models), dtype=torch.float64)
+        rows = self._each_line(lines) if self.reset_each_line else self._carried(lines)
+        for row in rows:
+            self._logprob += row.logprob
+            self._tokens += row.tokens
+            self._words += row.line.words
+            self._unknown += len(row.line.unknown)
+            yield row.as_dict()
+        self.total = {
+            "perplexity": perplexity(-self._logprob, self._tokens),
+            "tokens": self._tokens,
+            "logprob": self._logprob,
+            "words": self._words,
+            "unknown_words": self._unknown,
+            "unknown_share": self._unknown / self._words if self._words else 0.0,
+            "reset_each_line": self.reset_each_line,
+        }
+        if len(self.models) > 1:
+            self.total["member_perplexities"] = [
+                perplexity(-member, self._tokens) for member in self._members.tolist()
+            ]
+
+    def _each_line(self, lines: Iterable[str]) -> Iterator[_Row]:
+        for number, text in enumerate(lines):
+            line = to_line(number, text, self.vocab)
+            row = _Row(number, line, 0)
+            if line.ids:
+                ids = torch.tensor([[self.vocab[EOS], *line.ids]], device=self.device)
+                logprobs = member_logprobs(self.models, ids, TEST_NUM_STEPS, True)[:, 0]
+                self._members += logprobs.sum(dim=1)
+                row.logprob, row.tokens = average(logprobs).sum().item(), logprobs.size(1)
+            yield row
+
+    def _carried(self, lines: Iterable[str]) -> Iterator[_Row]:
+        """The lines as one stream, in the windows `evaluate` reads a split in: window k
+        predicts tokens 500k+1 .. 500k+500 from the ones before, the state carried."""
+        states = [model.initial_state(1, self.device) for model in self.models]
+        waiting: deque[_Row] = deque()
+        stream: list[int] = []  # the tokens not yet read as a window's input
+        seen = 0
+        for number, text in enumerate(lines):
+            line = to_line(number, text, self.vocab)
+            first = seen == 0 and bool(line.ids)  # the stream's first token is context only
+            waiting.append(_Row(number, line, len(line.ids) - first))
+            stream.extend(line.ids)
+            seen += len(line.ids)
+            while len(stream) > TEST_NUM_STEPS:
+                self._assign(waiting, self._window(states, stream[: TEST_NUM_STEPS + 1]))
+                del stream[:TEST_NUM_STEPS]
+            if seen >= 2:  # a one-token text is refused below, with nothing printed
+                yield from _done(waiting)
+        if seen < 2:
             raise DataError(
-                f"line {number + 1} has {unknown[0]!r}, which the model's vocabulary lacks, and "
-                f"the vocabulary has no {UNK} to read it as: score text in that vocabulary."
+                "the text has one token: the first token is context only, so nothing is left to "
+                "predict. Give it more words, or use --reset-each-line."
             )
-        lines.append(Line(ids, len(words), unknown))
-    return lines
+        if len(stream) >= 2:
+            self._assign(waiting, self._window(states, stream))
+        yield from _done(waiting)
+
+    @torch.no_grad()
+    def _window(self, states: list, ids: list[int]) -> torch.Tensor:
+        """(members, len(ids) - 1) log-probabilities of ids[1:], each given the ones before."""
+        data = torch.tensor([ids], device=self.device)
+        x, y = data[:, :-1], data[:, 1:]
+        if self.adaptation is not None:
+            logprobs, states[0] = self.adaptation.score(x, y, states[0])
+            return logprobs[None]
+        window = []
+        for k, model in enumerate(self.models):
+            logits, states[k] = model(x, states[k])
+            window.append(-token_nll(logits, y, "none").view_as(y))
+        return torch.stack(window).double().cpu()[:, 0]
+
+    def _assign(self, waiting: deque[_Row], logprobs: torch.Tensor) -> None:
+        """Hand a window's scores to the lines they belong to, in order."""
+        self._members += logprobs.sum(dim=1)
+        averaged = average(logprobs)
+        start = 0
+        for row in waiting:
+            if start == averaged.numel():
+                break
+            take = min(row.left, averaged.numel() - start)
+            if take:
+                row.logprob += averaged[start : start + take].sum().item()
+                row.tokens, row.left, start = row.tokens + take, row.left - take, start + take
+
+
+def _done(waiting: deque[_Row]) -> Iterator[_Row]:
+    while waiting and waiting[0].left == 0:
+        yield waiting.popleft()
 
 
 def score_text(
@@ -93,58 +268,7 @@ def score_text(
     reset_each_line: bool = False,
     device: torch.device | str = "cpu",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Perplexity of the text under the model (or the ensemble of the models), and each line's
-    words, summed log-probability (natural log) and perplexity."""
-    if EOS not in vocab:
-        raise DataError(f"the model's vocabulary has no {EOS}: it cannot read lines.")
-    lines = split_lines(text, vocab)
-    if reset_each_line:
-        per_line = [
-            member_logprobs(
-                models, torch.tensor([[vocab[EOS], *line.ids]], device=device), TEST_NUM_STEPS, True
-            )[:, 0]
-            if line.ids
-            else torch.zeros(len(models), 0, dtype=torch.float64)
-            for line in lines
-        ]
-    else:
-        stream = torch.tensor([[i for line in lines for i in line.ids]], device=device)
-        if stream.size(1) < 2:
-            raise DataError(
-                "the text has one token: the first token is context only, so nothing is left to "
-                "predict. Give it more words, or use --reset-each-line."
-            )
-        scored = member_logprobs(models, stream, TEST_NUM_STEPS, True)[:, 0]
-        scored = torch.cat([torch.zeros(len(models), 1, dtype=torch.float64), scored], dim=1)
-        ends = torch.tensor([len(line.ids) for line in lines]).cumsum(0).tolist()
-        per_line = [scored[:, start:end] for start, end in zip([0, *ends], ends, strict=False)]
-        per_line[0] = per_line[0][:, 1:]  # the first token is not predicted
-    rows = []
-    for number, (line, logprobs) in enumerate(zip(lines, per_line, strict=True)):
-        logprob = average(logprobs).sum().item()
-        rows.append(
-            {
-                "line": number + 1,
-                "words": line.words,
-                "tokens": logprobs.size(1),
-                "logprob": logprob,
-                "perplexity": perplexity(-logprob, logprobs.size(1)) if logprobs.size(1) else None,
-                "unknown": line.unknown,
-            }
-        )
-    everything = torch.cat(per_line, dim=1)
-    tokens, words = everything.size(1), sum(line.words for line in lines)
-    unknown = sum(len(line.unknown) for line in lines)
-    logprob = average(everything).sum().item()
-    total: dict[str, Any] = {
-        "perplexity": perplexity(-logprob, tokens),
-        "tokens": tokens,
-        "logprob": logprob,
-        "words": words,
-        "unknown_words": unknown,
-        "unknown_share": unknown / words if words else 0.0,
-        "reset_each_line": reset_each_line,
-    }
-    if len(models) > 1:
-        total["member_perplexities"] = [perplexity(-lp.sum().item(), tokens) for lp in everything]
-    return total, rows
+    """Perplexity of a text (a string) under the model or the ensemble, and each line's row."""
+    scorer = TextScorer(models, vocab, reset_each_line, device)
+    rows = list(scorer.rows(text_lines(text)))
+    return scorer.total, rows

@@ -1,4 +1,4 @@
-"""The training loop: REFERENCE.md's "Training", top to bottom.
+"""The training loop: docs/reference.md's "Training", top to bottom.
 
     for each epoch (lr = learning_rate * lr_decay ** max(epoch + 1 - max_epoch, 0)):
         state = zeros
@@ -34,12 +34,26 @@ from ptblm.checkpoint import (
 from ptblm.config import Config, learning_rate_at
 from ptblm.data import Corpus, batchify, check_fits, num_windows, windows
 from ptblm.distributed import SINGLE_PROCESS, Distributed
-from ptblm.errors import CheckpointError, DivergenceError, Interrupted
+from ptblm.errors import CheckpointError, ConfigError, DivergenceError, Interrupted
 from ptblm.evaluate import TEST_BATCH_SIZE, TEST_NUM_STEPS, evaluate, perplexity
+from ptblm.memory import check_training_fits
 from ptblm.model import LSTMLanguageModel
-from ptblm.progress import LOG_EVERY, Progress
-from ptblm.runs import BEST, LAST, RunDirectory, run_metrics, run_summary
-from ptblm.runtime import autocast_context, configure_tf32, make_scaler, seed_everything
+from ptblm.progress import Progress, log_every
+from ptblm.runs import (
+    BEST,
+    LAST,
+    RunDirectory,
+    resumable_checkpoint,
+    run_metrics,
+    run_summary,
+)
+from ptblm.runtime import (
+    Threads,
+    autocast_context,
+    configure_tf32,
+    make_scaler,
+    seed_everything,
+)
 from ptblm.signals import StopOnSignal
 from ptblm.step import Diverged, EagerStep, GraphStep
 
@@ -60,7 +74,10 @@ class Trainer:
         run_dir: Path,
         device: torch.device,
         max_steps: int | None = None,
+        eval_tokens: int | None = None,
         command: str = "",
+        limits: str = "",
+        threads: Threads | None = None,
         config_name: str | None = None,
         verbose: bool = True,
         resume: dict[str, Any] | None = None,
@@ -68,6 +85,14 @@ class Trainer:
     ):
         self.config, self.corpus, self.device, self.dist = config, corpus, device, dist
         self.max_steps = max_steps
+        self.eval_tokens = eval_tokens  # validate and test on a prefix only (a smoke run)
+        self.threads = threads  # None: as the caller left torch (the CLI adapts them to load)
+        least = config.batch_size * (config.num_steps + 1)  # one validation window
+        if eval_tokens is not None and eval_tokens < least:
+            raise ConfigError(
+                f"--eval-tokens {eval_tokens}: validation needs one window of batch_size x "
+                f"(num_steps + 1) = {least} tokens at least."
+            )
         self.config_name = config_name
         check_fits(config, corpus, dist.world_size, TEST_BATCH_SIZE)
         if device.type == "cuda":
@@ -75,6 +100,7 @@ class Trainer:
         autocast = autocast_context(config.precision, device)
 
         seed_everything(config.seed)
+        check_training_fits(config, device)  # weights, gradients and one window
         self.model = LSTMLanguageModel.from_config(config).to(device)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
@@ -106,8 +132,10 @@ class Trainer:
             self.run_dir.reopen(dist)
             restore_training(self, resume, self.run_dir.path / LAST)
         else:
-            self.run_dir.create(config, command, dist, device)
+            self.run_dir.create(config, command, dist, device, limits)
         self.progress = Progress(self.run_dir.path, enabled=dist.is_main, verbose=verbose)
+        self.log_every = log_every(max_steps or self.windows_per_epoch * config.max_max_epoch)
+        self.shown = False  # the figures, once in this process, from its first window
         self._process_start = time.perf_counter()
         self._wall_before = self.record.wall_seconds
 
@@ -119,6 +147,7 @@ class Trainer:
         record = self.record
         if record.finished and (metrics := self.run_dir.read_metrics()) is not None:
             self.progress.say(f"{self.run_dir.path} has finished already.")
+            self.run_dir.complete_summary(metrics)  # if a full disk or a kill cut it off
             return metrics
         announce = self.dist.is_main and self.progress.verbose
         with (
@@ -201,8 +230,11 @@ class Trainer:
             record.train_tokens = record.logged_tokens = 0
         self.model.train()
         interval_start = time.perf_counter()
+        last = None  # the bar ends where --max-steps stops the run, if in this epoch
+        if self.max_steps is not None:
+            last = min(self.windows_per_epoch, record.window + self.max_steps - record.global_step)
         with self.progress.epoch(
-            record.epoch, config.max_max_epoch, self.windows_per_epoch, record.window
+            record.epoch, config.max_max_epoch, self.windows_per_epoch, record.window, last
         ) as bar:
             for x, y in windows(self.train_data, config.num_steps, start=record.window):
                 if self.reached_max_steps():
@@ -215,10 +247,13 @@ class Trainer:
                 record.global_step += 1
                 bar.update()
                 epoch_end = record.window == self.windows_per_epoch
-                if record.window % LOG_EVERY == 0 or epoch_end or self.reached_max_steps():
+                if record.window % self.log_every == 0 or epoch_end or self.reached_max_steps():
                     self.account(lr)
                     self.log_interval(lr, time.perf_counter() - interval_start)
                     interval_start = time.perf_counter()
+                elif not self.shown or self.progress.wants_figures():
+                    self.show_so_far(lr, time.perf_counter() - interval_start)
+                self.shown = True
                 # At the epoch's end last.pt is written after validation instead.
                 every = config.checkpoint_every
                 if every and not epoch_end and record.global_step % every == 0:
@@ -248,6 +283,20 @@ class Trainer:
             record.train_tokens += tokens_per_window
             record.norm_sum += grad_norm
 
+    def show_so_far(self, lr: float, seconds: float) -> None:
+        """The figures between two log points (no TensorBoard point, so that the points of a
+        resumed run fall where an uninterrupted run's do)."""
+        self.account(lr)
+        record = self.record
+        self.progress.show(
+            record.epoch,
+            record.window,
+            self.windows_per_epoch,
+            ppl=perplexity(record.train_nll, record.train_tokens),
+            wps=(record.train_tokens - record.logged_tokens) / max(seconds, 1e-9),
+            lr=lr,
+        )
+
     def reached_max_steps(self) -> bool:
         return self.max_steps is not None and self.record.global_step >= self.max_steps
 
@@ -271,6 +320,8 @@ class Trainer:
         )
         record.logged_nll, record.logged_tokens = record.train_nll, record.train_tokens
         record.norm_sum = 0.0
+        if self.threads:
+            self.threads.adjust()  # other work may have started or ended
 
     def on_divergence(self, diverged: Diverged, lr: float) -> DivergenceError:
         """Mark the run diverged in summary.json and return the error to raise (a summary that
@@ -280,12 +331,18 @@ class Trainer:
             with contextlib.suppress(CheckpointError):
                 step = record.global_step + 1
                 self.run_dir.write_summary(run_summary(self, "diverged", diverged_at_step=step))
+        saved = resumable_checkpoint(self.run_dir.path)
         return DivergenceError(
             f"training diverged at step {record.global_step + 1} (epoch {record.epoch + 1}, "
             f"window {record.window + 1}, learning rate {lr:g}): loss per token "
-            f"{diverged.mean_nll:g}, gradient norm {diverged.grad_norm:g}. The last checkpoint "
-            f"in {self.run_dir.path} is intact. Lower learning_rate or max_grad_norm "
-            f"(--set learning_rate=...), or use --precision fp32."
+            f"{diverged.mean_nll:g}, gradient norm {diverged.grad_norm:g}. "
+            + (
+                f"The last checkpoint, {saved}, is intact. "
+                if saved
+                else "No checkpoint was saved. "
+            )
+            + "Lower learning_rate or max_grad_norm (--set learning_rate=...)"
+            + (", or use --precision fp32." if self.config.precision != "fp32" else ".")
         )
 
     def validate(self, stop: StopOnSignal) -> float:
@@ -293,7 +350,7 @@ class Trainer:
         config = self.config
         nll, tokens = evaluate(
             self.model,
-            self.corpus.valid,
+            self.corpus.valid[: self.eval_tokens],
             config.batch_size,
             config.num_steps,
             rows=self.rank_rows,
@@ -304,7 +361,11 @@ class Trainer:
     def test(self, model: LSTMLanguageModel, stop: StopOnSignal) -> float:
         """The table's protocol: batch_size 1 over the whole test stream."""
         nll, tokens = evaluate(
-            model, self.corpus.test, TEST_BATCH_SIZE, TEST_NUM_STEPS, should_stop=stop
+            model,
+            self.corpus.test[: self.eval_tokens],
+            TEST_BATCH_SIZE,
+            TEST_NUM_STEPS,
+            should_stop=stop,
         )
         return perplexity(nll, tokens)
 

@@ -4,6 +4,7 @@
     python scripts/bench.py --configs small medium large --precisions fp32 --device cuda
     python scripts/bench.py --ptb ../shared/ptb --configs small --precisions fp32
     python scripts/bench.py --configs small --precisions fp32 --set cell=reference  # a variant
+    python scripts/bench.py --contention ../shared/ptb   # runs side by side, thread defaults
 
 For each config and precision it times ptblm's real training step (Trainer.train_epoch: data
 views, loss, clipping, divergence guard, logging) and a bare loop written here with nothing but
@@ -11,6 +12,11 @@ nn.Embedding, nn.LSTM, nn.Linear, cross-entropy, clip_grad_norm_ and SGD (bias_h
 ptblm's model, so both train the same parameters). The two alternate in rounds so that both
 see the same machine state; the best round of each is kept. Reports words/s, the ratio
 ptblm / bare (target >= 0.95), and bf16 / fp32 for each config.
+
+--contention DIR times whole `ptblm train --config small` runs (DIR: the PTB files) instead:
+one alone with the default threads (adapted to the load) and with every core (--threads N, torch's
+own default), then two started together, each way; it reports each run's training words/s and
+the ratios to the solo run. Run it on an otherwise idle machine.
 
 The ids are synthetic, drawn with PTB-like word frequencies (a Zipf law over the vocabulary:
 the embedding's backward pass costs more when rows repeat), so no data is needed. With
@@ -113,6 +119,48 @@ def zipf_ids(vocab_size: int, length: int) -> torch.Tensor:
     return torch.multinomial(weights, length, replacement=True, generator=generator)
 
 
+def train_runs(ptb: Path, threads: int | None, together: int, windows: int) -> list[float]:
+    """Training words/s of `together` small runs started at once (metrics.json's train_wps)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    with tempfile.TemporaryDirectory() as runs:
+        processes = []
+        for k in range(together):
+            command = [sys.executable, "-m", "ptblm", "train", "-c", "small", "--corpus", str(ptb),
+                       "--max-steps", str(windows), "--eval-tokens", "2000", "--runs-dir", runs,
+                       "--name", f"run{k}", "--quiet"]  # fmt: skip
+            if threads:
+                command += ["--threads", str(threads)]
+            processes.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL))
+        for process in processes:
+            assert process.wait() == 0, "a benchmark run failed"
+        return [
+            json.loads((Path(runs) / f"run{k}" / "metrics.json").read_text())["train_wps"]
+            for k in range(together)
+        ]
+
+
+def contention(ptb: Path, windows: int, rounds: int) -> None:
+    from ptblm.runtime import cpu_count
+
+    cores = cpu_count()
+    print(f"ptblm train --config small --max-steps {windows}, {cores} cores, best of {rounds}")
+    solo: dict[str, float] = {}
+    for label, threads in (("adaptive (default)", None), (f"--threads {cores}", cores)):
+        solo[label] = max(train_runs(ptb, threads, 1, windows)[0] for _ in range(rounds))
+        print(f"  alone, {label:20} {solo[label]:8.0f} words/s", flush=True)
+    ratio = solo["adaptive (default)"] / solo[f"--threads {cores}"]
+    print(f"  alone: adaptive / every core = {ratio:.3f}")
+    for label, threads in (("adaptive (default)", None), (f"--threads {cores}", cores)):
+        pair = max((train_runs(ptb, threads, 2, windows) for _ in range(rounds)), key=min)
+        shares = ", ".join(f"{wps:.0f} ({wps / solo[label]:.2f} of alone)" for wps in pair)
+        print(f"  two together, {label:20} {shares}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -135,7 +183,13 @@ def main() -> None:
     parser.add_argument(
         "--ptb", type=Path, help="a folder with the PTB files: also time loading it"
     )
+    parser.add_argument(
+        "--contention", type=Path, metavar="PTB_DIR", help="time whole runs side by side instead"
+    )
     args = parser.parse_args()
+    if args.contention:
+        contention(args.contention, max(args.windows, 200), args.rounds)
+        return
     device = resolve_device(args.device)
     keep_freed_memory()  # as `ptblm train` does; for both loops, so the ratio stays fair
 

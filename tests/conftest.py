@@ -5,11 +5,17 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 import torch
+
+# `ptblm` run by the tests uses torch's default thread count, fixed: left to itself it adapts the
+# count to the machine's load (runtime.Threads), and runs whose results are compared bit for bit
+# must compute alike. test_runtime.py tests the adaptation.
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 # ../shared/ptb relative to the repository root (this file is <root>/tests/conftest.py).
 PTB_DIR = Path(__file__).resolve().parents[2] / "shared" / "ptb"
@@ -132,3 +138,44 @@ def serve_dir():
     servers = _Servers()
     yield servers
     servers.close()
+
+
+class SmallDisks:
+    """`small_disk(megabytes)` -> a folder on a tmpfs of that size, to fill a disk for real;
+    `small_disk.remount(folder, "size=20m")` or `(folder, "ro")` changes it. Needs root (as in
+    CI); where mounting is refused the test skips, and stand-ins that fail writes in-process
+    (test_checkpoint.py, test_runs.py) cover the same code on every machine."""
+
+    def __init__(self, root: Path):
+        self.root, self.mounted = root, []
+
+    def __call__(self, megabytes: float) -> Path:
+        folder = self.root / f"disk{len(self.mounted)}"
+        folder.mkdir()
+        self._mount(folder, f"size={int(megabytes * 1024)}k")
+        self.mounted.append(folder)
+        return folder
+
+    def remount(self, folder: Path, options: str) -> None:
+        self._mount(folder, f"remount,{options}")
+
+    @staticmethod
+    def _mount(folder: Path, options: str) -> None:
+        command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True)
+        except OSError as error:
+            pytest.skip(f"cannot mount a tmpfs here ({error})")
+        if result.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+
+    def close(self) -> None:
+        for folder in reversed(self.mounted):
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    disks = SmallDisks(tmp_path)
+    yield disks
+    disks.close()

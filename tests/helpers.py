@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-# REFERENCE.md, "Data", typed by hand.
+# docs/reference.md, "Data", typed by hand.
 PTB_SHA256 = {
     "ptb.train.txt": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
     "ptb.valid.txt": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",

@@ -74,6 +74,21 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+def test_a_full_disk_in_torchs_zip_writer_is_the_same_one_line_error(tmp_path, monkeypatch):
+    """torch reports ENOSPC from its zip writer as a RuntimeError, which has no strerror."""
+
+    def zip_writer_on_a_full_disk(obj, file):
+        file.write(b"half a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", zip_writer_on_a_full_disk)
+    with pytest.raises(CheckpointError) as raised:
+        save_checkpoint(tmp_path / "last.pt", make_checkpoint())
+    message = str(raised.value)
+    assert "could not write" in message and "MB free there" in message and "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     "content",
     [b"", b"this is not a checkpoint", os.urandom(4096)],

@@ -59,7 +59,7 @@ def test_config_show_prints_the_resolved_config_with_overrides(tmp_path):
         ),
         (None, ["--config", "small", "--set", "keep_prob=1.5"], ["'keep_prob' is 1.5", "(0, 1]"]),
         (None, ["--config", "small", "--set", "colour=red"], ["unknown key 'colour'"]),
-        (None, ["--config", "small", "--precision", "fp64"], ["'precision'", "bf16"]),
+        (None, ["--config", "small", "--precision", "fp64"], ["--precision fp64", "bf16"]),
         (None, [], ["say which config"]),
         (
             None,
@@ -212,8 +212,8 @@ def test_tensorboard_reads_the_scalars_and_hparams(trained_run):
     assert session.session_start_info.hparams["hidden_size"].number_value == 2
     assert session.session_start_info.hparams["config_name"].string_value == "test"
     assert session.session_start_info.hparams["max_steps"].number_value == 300
-    # A point every 50 training windows, so that short runs draw curves too.
-    assert [event.step for event in events.Scalars("train/loss")] == list(range(50, 301, 50))
+    # A point every 1/20 of a short run (300 windows: every 15), every 50 in a long one.
+    assert [event.step for event in events.Scalars("train/loss")] == list(range(15, 301, 15))
     metrics = json.loads((run / "metrics.json").read_text())
     assert events.Scalars("test/ppl")[-1].value == pytest.approx(metrics["test_ppl"], rel=1e-6)
 
@@ -360,3 +360,32 @@ def test_an_unknown_config_is_reported_before_torch_is_imported(tmp_path):
     env = {"PYTHONPATH": str(tmp_path)}
     result = ptblm("train", "--config", "smal", env=env)
     assert_clean_failure(result, 2, "unknown config 'smal'")
+
+
+def test_usage_errors_are_one_line_in_ptblms_voice_and_h_is_help():
+    for args, fragment in (
+        (["eval", "--batch-size", "0"], "'--batch-size'"),
+        (["train", "--no-such-option"], "--no-such-option"),
+        (["bogus"], "bogus"),
+    ):
+        result = ptblm(*args)
+        assert_clean_failure(result, 2, "error: ", fragment, "--help)")
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    result = ptblm("train", "-h")
+    assert result.returncode == 0 and "--max-steps" in result.stdout
+
+
+def test_every_shipped_config_is_named_where_a_config_is_asked_for():
+    shipped = [path.stem for path in (REPO / "configs").glob("*.yaml")]
+    result = ptblm("train")
+    assert_clean_failure(result, 2, *shipped)
+    help_text = "".join(ptblm("train", "--help").stdout.split())  # wrapped at any hyphen
+    assert all(name in help_text for name in shipped)
+
+
+def test_the_messages_name_what_the_user_typed(tmp_path):
+    result = ptblm("train", "-c", "test", "--precision", "fp8")
+    assert_clean_failure(result, 2, "--precision fp8: use fp32, bf16, fp16")
+    assert "--set" not in result.stderr
+    shown = ptblm("config", "show", "small", "--set", "learning_rate=0.5")
+    assert "# ptblm config show small --set learning_rate=0.5" in shown.stdout

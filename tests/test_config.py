@@ -1,4 +1,4 @@
-"""The shipped configs against REFERENCE.md's table, and every way a config can be wrong."""
+"""The shipped configs against docs/reference.md's table, and every way a config can be wrong."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ptblm.errors import ConfigError
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
-# REFERENCE.md, "Configurations (the tutorial's, field names as there)", typed by hand.
+# docs/reference.md, "The configurations", typed by hand.
 # fmt: off
 REFERENCE_TABLE = {
     "small": dict(
@@ -95,7 +95,7 @@ def test_large_lr_decay_is_one_over_1_15():
 
 
 def test_learning_rate_schedule_matches_the_tutorial():
-    # REFERENCE.md: "Small trains 4 epochs at 1.0, then halves it every epoch." The numbers are
+    # docs/reference.md: "Small trains 4 epochs at 1.0, then halves it every epoch." The numbers are
     # written out by hand; medium decays by 0.8 after 6 epochs, large by 1/1.15 after 14.
     small = load_config("small")
     assert [learning_rate_at(small, epoch) for epoch in range(13)] == [

@@ -1,4 +1,4 @@
-"""The data module against REFERENCE.md's "Data" and "Batching"."""
+"""The data module against docs/reference.md's "Data" and "Batching"."""
 
 from __future__ import annotations
 
@@ -199,7 +199,7 @@ def test_ptb_windows_per_epoch(ptb, batch_size, num_steps, windows):
 
 
 def test_ptb_test_protocol_predicts_every_token_but_the_first(ptb):
-    # batch_size 1, with the last partial window: 82,430 - 1 predictions (REFERENCE.md).
+    # batch_size 1, with the last partial window: 82,430 - 1 predictions (docs/reference.md).
     predicted = sum(y.numel() for _, y in bptt_batches(ptb.corpus.test, 1, 35, partial=True))
     assert predicted == 82_429
 

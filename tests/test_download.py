@@ -187,3 +187,39 @@ def test_a_dropped_connection_is_retried(tmp_path, mirror, fast_download):
     for name, expected in PTB_SHA256.items():
         assert sha256(folder / name) == expected
     assert leftovers(folder) == []
+
+
+def test_a_full_disk_stops_at_once(tmp_path, ptb_dir, fast_download):
+    """ENOSPC while writing is our disk, not the network: it was retried three times and then
+    the message said to place the files by hand. Now: one try, and what to do about the disk."""
+    import errno
+
+    real_write = download.atomic_write
+
+    class FullDisk:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            self.file.write(data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def tell(self):
+            return self.file.tell()
+
+    tries = []
+
+    def atomic_write_on_a_full_disk(path, write):
+        tries.append(path.name)
+        real_write(path, lambda file: write(FullDisk(file)))
+
+    fast_download.setattr(download, "atomic_write", atomic_write_on_a_full_disk)
+    fast_download.setenv("PTBLM_DATA_URL", ptb_dir.as_uri())
+    folder = tmp_path / "data" / "ptb"
+    with pytest.raises(DataError) as raised:
+        download_ptb(tmp_path / "data", progress=False)
+    message = str(raised.value)
+    assert message.startswith(f"no space left on device in {folder} (No space left on device)")
+    assert "--data-dir" in message and "by hand" not in message
+    assert tries == ["ptb.train.txt"]  # one try, not three
+    assert os.listdir(folder) == []

@@ -1,7 +1,9 @@
+import random
+
 import pytest
 import torch
 
-from ptblm.errors import ConfigError
+from ptblm.errors import CheckpointError, ConfigError
 from ptblm.generate import as_text, generate
 from ptblm.model import LSTMLanguageModel
 
@@ -45,7 +47,7 @@ def test_top_k_draws_only_among_the_likeliest():
 def test_a_low_temperature_is_nearly_greedy():
     net = model().eval()
     greedy = generate(net, VOCAB, [], words=20, top_k=1)
-    assert generate(net, VOCAB, [], words=20, temperature=1e-4, seed=3) == greedy
+    assert generate(net, VOCAB, [], words=20, temperature=1e-3, seed=3) == greedy
 
 
 @pytest.mark.parametrize(
@@ -53,6 +55,8 @@ def test_a_low_temperature_is_nearly_greedy():
     [
         ({"temperature": 0.0}, "--temperature 0.0: it must be > 0"),
         ({"temperature": -1.0}, "--temperature -1.0"),
+        ({"temperature": 1e-45}, r"--temperature 1e-45: use a finite value >= 0.001"),
+        ({"temperature": float("inf")}, "--temperature inf: use a finite value"),
         ({"top_k": -1}, "--top-k -1: it must be >= 0"),
         ({"words": 0}, "--words 0"),
         ({"seed": 2**64}, "--seed 18446744073709551616: use an integer from 0"),
@@ -68,3 +72,70 @@ def test_eos_prints_as_a_line_break():
     assert as_text(["the", "cat", "<eos>", "sat", "<eos>"]) == "the cat\nsat\n"
     assert as_text(["<eos>", "the"]) == "\nthe"
     assert as_text([]) == ""
+
+
+class Spy:
+    """Counts the model's forward calls and the window length of each."""
+
+    def __init__(self, net):
+        self.lengths, self.forward = [], net.forward
+        net.forward = self
+
+    def __call__(self, ids, state):
+        self.lengths.append(ids.size(1))
+        return self.forward(ids, state)
+
+
+def test_a_long_prompt_is_read_in_windows_of_its_tokens():
+    """A 60k-word prompt was run in one call, keeping (60k x vocab) logits (2.65 GB with PTB's
+    vocabulary) for the last position's sake. It is read in windows now, with the same result."""
+    net = model().eval()
+    prompt = [VOCAB["cat"], VOCAB["sat"], VOCAB["on"]] * 700
+    spy = Spy(net)
+    sampled = generate(net, VOCAB, prompt, words=8, top_k=1)
+    assert max(spy.lengths) == 500 < len(prompt)  # generate.PROMPT_WINDOW
+    with torch.no_grad():  # greedy after reading the whole prompt at once
+        logits, state = spy.forward(torch.tensor([[VOCAB["<eos>"], *prompt]]), None)
+        greedy = []
+        for _ in range(8):
+            greedy.append(int(logits[0, -1].argmax()))
+            logits, state = spy.forward(torch.tensor([[greedy[-1]]]), state)
+    assert sampled == greedy
+
+
+def test_words_come_one_by_one_as_they_are_drawn():
+    """The first of a million words is there after one forward pass of the prompt, not after a
+    million; and no forward pass is run for the word after the last."""
+    from ptblm.generate import sample
+
+    net = model().eval()
+    spy = Spy(net)
+    words = sample(net, VOCAB, [VOCAB["the"]], words=1_000_000, seed=1)
+    first = next(words)
+    assert first in VOCAB.values() and spy.lengths == [2]
+    assert [first, *(next(words) for _ in range(4))] == generate(
+        model(), VOCAB, [VOCAB["the"]], 5, seed=1
+    )
+    spy.lengths.clear()
+    assert len(list(sample(net, VOCAB, [], words=3, seed=1))) == 3 and len(spy.lengths) == 3
+    assert torch.is_grad_enabled()  # a suspended generator leaves grad mode as it was
+
+
+def test_streamed_text_is_as_text():
+    from ptblm.generate import stream_text
+
+    rng = random.Random(0)
+    for _ in range(200):
+        words = [rng.choice(["the", "cat", "<eos>"]) for _ in range(rng.randint(0, 12))]
+        pieces = []
+        stream_text(words, pieces.append)
+        assert "".join(pieces) == as_text(words)
+
+
+def test_a_diverged_model_is_refused_not_sampled():
+    """NaN weights give NaN logits: torch.multinomial failed with a traceback."""
+    net = model().eval()
+    with torch.no_grad():
+        net.decoder.bias.fill_(float("nan"))
+    with pytest.raises(CheckpointError, match="not finite numbers"):
+        generate(net, VOCAB, [], words=3)

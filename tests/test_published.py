@@ -5,12 +5,12 @@ from ptblm.published import published_ensemble, published_row
 
 
 def test_a_shipped_config_finds_its_row_and_a_changed_one_does_not():
-    assert published_row(load_config("medium"))[1]["test"] == 82.07  # REFERENCE.md
+    assert published_row(load_config("medium"))[1]["test"] == 82.07  # docs/reference.md
     assert published_row(dataclasses.replace(load_config("small"), hidden_size=201)) is None
 
 
 def test_the_papers_ensembles():
-    """REFERENCE.md: 2 / 5 / 10 medium averaged -> test 77.0 / 73.3 / 72.0, valid 80.6 / ...;
+    """docs/reference.md: 2 / 5 / 10 medium averaged -> test 77.0 / 73.3 / 72.0, valid 80.6 / ...;
     2 / 10 / 38 large -> test 73.6 / 69.5 / 68.7."""
     medium, large = load_config("medium"), load_config("large")
     assert published_ensemble([medium] * 2, "test") == {

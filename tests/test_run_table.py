@@ -33,6 +33,7 @@ def runs(tmp_path_factory):
     corpus = make_corpus(tmp_path_factory.mktemp("corpus"))
     for seed in (1, 2):
         assert train(corpus, runs, f"done-{seed}", "--seed", seed).returncode == 0
+    assert train(corpus, runs, "cut", "--max-steps", 3).returncode == 0
     stopped = HeldRun(corpus, runs, "stopped", "step:3", settings=SETTINGS)
     stopped.wait_held()
     stopped.send(signal.SIGINT)
@@ -58,7 +59,7 @@ def runs(tmp_path_factory):
 def test_every_state_is_listed(runs):
     runs, diverged_stderr = runs
     rows, _ = listing(runs)
-    assert set(rows) == {"done-1", "done-2", "stopped", "diverged", "early", "training"}
+    assert set(rows) == {"done-1", "done-2", "cut", "stopped", "diverged", "early", "training"}
     for seed in (1, 2):
         row = rows[f"done-{seed}"]
         metrics = json.loads((runs / f"done-{seed}" / "metrics.json").read_text())
@@ -72,6 +73,7 @@ def test_every_state_is_listed(runs):
     assert rows["diverged"]["status"] == "diverged"
     assert rows["diverged"]["diverged_at_step"] == step
     assert rows["early"]["status"] == "stopped" and not rows["early"]["resumable"]
+    assert rows["early"]["seed"] == 0 and rows["early"]["config_name"] == "test"  # config.yaml
     assert rows["training"]["status"] == "training"
     assert rows["training"]["global_step"] == 3  # as of its last checkpoint
 
@@ -82,9 +84,10 @@ def test_the_table_a_person_reads(runs):
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines()}
     assert "stopped at epoch 1 window 4, resumable" in lines["stopped"]
-    assert "stopped, no checkpoint" in lines["early"]
+    assert "stopped before its first checkpoint: start it again" in lines["early"]
     assert "training" in lines["training"] and "diverged at step" in lines["diverged"]
     assert " finished " in lines["done-1"]
+    assert "finished, cut short at epoch" in lines["cut"]
 
 
 def test_runs_that_differ_only_in_their_seed_are_summarised(runs):

@@ -1,9 +1,10 @@
+import errno
 import os
 
 import pytest
 
 from ptblm.errors import CheckpointError
-from ptblm.runs import newest_run, resolve_checkpoint
+from ptblm.runs import RunDirectory, newest_run, resolve_checkpoint, resumable_checkpoint
 
 
 def test_resolving_checkpoints(tmp_path):
@@ -24,3 +25,25 @@ def test_resolving_checkpoints(tmp_path):
         resolve_checkpoint(tmp_path / "empty", tmp_path)
     with pytest.raises(CheckpointError, match="no such"):
         resolve_checkpoint(tmp_path / "nope", tmp_path)
+
+
+def test_a_resume_continues_from_best_pt_when_last_pt_could_not_be_written_after_it(tmp_path):
+    assert resumable_checkpoint(tmp_path) is None
+    (tmp_path / "last.pt").write_bytes(b"epoch 1")
+    (tmp_path / "best.pt").write_bytes(b"epoch 1")
+    os.utime(tmp_path / "best.pt", ns=(1, 1))
+    assert resumable_checkpoint(tmp_path) == tmp_path / "last.pt"
+    os.utime(tmp_path / "last.pt", ns=(1, 1))  # best.pt of epoch 2 written, last.pt failed
+    os.utime(tmp_path / "best.pt", ns=(2, 2))
+    assert resumable_checkpoint(tmp_path) == tmp_path / "best.pt"
+
+
+def test_a_lock_that_cannot_be_opened_is_a_checkpoint_error(tmp_path, monkeypatch):
+    """The stand-in for a read-only disk where tmpfs cannot be mounted (test_cli_faults.py)."""
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(CheckpointError, match="cannot lock .*Read-only file system.*writable"):
+        RunDirectory(tmp_path).lock()

@@ -57,3 +57,49 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+@pytest.fixture
+def torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_threads_take_the_cores_other_work_leaves_free(monkeypatch, torch_threads):
+    import ptblm.runtime as runtime
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "cpu_count", lambda: 4)
+    busy = [0]
+    monkeypatch.setattr(runtime, "busy_elsewhere", lambda: busy[0])
+    threads = runtime.Threads()
+    assert torch.get_num_threads() == 4 and threads.describe() == "auto"  # alone: all of them
+    for others, expected in ((1, 3), (3, 1), (9, 1), (0, 4)):
+        busy[0] = others
+        threads.adjust()
+        assert torch.get_num_threads() == expected
+    fixed = runtime.Threads(2)
+    busy[0] = 0
+    fixed.adjust()
+    assert torch.get_num_threads() == 2 and fixed.describe() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert not runtime.Threads().adaptive  # the user's OMP_NUM_THREADS is theirs
+
+
+def test_busy_elsewhere_sees_another_process_computing():
+    import subprocess
+    import sys
+    import time
+
+    from ptblm.runtime import busy_elsewhere
+
+    spin = "import time\nend = time.time() + 60\nwhile time.time() < end: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        deadline = time.monotonic() + 30
+        while busy_elsewhere() < 1:
+            assert time.monotonic() < deadline, "a spinning process was never seen running"
+    finally:
+        spinner.kill()
+        spinner.wait()

@@ -1,4 +1,4 @@
-"""One training step against the update written out from REFERENCE.md."""
+"""One training step against the update written out from docs/reference.md."""
 
 import contextlib
 import copy
@@ -32,7 +32,7 @@ def make_step(max_grad_norm=5.0, learning_rate=0.7, seed=0):
 
 
 def reference_sgd_step(model, x, y, state, lr, max_grad_norm):
-    """The update written out from REFERENCE.md, independently of ptblm's loop."""
+    """The update written out from docs/reference.md, independently of ptblm's loop."""
     logits, _ = model(x, state)
     loss = sum(nn.functional.cross_entropy(logits[:, t], y[:, t]) for t in range(x.size(1)))
     model.zero_grad()
@@ -155,3 +155,23 @@ def test_the_graph_steps_guard_stops_every_update_from_the_diverged_window_on():
     assert not raised.value.mean_nll <= 10 * math.log(30)
     for before, now in zip(after_huge, model.parameters()):
         assert torch.equal(before, now)
+
+
+@pytest.mark.parametrize("trigger", ["loss over the bound", "non-finite gradient norm"])
+def test_each_divergence_trigger_on_its_own_stops_before_the_update(trigger, monkeypatch):
+    """A finite loss above 10 x log(vocab_size) per token; a finite loss whose gradient norm is
+    not finite (fp32: no GradScaler to skip the step)."""
+    model, step = make_step()
+    data = torch.randint(30, (4, 6), generator=torch.Generator().manual_seed(5))
+    if trigger == "loss over the bound":
+        step.loss_bound = 0.01  # any real loss is over it
+    else:
+        real = nn.utils.clip_grad_norm_
+        monkeypatch.setattr(
+            nn.utils, "clip_grad_norm_", lambda *a, **k: real(*a, **k) * float("inf")
+        )
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(Diverged) as raised:
+        step(data[:, :5], data[:, 1:])
+    assert math.isfinite(raised.value.mean_nll)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -1,4 +1,5 @@
 import math
+import random
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from ptblm.data import build_vocab, tokenize
 from ptblm.errors import DataError
 from ptblm.evaluate import evaluate, perplexity
 from ptblm.model import LSTMLanguageModel
-from ptblm.text import read_text, score_text, split_lines
+from ptblm.text import check_text, score_text, split_lines
 
 TRAIN = "the cat sat on the mat\nthe dog sat on the log\n<unk> dog saw a cat\n"
 VOCAB = build_vocab(tokenize(TRAIN))
@@ -83,7 +84,7 @@ def test_unreadable_text_is_refused(tmp_path, content, message):
     path = tmp_path / "input.txt"
     path.write_bytes(content)
     with pytest.raises(DataError, match=message):
-        read_text(path)
+        check_text(path)
 
 
 def test_a_one_token_text_has_nothing_to_predict_unless_reset():
@@ -91,3 +92,63 @@ def test_a_one_token_text_has_nothing_to_predict_unless_reset():
         score_text([model()], VOCAB, "cat")
     total, _ = score_text([model()], VOCAB, "cat", reset_each_line=True)
     assert total["tokens"] == 1
+
+
+def test_a_file_is_scored_as_it_is_read():
+    """The first line's row comes out after the lines of one window have been read, not after
+    the whole file: a 50 MB file took 1.5 GB when it was all held."""
+    from ptblm.text import TextScorer
+
+    read = []
+
+    def lines():
+        for number in range(100_000):
+            read.append(number)
+            yield "the cat sat on the mat\n"
+
+    rows = TextScorer([model()], VOCAB).rows(lines())
+    first = next(rows)
+    assert first["line"] == 1 and first["tokens"] == 6
+    assert len(read) <= 500 // 7 + 2  # one window of 500 tokens, 7 tokens a line
+
+
+def test_streamed_windows_give_what_the_whole_stream_gives():
+    """Lines across window edges get their scores from both windows; every token's score is the
+    one member_logprobs gives over the whole stream in the same windows."""
+    from ptblm.ensemble import average, member_logprobs
+
+    rng = random.Random(1)
+    words = ["the", "cat", "sat", "on", "mat", "zebra"]
+    text = "".join(
+        " ".join(rng.choice(words) for _ in range(rng.randint(0, 30))) + "\n" for _ in range(150)
+    )
+    models = [model(0), model(1)]
+    total, lines = score_text(models, VOCAB, text)
+    stream = torch.tensor([[i for line in split_lines(text, VOCAB) for i in line.ids]])
+    assert stream.size(1) > 3 * 500  # several windows
+    expected = member_logprobs(models, stream, 500, True)[:, 0]
+    assert total["tokens"] == expected.size(1) == sum(line["tokens"] for line in lines)
+    assert total["logprob"] == pytest.approx(average(expected).sum().item(), rel=1e-12)
+    ends = torch.tensor([line["tokens"] for line in lines]).cumsum(0).tolist()
+    for line, start, end in zip(lines, [0, *ends[:-1]], ends, strict=True):
+        assert line["logprob"] == pytest.approx(average(expected[:, start:end]).sum().item(), 1e-12)
+    members = [perplexity(-lp.sum().item(), expected.size(1)) for lp in expected]
+    assert total["member_perplexities"] == pytest.approx(members, rel=1e-12)
+
+
+def test_a_file_is_checked_in_chunks(tmp_path, monkeypatch):
+    """A character split across two chunks is read whole; a bad byte is placed in the file."""
+    import ptblm.text as text_module
+
+    monkeypatch.setattr(text_module, "CHUNK_BYTES", 3)
+    path = tmp_path / "input.txt"
+    path.write_bytes(" \n  caf\xc3\xa9 \xe2\x82\xac\n".encode("latin-1"))
+    check_text(path)  # é and € straddle the 3-byte chunks
+    path.write_bytes(b"      \n  \t \n" + b"word\n")
+    check_text(path)  # the words start after the first chunks
+    path.write_bytes(b"the caf\xc3\xa9 au \xe9 lait\n")
+    with pytest.raises(DataError, match=r"is not UTF-8 text \(byte 13"):
+        check_text(path)
+    path.write_bytes(b"the cat " + b"\0" + b"sat\n")
+    with pytest.raises(DataError, match="is a binary file"):
+        check_text(path)

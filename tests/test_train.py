@@ -7,6 +7,7 @@ from helpers import cpu_has_native_bf16_by_its_flags, make_corpus
 from ptblm.config import load_config
 from ptblm.data import load_corpus
 from ptblm.errors import ConfigError, DivergenceError
+from ptblm.evaluate import evaluate, perplexity
 from ptblm.signals import StopOnSignal
 from ptblm.train import EpochEnd, Trainer
 
@@ -16,7 +17,7 @@ def corpus(tmp_path):
     return load_corpus(corpus_dir=make_corpus(tmp_path / "corpus"))
 
 
-def make_trainer(corpus, run_dir, *overrides, max_steps=None):
+def make_trainer(corpus, run_dir, *overrides, max_steps=None, eval_tokens=None):
     config = load_config(
         "small",
         [
@@ -27,7 +28,15 @@ def make_trainer(corpus, run_dir, *overrides, max_steps=None):
             *overrides,
         ],
     )
-    return Trainer(config, corpus, run_dir, torch.device("cpu"), max_steps=max_steps, verbose=False)
+    return Trainer(
+        config,
+        corpus,
+        run_dir,
+        torch.device("cpu"),
+        max_steps=max_steps,
+        eval_tokens=eval_tokens,
+        verbose=False,
+    )
 
 
 def test_state_is_carried_detached_across_windows_and_zeroed_each_epoch(corpus, tmp_path):
@@ -100,6 +109,17 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(corpus, tmp
     assert all(torch.isfinite(t).all() for t in last["model"].values())
     diverged_at = int(message.split("at step ")[1].split()[0])
     assert last["global_step"] == diverged_at - 1
+
+
+def test_a_divergence_before_any_checkpoint_says_so_and_suggests_only_what_applies(
+    corpus, tmp_path
+):
+    trainer = make_trainer(corpus, tmp_path / "run", "learning_rate=1e30", "max_grad_norm=1e30")
+    with pytest.raises(DivergenceError) as raised:
+        trainer.run()
+    message = str(raised.value)
+    assert "No checkpoint was saved" in message and "intact" not in message
+    assert "--precision" not in message  # the run is fp32 already
 
 
 def test_bf16_trains_where_the_cpu_has_it_and_is_refused_where_not(corpus, tmp_path):
@@ -217,3 +237,18 @@ def test_every_variant_trains_saves_and_resumes(corpus, tmp_path, options):
 
     again = evaluate_checkpoints([tmp_path / "run" / "last.pt"], corpus_dir=corpus.folder)
     assert again["perplexity"] == metrics["test_ppl"]
+
+
+def test_eval_tokens_shortens_validation_and_test_and_says_so(corpus, tmp_path):
+    from ptblm.runs import format_summary
+
+    with pytest.raises(ConfigError, match="--eval-tokens 10: validation needs .* 24 tokens"):
+        make_trainer(corpus, tmp_path / "tiny", max_steps=3, eval_tokens=10)
+    trainer = make_trainer(corpus, tmp_path / "run", max_steps=3, eval_tokens=100)
+    metrics = trainer.run()
+    assert metrics["eval_tokens"] == 100
+    expected = perplexity(*evaluate(trainer.model, corpus.test[:100]))
+    assert metrics["test_ppl"] == pytest.approx(expected, rel=1e-12)
+    assert "--eval-tokens" in format_summary(metrics, tmp_path / "run")
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert last["eval_tokens"] == 100  # a resume keeps it

@@ -1,0 +1,263 @@
+"""Evaluation that adapts to the text it scores: the continuous cache (cache.py), dynamic
+evaluation (dynamic.py), or both, in the table's test protocol (batch size 1, the whole stream,
+every token after the first predicted once), and `--tune`, which chooses their settings on the
+validation split, never on test.
+
+    for each window of the stream (dynamic: a segment of N predictions):
+        h, state = model.features(x, state)            dynamic: with gradients
+        log p_model(y) = log_softmax(decoder(h))[y]
+        log p(y) = cache.mix(h, log p_model(y), y)     the cache reads the (adapted) model's h
+        dynamic: one step on the window's mean NLL     after its score is kept
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptblm.cache import CacheSettings, ContinuousCache
+from ptblm.data import windows
+from ptblm.dynamic import DynamicEvaluation, DynamicSettings
+from ptblm.evaluate import TEST_NUM_STEPS, evaluate, perplexity
+from ptblm.model import LSTMLanguageModel, detach_state
+
+# --tune's grids, searched on the validation split. The cache's covers the values Grave et al.
+# report for PTB (windows 100-2000, theta around 0.3, lambda around 0.1); dynamic evaluation's,
+# SGD step sizes around the trained model's final scale and Krause's small decays.
+CACHE_GRID = {"window": [100, 500, 2000], "theta": [0.1, 0.3, 0.6], "lam": [0.05, 0.1, 0.2]}
+DYNAMIC_GRID = {"lr": [0.1, 0.3, 1.0], "decay": [0.0, 0.01]}
+
+
+class Adaptation:
+    """One model reading one stream (batch size 1) with the cache and/or dynamic evaluation.
+
+    `score(x, y, state)` takes the stream's next window; with dynamic evaluation the window is
+    read in segments of N predictions, each scored, then learned from (a segment never spans two
+    windows). `close()` puts the trained weights back and the model's mode as it was.
+    """
+
+    def __init__(
+        self,
+        model: LSTMLanguageModel,
+        cache: CacheSettings | None = None,
+        dynamic: DynamicSettings | None = None,
+    ):
+        self.model, self.dynamic = model, dynamic
+        self.learner = DynamicEvaluation(model, dynamic) if dynamic else None
+        self.memory = ContinuousCache(cache) if cache else None
+        self.was_training = model.training
+        model.eval()
+        # cuDNN's LSTM has no backward in evaluation mode; the native kernels do.
+        device = next(model.parameters()).device
+        self.cudnn = not (self.learner and device.type == "cuda")
+
+    def model_pass(self, x, y, state):
+        """One segment: the top layer's output (T, H), log p_model(y) (T,) float64, the new
+        state; with dynamic evaluation, the weights then take their step."""
+        with (
+            torch.backends.cudnn.flags(enabled=self.cudnn),
+            torch.set_grad_enabled(self.learner is not None),
+        ):
+            hidden, new_state = self.model.features(x, state)
+            logprob = torch.log_softmax(self.model.decoder(hidden).float(), dim=-1)
+            logprob = logprob.gather(-1, y[..., None])[0, :, 0]
+            if self.learner:
+                self.learner.update(-logprob.mean())  # after the score was computed
+        return hidden[0].detach(), logprob.detach().double(), detach_state(new_state)
+
+    def score(self, x: torch.Tensor, y: torch.Tensor, state):
+        """x, y (1, T) -> log p(y) (T,) float64 on the CPU, and the state after the window."""
+        step = self.dynamic.segment if self.dynamic else x.size(1)
+        scored = []
+        for start in range(0, x.size(1), step):
+            ys = y[:, start : start + step]
+            hidden, logprob, state = self.model_pass(x[:, start : start + step], ys, state)
+            if self.memory:
+                logprob = self.memory.mix(hidden, logprob, ys[0])
+            scored.append(logprob.cpu())
+        return torch.cat(scored), state
+
+    def close(self) -> None:
+        if self.learner:
+            self.learner.reset()
+        self.model.train(self.was_training)
+
+
+def stream_logprobs(
+    model: LSTMLanguageModel,
+    ids: torch.Tensor,
+    cache: CacheSettings | None = None,
+    dynamic: DynamicSettings | None = None,
+) -> torch.Tensor:
+    """log p of every token after the first of the 1-D stream `ids`, float64 on the CPU, in the
+    windows `evaluate` and `--text` read a stream in; the cache reads the (adapted) model's h.
+    Neither: `evaluate`'s test protocol."""
+    device = next(model.parameters()).device
+    adaptation = Adaptation(model, cache, dynamic)
+    state = model.initial_state(1, device)
+    scored = []
+    try:
+        for x, y in windows(ids.to(device)[None, :], TEST_NUM_STEPS, partial=True):
+            logprob, state = adaptation.score(x, y, state)
+            scored.append(logprob)
+    finally:
+        adaptation.close()
+    return torch.cat(scored)
+
+
+def model_passes(model: LSTMLanguageModel, ids: torch.Tensor) -> list:
+    """The plain model's (h, log p(y), y) of every window of the stream: what the cache's grid
+    mixes with, made once."""
+    device = next(model.parameters()).device
+    adaptation = Adaptation(model)
+    state, passes = model.initial_state(1, device), []
+    try:
+        for x, y in windows(ids.to(device)[None, :], TEST_NUM_STEPS, partial=True):
+            hidden, logprob, state = adaptation.model_pass(x, y, state)
+            passes.append((hidden, logprob, y[0]))
+    finally:
+        adaptation.close()
+    return passes
+
+
+def mixed(passes: list, cache: CacheSettings) -> torch.Tensor:
+    memory = ContinuousCache(cache)
+    return torch.cat([memory.mix(h, logprob, y).cpu() for h, logprob, y in passes])
+
+
+def mean_perplexity(logprobs: torch.Tensor) -> float:
+    return perplexity(-logprobs.sum().item(), logprobs.numel())
+
+
+def adapted_perplexity(model, ids, cache=None, dynamic=None) -> float:
+    return mean_perplexity(stream_logprobs(model, ids, cache, dynamic))
+
+
+def grid(kind: type, values: dict[str, list]) -> list:
+    return [kind(**dict(zip(values, point))) for point in itertools.product(*values.values())]
+
+
+def tune(
+    model: LSTMLanguageModel, valid: torch.Tensor, cache: bool, dynamic: bool
+) -> tuple[CacheSettings | None, DynamicSettings | None, list[dict[str, Any]]]:
+    """The settings with the lowest validation perplexity, searched one technique at a time
+    (the cache on the plain model, dynamic evaluation without the cache), and every grid point's
+    validation perplexity."""
+    tried: list[dict[str, Any]] = []
+
+    def best(kind, values, run):
+        results = []
+        for settings in grid(kind, values):
+            ppl = run(settings)
+            tried.append({kind.__name__: dataclasses.asdict(settings), "valid_ppl": ppl})
+            results.append((ppl, settings))
+        return min(results, key=lambda result: result[0])[1]
+
+    chosen_cache = chosen_dynamic = None
+    if cache:  # the model's pass does not depend on the cache: made once for the whole grid
+        passes = model_passes(model, valid)
+        chosen_cache = best(CacheSettings, CACHE_GRID, lambda s: mean_perplexity(mixed(passes, s)))
+    if dynamic:
+        chosen_dynamic = best(
+            DynamicSettings, DYNAMIC_GRID, lambda s: adapted_perplexity(model, valid, None, s)
+        )
+    return chosen_cache, chosen_dynamic, tried
+
+
+def evaluate_adapted(
+    model: LSTMLanguageModel,
+    ids: torch.Tensor,
+    cache: CacheSettings | None,
+    dynamic: DynamicSettings | None,
+) -> dict[str, Any]:
+    """The plain and the adapted perplexity of the stream, the settings and the seconds."""
+    started = time.perf_counter()
+    plain = perplexity(*evaluate(model, ids))  # the table's number, to the last bit
+    plain_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    adapted = adapted_perplexity(model, ids, cache, dynamic)
+    return {
+        "plain_perplexity": plain,
+        "perplexity": adapted,
+        "cache": dataclasses.asdict(cache) if cache else None,
+        "dynamic": dataclasses.asdict(dynamic) if dynamic else None,
+        "plain_seconds": round(plain_seconds, 3),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def member_corpus(member, data_dir, corpus_dir):
+    """The corpus a checkpoint is evaluated on: --corpus, else the one it was trained on."""
+    from ptblm.checkpoint import check_vocabulary
+    from ptblm.data import load_corpus
+
+    if corpus_dir is None and member.checkpoint.get("corpus_dir"):
+        corpus_dir = Path(member.checkpoint["corpus_dir"])
+    corpus = load_corpus(data_dir, corpus_dir)
+    check_vocabulary(member.checkpoint, corpus, member.path)
+    return corpus
+
+
+def settle(member, data_dir, corpus_dir, cache, dynamic, tuning):
+    """The settings to use (tuned on the validation split with --tune) and the grid's results."""
+    if not tuning:
+        return cache, dynamic, None
+    valid = member_corpus(member, data_dir, corpus_dir).valid
+    tuned_cache, tuned_dynamic, tried = tune(member.model, valid, bool(cache), bool(dynamic))
+    return tuned_cache or cache, tuned_dynamic or dynamic, tried
+
+
+def evaluate_checkpoint_adapted(
+    path: Path,
+    split: str,
+    data_dir: Path,
+    corpus_dir: Path | None,
+    device: torch.device,
+    cell: str | None,
+    cache: CacheSettings | None,
+    dynamic: DynamicSettings | None,
+    tuning: bool,
+) -> dict[str, Any]:
+    """`ptblm eval RUN --cache/--dynamic [--tune]` on a split: the JSON-ready result."""
+    from ptblm.ensemble import load_members
+
+    (member,) = load_members([path], device, cell)
+    cache, dynamic, tried = settle(member, data_dir, corpus_dir, cache, dynamic, tuning)
+    ids = member_corpus(member, data_dir, corpus_dir).split(split)
+    result = evaluate_adapted(member.model, ids, cache, dynamic)
+    result.update(split=split, tokens=ids.numel() - 1, checkpoint=str(path), tuned_on_valid=tried)
+    return result
+
+
+def describe(result: dict[str, Any]) -> str:
+    """The lines `ptblm eval --cache/--dynamic` prints: the grid (with --tune), then the result."""
+    lines = []
+    for point in result.get("tuned_on_valid") or []:
+        (kind, settings), ppl = next(iter(point.items())), point["valid_ppl"]
+        values = ", ".join(f"{key} {value:g}" for key, value in settings.items())
+        lines.append(f"  valid {ppl:9.3f}  {kind.removesuffix('Settings').lower()}: {values}")
+    what = []
+    if result["cache"]:
+        cache = result["cache"]
+        what.append(
+            f"the cache (window {cache['window']}, theta {cache['theta']:g}, "
+            f"lambda {cache['lam']:g})"
+        )
+    if result["dynamic"]:
+        dynamic = result["dynamic"]
+        what.append(
+            f"dynamic evaluation (lr {dynamic['lr']:g}, decay {dynamic['decay']:g}, segment "
+            f"{dynamic['segment']})"
+        )
+    change = result["perplexity"] / result["plain_perplexity"] - 1
+    lines.append(
+        f"{result['split']} perplexity {result['perplexity']:.3f} with {' and '.join(what)}; "
+        f"plain {result['plain_perplexity']:.3f} ({change:+.1%}), over {result['tokens']} tokens "
+        f"({result['seconds']:.1f} s; plain {result['plain_seconds']:.1f} s) {result['checkpoint']}"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""YAML as ptblm reads configs: a flat mapping of plain values, nothing that expands.
+
+PyYAML's safe loader runs no code, but it does resolve anchors and aliases (`&a`, `*a`). An alias
+shares the object it names, so nine levels of nine aliases cost a few hundred bytes of file and
+little memory to load, yet the value is billions of elements as soon as anything prints or walks
+it (the "billion laughs"): a config error that quoted such a value took 47 s and 2.9 GB, then
+died. A config never needs an alias, so the loader refuses one where it stands, before anything
+is built. Integers too long to convert and nesting too deep to compose become YAML errors too, so
+every malformed input is reported the same way, in one line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
+
+
+class AliasError(ComposerError):
+    """The YAML uses an alias (`*name`)."""
+
+
+class IntegerTooLong(ConstructorError):
+    """An integer with more digits than Python converts."""
+
+
+REFUSED = (AliasError, IntegerTooLong)  # well-formed YAML that a config refuses
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise AliasError(
+                None,
+                None,
+                f"an alias (*{event.anchor[:20]}) has no place in a config, which is a flat "
+                f"mapping of plain values: write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+    def construct_yaml_int(self, node):
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # more digits than sys.get_int_max_str_digits() converts
+            raise IntegerTooLong(
+                None,
+                None,
+                f"an integer of {sum(c.isdigit() for c in node.value)} digits is out of range",
+                node.start_mark,
+            ) from None
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
+
+
+def load(text: str) -> Any:
+    """The value of a YAML text; yaml.YAMLError if it is malformed, uses an alias, or nests too
+    deep for the (recursive) composer."""
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise yaml.YAMLError(
+            "nested too deep: a config is a flat mapping of plain values"
+        ) from None

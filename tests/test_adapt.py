@@ -1,0 +1,74 @@
+"""Scoring a stream with the cache and dynamic evaluation, and --tune, on tiny models."""
+
+import math
+
+import pytest
+import torch
+
+from ptblm.adapt import adapted_perplexity, stream_logprobs, tune
+from ptblm.cache import CacheSettings
+from ptblm.dynamic import DynamicSettings
+from ptblm.evaluate import evaluate, perplexity
+from ptblm.model import LSTMLanguageModel
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return LSTMLanguageModel(30, 12, 2, 1.0, 0.1)
+
+
+def test_plain_and_lr_zero_dynamic_evaluation_are_exactly_the_test_protocol():
+    model = tiny_model()
+    ids = torch.randint(30, (503,), generator=torch.Generator().manual_seed(1))
+    nll, tokens = evaluate(model, ids)
+    plain = stream_logprobs(model, ids)
+    still = stream_logprobs(model, ids, dynamic=DynamicSettings(lr=0.0, decay=0.0, segment=7))
+    assert plain.numel() == still.numel() == tokens == 502
+    assert -plain.sum().item() == pytest.approx(nll, rel=1e-6)  # fp32 sums in another order
+    # Windows of 7 instead of 500: the same sums in fp32, in another order.
+    torch.testing.assert_close(still, plain, rtol=1e-5, atol=1e-6)
+    assert perplexity(-still.sum().item(), 502) == pytest.approx(perplexity(nll, 502), rel=1e-6)
+
+
+def test_the_first_segment_is_scored_before_any_update_and_the_weights_come_back():
+    model = tiny_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    ids = torch.randint(30, (200,), generator=torch.Generator().manual_seed(2))
+    plain = stream_logprobs(model, ids)
+    adapted = stream_logprobs(model, ids, dynamic=DynamicSettings(lr=5.0, segment=10))
+    torch.testing.assert_close(adapted[:10], plain[:10], rtol=1e-6, atol=1e-9)
+    assert not torch.allclose(adapted[10:20], plain[10:20])  # the step did change the model
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_repeated_sentence_is_far_more_predictable_with_either():
+    """Weights of a larger scale than training starts from, so that the untrained LSTM's states
+    tell the words apart; 17 distinct words, each with one successor."""
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(30, 12, 2, 1.0, 1.0)
+    sentence = torch.randperm(30, generator=torch.Generator().manual_seed(3))[:17]
+    ids = sentence.repeat(60)
+    cache, dynamic = CacheSettings(window=100, theta=10.0, lam=0.9), DynamicSettings(lr=3.0)
+    plain = adapted_perplexity(model, ids)
+    assert adapted_perplexity(model, ids, cache=cache) < plain / 3
+    assert adapted_perplexity(model, ids, dynamic=dynamic) < plain / 3
+    assert adapted_perplexity(model, ids, cache=cache, dynamic=dynamic) < plain / 3
+
+
+def test_tune_chooses_the_lowest_validation_perplexity_of_its_grid(monkeypatch):
+    import ptblm.adapt as adapt
+
+    monkeypatch.setattr(adapt, "CACHE_GRID", {"window": [5, 50], "theta": [0.5], "lam": [0.0, 0.4]})
+    monkeypatch.setattr(adapt, "DYNAMIC_GRID", {"lr": [0.0, 3.0], "decay": [0.0]})
+    model = tiny_model()
+    valid = torch.randint(30, (13,), generator=torch.Generator().manual_seed(4)).repeat(12)
+    cache, dynamic, tried = tune(model, valid, cache=True, dynamic=True)
+    assert len(tried) == 4 + 2
+    cache_points = [t for t in tried if "CacheSettings" in t]
+    best = min(cache_points, key=lambda t: t["valid_ppl"])
+    assert best["CacheSettings"] == {"window": cache.window, "theta": cache.theta, "lam": cache.lam}
+    assert cache.lam == 0.4 and dynamic.lr == 3.0  # a repeating text rewards both
+    for point in tried:
+        assert math.isfinite(point["valid_ppl"])
+    plain = perplexity(*evaluate(model, valid))
+    assert min(t["valid_ppl"] for t in tried) < plain

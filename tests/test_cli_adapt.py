@@ -1,0 +1,71 @@
+"""`ptblm eval --cache/--dynamic/--tune`, run as a user would."""
+
+import json
+import shutil
+
+import pytest
+from helpers import assert_clean_failure, make_corpus, ptblm
+
+SETTINGS = [
+    "-c", "test", "--set", "vocab_size=40", "--set", "hidden_size=16", "--set", "num_steps=5",
+    "--set", "batch_size=4", "--set", "max_max_epoch=2", "--quiet",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("adapt")
+    corpus = make_corpus(home / "corpus", vocab_size=40)
+    result = ptblm("train", *SETTINGS, "--corpus", corpus, "--name", "a", cwd=home)
+    assert result.returncode == 0, result.stderr
+    return home
+
+
+def eval_json(home, *args):
+    result = ptblm("eval", "runs/a", *args, "--json", cwd=home)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_tune_chooses_on_valid_and_reports_the_plain_number_beside(home):
+    plain = eval_json(home)["perplexity"]
+    result = eval_json(home, "--cache", "--dynamic", "--tune")
+    assert result["plain_perplexity"] == pytest.approx(plain, rel=1e-12)
+    assert len(result["tuned_on_valid"]) == 27 + 6  # every grid point, with its valid ppl
+    cache_points = [p for p in result["tuned_on_valid"] if "CacheSettings" in p]
+    best = min(cache_points, key=lambda point: point["valid_ppl"])["CacheSettings"]
+    assert result["cache"] == best and result["dynamic"]["lr"] in (0.1, 0.3, 1.0)
+    assert result["split"] == "test" and result["perplexity"] > 0
+
+
+def test_text_adapts_like_the_split_it_holds(home):
+    shutil.copy(home / "corpus" / "ptb.test.txt", home / "doc.txt")
+    options = ["--cache", "--cache-window", "50", "--dynamic", "--dynamic-lr", "0.5"]
+    split = eval_json(home, *options)
+    text = eval_json(home, "--text", "doc.txt", *options)
+    assert text["perplexity"] == pytest.approx(split["perplexity"], rel=1e-9)
+    # evaluate() sums each window in fp32 first: the plain numbers agree to fp32 rounding
+    assert text["plain_perplexity"] == pytest.approx(split["plain_perplexity"], rel=1e-6)
+    assert text["cache"]["window"] == 50 and text["dynamic"]["lr"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--cache", "--cache-window", "0"], "--cache-window 0"),
+        (["--cache", "--cache-lambda", "1.5"], "--cache-lambda 1.5"),
+        (["--cache", "--cache-theta", "-1"], "--cache-theta -1"),
+        (["--dynamic", "--dynamic-lr", "-0.1"], "--dynamic-lr -0.1"),
+        (["--dynamic", "--dynamic-decay", "2"], "--dynamic-decay 2"),
+        (["--dynamic", "--dynamic-segment", "0"], "--dynamic-segment 0"),
+        (["--cache-window", "10"], "go with --cache"),
+        (["--dynamic-lr", "1"], "go with --dynamic"),
+        (["--tune"], "--tune chooses"),
+        (["runs/a", "--cache"], "one checkpoint"),
+        (["--cache", "--batch-size", "4"], "one checkpoint"),
+    ],
+)
+def test_bad_adaptive_options_are_refused_in_one_line(home, args, fragment):
+    result = ptblm("eval", "runs/a", *args, cwd=home)
+    assert_clean_failure(result, 2, fragment)
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,128 @@
+"""Faults a careful user or an attacker meets, through the real `ptblm` command: full and
+read-only disks (a real tmpfs where the tests run as root), run directories from someone else
+(a .lock that is a link or a FIFO), runs cut off between their last writes, and run names that
+leave --runs-dir."""
+
+import json
+import os
+import shutil
+
+import pytest
+from helpers import assert_clean_failure, make_corpus, ptblm
+
+TINY = ["-c", "test", "--set", "vocab_size=40", "--set", "hidden_size=16", "--quiet"]
+# A checkpoint of about 1.3 MB: one fits on a 2 MB disk, two do not.
+SMALL = ["-c", "test", "--set", "vocab_size=2000", "--set", "hidden_size=64", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus_dir(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def train(corpus, runs, name, *args, settings=TINY):
+    return ptblm("train", *settings, *args, "--corpus", corpus, "--runs-dir", runs, "--name", name)
+
+
+def one_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_a_disk_that_fills_during_a_checkpoint_stops_in_one_line_and_resumes(tmp_path, small_disk):
+    corpus = make_corpus(tmp_path / "corpus", vocab_size=2000, sentences=3000)
+    runs = small_disk(2)
+    result = train(corpus, runs, "r", "--max-steps", 3, settings=SMALL)
+    assert_clean_failure(result, 1, "could not write", "last.pt", "MB free", "Free some space")
+    one_line(result)
+    run = runs / "r"
+    assert (run / "best.pt").is_file() and not (run / "last.pt").exists()
+    assert not list(run.glob(".*.tmp"))  # the cut-off temp file is gone
+    listed = ptblm("runs", "--runs-dir", runs, "--json")
+    assert json.loads(listed.stdout)["runs"][0]["resumable"]  # from best.pt: nothing is lost
+    small_disk.remount(runs, "size=20m")  # space freed
+    result = ptblm("train", "--resume", run, "--quiet")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 3 and metrics["status"] == "finished"
+
+
+def test_resuming_a_run_on_a_read_only_disk_is_one_line(tiny_corpus_dir, small_disk):
+    runs = small_disk(20)
+    assert train(tiny_corpus_dir, runs, "r", "--max-steps", 3).returncode == 0
+    small_disk.remount(runs, "ro")
+    result = ptblm("train", "--resume", runs / "r")
+    assert_clean_failure(result, 1, "cannot lock", "Read-only file system", "writable")
+    one_line(result)
+
+
+def test_a_finished_run_cut_off_before_its_summary_gets_it_on_resume(tiny_corpus_dir, tmp_path):
+    """A full disk or a kill -9 between metrics.json and summary.json: what the message promises
+    (resume writes it) is what happens."""
+    runs = tmp_path / "runs"
+    assert train(tiny_corpus_dir, runs, "r", "--max-steps", 3).returncode == 0
+    summary = json.loads((runs / "r" / "summary.json").read_text())
+    (runs / "r" / "summary.json").unlink()
+    header = (runs / "r" / "config.yaml").read_text().splitlines()[2]
+    assert header.endswith("config.yaml --max-steps 3")  # "Train again with": the same run
+    result = ptblm("train", "--resume", runs / "r")
+    assert result.returncode == 0 and "has finished already" in result.stdout + result.stderr
+    assert "Resuming" not in result.stdout
+    assert json.loads((runs / "r" / "summary.json").read_text()) == summary
+    listed = ptblm("runs", "--runs-dir", runs, "--json")
+    assert json.loads(listed.stdout)["runs"][0]["status"] == "finished"
+
+
+def test_a_run_that_never_saved_says_to_start_it_again(tiny_corpus_dir, tmp_path):
+    runs = tmp_path / "runs"
+    assert train(tiny_corpus_dir, runs, "done", "--max-steps", 3).returncode == 0
+    early = runs / "early"
+    early.mkdir()  # what a run killed before its first checkpoint leaves
+    shutil.copy(runs / "done" / "config.yaml", early / "config.yaml")
+    for result, code in (
+        (train(tiny_corpus_dir, runs, "early"), 2),
+        (ptblm("train", "--resume", early), 1),
+    ):
+        assert_clean_failure(result, code, "holds no checkpoint", "Start it again", "rm -r")
+    again = train(tiny_corpus_dir, runs, "done")  # a run with a checkpoint: resume it instead
+    assert_clean_failure(again, 2, "already exists", f"ptblm train --resume {runs / 'done'}")
+    rows = {
+        row["name"]: row
+        for row in json.loads(ptblm("runs", "--runs-dir", runs, "--json").stdout)["runs"]
+    }
+    assert rows["early"]["seed"] == 0 and rows["early"]["config"]["hidden_size"] == 16
+
+
+def test_a_lock_that_is_a_link_or_a_fifo_is_never_followed_nor_waited_on(tiny_corpus_dir, tmp_path):
+    runs = tmp_path / "runs"
+    assert train(tiny_corpus_dir, runs, "r", "--max-steps", 3).returncode == 0
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    lock = runs / "r" / ".lock"
+    lock.unlink()
+    lock.symlink_to(victim)
+    result = ptblm("train", "--resume", runs / "r")
+    assert_clean_failure(result, 1, "cannot lock", ".lock")
+    assert victim.read_text() == "precious"
+    lock.unlink()
+    os.mkfifo(lock)
+    (runs / "r" / "summary.json").unlink()
+    os.mkfifo(runs / "r" / "summary.json")
+    listed = ptblm("runs", "--runs-dir", runs, timeout=60)  # a FIFO would block it forever
+    assert listed.returncode == 0, listed.stderr
+    assert_clean_failure(ptblm("train", "--resume", runs / "r", timeout=60), 1, "cannot lock")
+
+
+@pytest.mark.parametrize("name", ["../../escape", "/tmp/ptblm-escape", "a/b", ".."])
+def test_a_run_name_is_one_directory_name(tiny_corpus_dir, tmp_path, name):
+    runs = tmp_path / "deep" / "runs"
+    result = train(tiny_corpus_dir, runs, name, "--max-steps", 1)
+    assert_clean_failure(result, 2, "--name", "one directory name")
+    assert not runs.exists() and not (tmp_path / "escape").exists()
+
+
+def test_a_corpus_of_another_vocabulary_size_gets_the_set_to_use(tiny_corpus_dir, tmp_path):
+    settings = ["-c", "test", "--set", "vocab_size=41", "--set", "hidden_size=16", "--quiet"]
+    result = train(tiny_corpus_dir, tmp_path / "runs", "r", settings=settings)
+    assert_clean_failure(result, 1, "has 40 distinct words", "--set vocab_size=40")

@@ -1,0 +1,102 @@
+"""`ptblm generate` of a long text, run as a user would: the words show as they are drawn, Ctrl-C
+keeps them (exit 130), and a reader that goes away (`| head`) ends it quietly."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ptblm.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from ptblm.config import load_config
+from ptblm.model import LSTMLanguageModel
+
+VOCAB = ["<eos>", "the", "cat", "sat", "on", "mat", "<unk>"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    config = load_config("test", [f"vocab_size={len(VOCAB)}", "hidden_size=8"])
+    path = tmp_path_factory.mktemp("model") / "best.pt"
+    save_checkpoint(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": LSTMLanguageModel.from_config(config).state_dict(),
+            "config": config.to_dict(),
+            "vocab": VOCAB,
+            "epoch": 1,
+            "window": 0,
+            "global_step": 10,
+        },
+    )
+    return path
+
+
+def start(checkpoint, *args):
+    return subprocess.Popen(
+        [sys.executable, "-m", "ptblm", "generate", str(checkpoint), "--seed", "3", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def read_words(process, count) -> bytes:
+    """stdout until it holds `count` words. Waits on the pipe, not on a clock; the deadline only
+    turns a text that is held back until the end (a million words) into a failure, not a hang."""
+    out, deadline = b"", time.monotonic() + 120
+    while len(out.split()) < count:
+        ready, _, _ = select.select([process.stdout], [], [], max(deadline - time.monotonic(), 0))
+        assert ready, f"no words on stdout while generating: {out!r}"
+        chunk = os.read(process.stdout.fileno(), 4096)
+        assert chunk, process.communicate()
+        out += chunk
+    return out
+
+
+def test_ctrl_c_keeps_the_words_printed_and_exits_130(checkpoint):
+    process = start(checkpoint, "--words", "1000000")
+    try:
+        shown = read_words(process, 20)
+        process.send_signal(signal.SIGINT)
+        rest, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert b"Traceback" not in stderr
+    assert b"stopped by Ctrl-C after" in stderr and b"of 1000000 words" in stderr
+    text = (shown + rest).decode()
+    assert text.endswith("\n") and len(text.split()) >= 20
+    assert set(text.split()) <= set(VOCAB) - {"<eos>"}
+
+
+def test_a_reader_that_goes_away_ends_it_quietly(checkpoint):
+    """`ptblm generate --words 1000000 | head -1`: no BrokenPipeError traceback."""
+    process = start(checkpoint, "--words", "1000000")
+    try:
+        read_words(process, 5)
+        process.stdout.close()
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert stderr.decode().strip() == ""
+
+
+def test_the_streamed_text_is_the_whole_text(checkpoint):
+    """Streaming prints what joining the words printed: the prompt, then the sampled words, an
+    <eos> as a line break, and one newline at the end."""
+    from ptblm.checkpoint import load_checkpoint, model_from_checkpoint, vocab_dict
+    from ptblm.generate import as_text, generate
+
+    process = start(checkpoint, "--prompt", "the cat", "--words", "300")
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    model = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
+    ids = generate(model, vocab_dict(VOCAB), [1, 2], 300, seed=3)
+    assert stdout.decode() == as_text(["the", "cat", *(VOCAB[i] for i in ids)]) + "\n"

@@ -1,0 +1,69 @@
+"""What a run shows while it trains: TensorBoard's point spacing, the bar, plain lines in a log."""
+
+import io
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+from helpers import make_corpus
+
+import ptblm.progress as progress
+from ptblm.config import load_config
+from ptblm.data import load_corpus
+from ptblm.progress import Progress, log_every
+from ptblm.signals import StopOnSignal
+from ptblm.train import Trainer
+
+
+def test_a_short_run_still_gets_twenty_points_on_each_curve():
+    assert log_every(100) == 5  # a 100-window smoke run: 20 points, not 2
+    assert log_every(2323 * 13) == 50  # a full small run: every 50 windows, as before
+    assert log_every(7) == 1
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("columns, bar", [(120, True), (0, False)], ids=["wide", "zero-width"])
+def test_the_bar_ends_where_max_steps_stops_the_run_and_a_zero_width_terminal_gets_lines(
+    tmp_path, monkeypatch, columns, bar
+):
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    monkeypatch.setattr(
+        shutil, "get_terminal_size", lambda fallback: os.terminal_size((columns, 0))
+    )
+    shown = Progress(tmp_path)
+    with shown.epoch(0, 13, 2323, done=0, last=80) as epoch_bar:
+        assert epoch_bar.total == 80 and (not epoch_bar.disable) == bar
+        shown.show(0, 1, 2323, ppl=900.0, wps=5000.0, lr=1.0)
+    text = sys.stdout.getvalue()
+    assert ("ppl=900.00" in text) == bar and ("perplexity: 900.000" in text) == (not bar)
+
+
+def test_off_a_terminal_a_line_is_due_every_thirty_seconds(tmp_path, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    shown = Progress(tmp_path)
+    with shown.epoch(0, 1, 100, done=0):
+        assert not shown.wants_figures()
+        clock[0] += progress.LINE_SECONDS
+        assert shown.wants_figures()
+        shown.show(0, 3, 100, ppl=50.0, wps=10.0, lr=1.0)
+        assert not shown.wants_figures()  # the line just printed restarts the clock
+
+
+def test_a_log_gets_figures_from_the_first_window_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    corpus = load_corpus(corpus_dir=make_corpus(tmp_path / "corpus"))
+    config = load_config("small", ["vocab_size=40", "hidden_size=8", "num_steps=5", "batch_size=4"])
+    trainer = Trainer(config, corpus, tmp_path / "run", torch.device("cpu"), max_steps=100)
+    with trainer.progress.open(config, 0):
+        trainer.train_epoch(StopOnSignal())
+    lines = sys.stdout.getvalue().splitlines()
+    windows = trainer.windows_per_epoch
+    assert lines[0].startswith(f"epoch 1 {1 / windows:.3f} perplexity:")  # after window 1
