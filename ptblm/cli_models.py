@@ -411,6 +411,9 @@ def runs(runs_dir: RunsDir = Path("runs"), as_json: AsJson = False) -> None:
     differ only in their seed as mean +- std beside the published row."""
     from ptblm.run_table import read_runs, render, seed_groups
 
+    if as_json and not runs_dir.is_dir():  # nothing trained yet: an empty table for scripts
+        typer.echo(_json({"runs": [], "seed_groups": []}))
+        return
     rows = read_runs(runs_dir)
     groups = seed_groups(rows)
     if as_json:

@@ -161,3 +161,11 @@ def test_an_odd_summary_is_listed_not_a_traceback(tmp_path, summary):
     assert result.stdout.splitlines()[1].startswith("a ")
     as_json = ptblm("runs", "--runs-dir", tmp_path, "--json")
     json.loads(as_json.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+
+
+def test_no_runs_directory_is_an_empty_table_for_scripts_and_a_message_for_people(tmp_path):
+    result = ptblm("runs", "--runs-dir", tmp_path / "none", "--json")
+    assert result.returncode == 0 and json.loads(result.stdout) == {"runs": [], "seed_groups": []}
+    assert_clean_failure(
+        ptblm("runs", "--runs-dir", tmp_path / "none"), 1, "no such runs directory"
+    )
