@@ -191,24 +191,12 @@ def evaluate_adapted(
     }
 
 
-def member_corpus(member, data_dir, corpus_dir):
-    """The corpus a checkpoint is evaluated on: --corpus, else the one it was trained on."""
-    from ptblm.checkpoint import check_vocabulary
-    from ptblm.data import load_corpus
-
-    if corpus_dir is None and member.checkpoint.get("corpus_dir"):
-        corpus_dir = Path(member.checkpoint["corpus_dir"])
-    corpus = load_corpus(data_dir, corpus_dir)
-    check_vocabulary(member.checkpoint, corpus, member.path)
-    return corpus
-
-
-def settle(member, data_dir, corpus_dir, cache, dynamic, tuning):
-    """The settings to use (tuned on the validation split with --tune) and the grid's results."""
+def settle(model, valid, cache, dynamic, tuning):
+    """The settings to use (tuned on `valid`, the validation split, with --tune) and the grid's
+    results (None without --tune)."""
     if not tuning:
         return cache, dynamic, None
-    valid = member_corpus(member, data_dir, corpus_dir).valid
-    tuned_cache, tuned_dynamic, tried = tune(member.model, valid, bool(cache), bool(dynamic))
+    tuned_cache, tuned_dynamic, tried = tune(model, valid(), bool(cache), bool(dynamic))
     return tuned_cache or cache, tuned_dynamic or dynamic, tried
 
 
@@ -224,11 +212,12 @@ def evaluate_checkpoint_adapted(
     tuning: bool,
 ) -> dict[str, Any]:
     """`ptblm eval RUN --cache/--dynamic [--tune]` on a split: the JSON-ready result."""
-    from ptblm.ensemble import load_members
+    from ptblm.ensemble import load_members, member_corpus
 
     (member,) = load_members([path], device, cell)
-    cache, dynamic, tried = settle(member, data_dir, corpus_dir, cache, dynamic, tuning)
-    ids = member_corpus(member, data_dir, corpus_dir).split(split)
+    corpus = member_corpus(member, data_dir, corpus_dir)  # loaded once, for --tune and the split
+    cache, dynamic, tried = settle(member.model, lambda: corpus.valid, cache, dynamic, tuning)
+    ids = corpus.split(split)
     result = evaluate_adapted(member.model, ids, cache, dynamic)
     result.update(split=split, tokens=ids.numel() - 1, checkpoint=str(path), tuned_on_valid=tried)
     return result

@@ -273,7 +273,10 @@ def _eval_text_adapted(path, text, device, cell, as_json, adapting, data_dir, co
     from ptblm.text import TextScorer, check_covered, read_lines
 
     (member,) = load_members([path], device, cell)
-    cache, dynamic, tried = settle(member, data_dir, corpus, *adapting)
+    from ptblm.ensemble import member_corpus
+
+    valid = lambda: member_corpus(member, data_dir, corpus).valid  # noqa: E731 (only if --tune)
+    cache, dynamic, tried = settle(member.model, valid, *adapting)
     vocab = vocab_dict(member.checkpoint["vocab"])
     check_covered(read_lines(text), vocab)
     plain = TextScorer([member.model], vocab, device=device)

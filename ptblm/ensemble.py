@@ -77,6 +77,19 @@ def member_logprobs(
     return torch.cat(columns, dim=2)
 
 
+def member_corpus(member: Member, data_dir: Path, corpus_dir: Path | None, progress=False):
+    """The corpus a checkpoint is evaluated on: --corpus, else the one it was trained on (a
+    --corpus directory is recorded in the checkpoint); CheckpointError for another vocabulary."""
+    from ptblm.checkpoint import check_vocabulary
+    from ptblm.data import load_corpus
+
+    if corpus_dir is None and member.checkpoint.get("corpus_dir"):
+        corpus_dir = Path(member.checkpoint["corpus_dir"])
+    corpus = load_corpus(data_dir, corpus_dir, progress=progress)
+    check_vocabulary(member.checkpoint, corpus, member.path)
+    return corpus
+
+
 def average(logprobs: torch.Tensor) -> torch.Tensor:
     """(members, ...) log-probabilities -> (...) log-probability of the averaged distribution."""
     return torch.logsumexp(logprobs, dim=0) - math.log(logprobs.size(0))

@@ -19,10 +19,9 @@ from typing import Any
 import torch
 
 from ptblm import memory
-from ptblm.checkpoint import check_vocabulary
 from ptblm.config import Config
-from ptblm.data import batchify, load_corpus, windows
-from ptblm.ensemble import average, load_members, member_logprobs
+from ptblm.data import batchify, windows
+from ptblm.ensemble import average, load_members, member_corpus, member_logprobs
 from ptblm.model import LSTMLanguageModel, token_nll
 from ptblm.published import published_ensemble
 
@@ -120,10 +119,7 @@ def evaluate_checkpoints(
     device = device or torch.device("cpu")
     members = load_members(paths, device, cell)
     first = members[0]
-    if corpus_dir is None and first.checkpoint.get("corpus_dir"):
-        corpus_dir = Path(first.checkpoint["corpus_dir"])
-    corpus = load_corpus(data_dir, corpus_dir, progress=progress)
-    check_vocabulary(first.checkpoint, corpus, first.path)
+    corpus = member_corpus(first, data_dir, corpus_dir, progress)
     if num_steps is None:
         num_steps = TEST_NUM_STEPS if batch_size == 1 else first.config.num_steps
     check_window_fits(corpus.split(split).numel(), batch_size, num_steps, first.config, device)
