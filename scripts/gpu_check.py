@@ -6,7 +6,9 @@
 2. the graphed step against the eager one (a quick `pytest -m cuda -k graphed`): if it fails,
    the full runs train with the eager step (--set cuda_graph=false)
 3. the benchmark (scripts/bench.py on cuda: ptblm's loop and a bare eager cuDNN loop of the same
-   shapes in one process; graphed, then eager) -> OUT/bench.txt
+   shapes in one process; graphed, then eager) -> OUT/bench.txt; with --probe, instead of the
+   eager bench: scripts/gpu_probe.py (kernel time by kind, what bf16 means for cuDNN's LSTM) and
+   the bench in bf16/fp16 and with TF32 -> OUT/probe.txt, OUT/bench_amp.txt, OUT/bench_tf32.txt
 4. the full runs named by --runs, started side by side (each its own process on the one GPU,
    fp32, TF32 off, seed 0) -> OUT/<run>.log
 5. the whole `pytest -m cuda` while they train -> OUT/tests.txt
@@ -119,6 +121,11 @@ def main() -> None:
     parser.add_argument("--bench-configs", nargs="*", default=["small", "medium", "large"])
     parser.add_argument("--bench-windows", type=int, default=200)
     parser.add_argument("--tests-timeout", type=float, default=300)
+    parser.add_argument(
+        "--probe", action="store_true",
+        help="also profile the bench configs' step, show what bf16 means for cuDNN's LSTM, and "
+        "bench them in bf16, fp16 and TF32 (instead of the eager bench)",
+    )  # fmt: skip
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +150,13 @@ def main() -> None:
     bench = [sys.executable, "scripts/bench.py", "--device", args.device, "--precisions", "fp32",
              "--configs", *args.bench_configs, "--rounds", "2"]  # fmt: skip
     sh([*bench, "--windows", str(args.bench_windows)], out / "bench.txt", timeout=300)
-    if args.device != "cpu":
+    if args.probe:
+        sh([sys.executable, "scripts/gpu_probe.py", "--device", args.device, "--config",
+            *args.bench_configs], out / "probe.txt", timeout=180)  # fmt: skip
+        windows = ["--windows", str(args.bench_windows)]
+        sh([*bench, *windows, "--precisions", "bf16", "fp16"], out / "bench_amp.txt", timeout=300)
+        sh([*bench, *windows, "--set", "allow_tf32=true"], out / "bench_tf32.txt", timeout=300)
+    elif args.device != "cpu":
         sh([*bench, "--windows", str(max(args.bench_windows // 2, 1)), "--set", "cuda_graph=false"],
            out / "bench_eager.txt", timeout=300)  # fmt: skip
 
