@@ -51,9 +51,7 @@ def lstm_precisions(device: torch.device, hidden_size: int) -> None:
     lstm = nn.LSTM(hidden_size, hidden_size, 2).to(device)
     x = torch.randn(35, 20, hidden_size, device=device)
     for label, dtype in (("fp32", None), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
-        autocast = (
-            torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-        )
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         try:
             for _ in range(2):  # the first pass picks algorithms
                 with profile(activities=activities(device)) as prof, autocast:
