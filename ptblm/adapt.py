@@ -23,6 +23,7 @@ import torch
 from ptblm.cache import CacheSettings, ContinuousCache
 from ptblm.data import windows
 from ptblm.dynamic import DynamicEvaluation, DynamicSettings
+from ptblm.errors import counted
 from ptblm.evaluate import TEST_NUM_STEPS, evaluate, perplexity
 from ptblm.model import LSTMLanguageModel, detach_state
 
@@ -246,7 +247,7 @@ def describe(result: dict[str, Any]) -> str:
     change = result["perplexity"] / result["plain_perplexity"] - 1
     lines.append(
         f"{result['split']} perplexity {result['perplexity']:.3f} with {' and '.join(what)}; "
-        f"plain {result['plain_perplexity']:.3f} ({change:+.1%}), over {result['tokens']} tokens "
+        f"plain {result['plain_perplexity']:.3f} ({change:+.1%}), over {counted(result['tokens'], 'token')} "
         f"({result['seconds']:.1f} s; plain {result['plain_seconds']:.1f} s) {result['checkpoint']}"
     )
     return "\n".join(lines)

@@ -13,8 +13,9 @@ A checkpoint (best.pt, last.pt) holds:
     rng                 torch / cuda / numpy / python random states, as tensors and plain data
     rank_rngs           every rank's torch (and cuda) generator state: the dropout masks
     versions            ptblm and torch versions that wrote it
-and the fields of RunRecord (below): where the run stands, the epoch's running sums, the best
-epoch, the history and the clock.
+and the fields of RunState (run_state.py): how the run was started, where it stands, the epoch's
+running sums, the best epoch, the history and the clock (config_name, max_steps and eval_tokens
+among them).
 
 No pickled objects: `torch.load(weights_only=True)` reads it, and a file carrying a pickle
 payload is refused instead of executed.
@@ -24,12 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import random
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,41 +37,15 @@ from ptblm import __version__
 from ptblm.atomic import atomic_write
 from ptblm.config import Config, build_config
 from ptblm.data import Corpus
+from ptblm.distributed import Distributed
 from ptblm.errors import CheckpointError, ConfigError, cut, quote
 from ptblm.model import LSTMLanguageModel
+from ptblm.run_state import RunState
 
-if TYPE_CHECKING:
-    from ptblm.train import Trainer
+LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, rows, hidden_size)
 
 CHECKPOINT_FORMAT = 1
 REQUIRED_KEYS = ("format", "model", "config", "vocab", "epoch", "window", "global_step")
-
-
-@dataclass
-class RunRecord:
-    """A run's course, saved in every checkpoint so that a resumed run continues exactly."""
-
-    # where the run stands
-    epoch: int = 0  # 0-based epoch of the next window
-    window: int = 0  # index in that epoch of the next window (0: epoch boundary)
-    global_step: int = 0  # training windows done in total
-    finished: bool = False  # training done; only the final test (and metrics) remain
-    # the current epoch's running sums (nats and tokens of all ranks), and their values at the
-    # last TensorBoard point with the gradient norms summed since, so that the next point covers
-    # the same windows as in an uninterrupted run
-    train_nll: float = 0.0
-    train_tokens: int = 0
-    logged_nll: float = 0.0
-    logged_tokens: int = 0
-    norm_sum: float = 0.0
-    # the best epoch so far and one entry per finished epoch
-    best_valid_ppl: float = math.inf
-    best_step: int = -1  # global_step of best.pt (-1: none yet)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    # the clock, across resumes
-    train_seconds: float = 0.0  # time spent in training windows (evaluation excluded)
-    timed_tokens: int = 0  # training tokens processed in that time
-    wall_seconds: float = 0.0  # wall-clock time of the run so far
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
@@ -235,29 +208,34 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def training_checkpoint(run: Trainer) -> dict[str, Any]:
+def training_checkpoint(
+    state: RunState,
+    model: LSTMLanguageModel,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    config: Config,
+    corpus: Corpus,
+    carried: LSTMState | None,
+    dist: Distributed,
+    device: torch.device,
+) -> dict[str, Any]:
     """The checkpoint of a run in training. A collective under torchrun: every rank calls it
     (the carried state and the generators of all ranks are gathered), rank 0 saves it."""
-    dist, device, state = run.dist, run.device, run.step.state
-    carried = None
-    if state is not None:
-        carried = [torch.cat(dist.gather(tensor), dim=1).cpu() for tensor in state]
+    if carried is not None:
+        carried = [torch.cat(dist.gather(tensor), dim=1).cpu() for tensor in carried]
     rank_rngs = [t.cpu() for t in dist.gather(torch.get_rng_state().to(device))]
     if device.type == "cuda":
         rank_rngs += [t.cpu() for t in dist.gather(torch.cuda.get_rng_state(device).to(device))]
     return {
-        **dataclasses.asdict(run.record),
+        **state.to_dict(),
         "format": CHECKPOINT_FORMAT,
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scaler": run.step.scaler.state_dict() if run.step.scaler else None,
-        "config": run.config.to_dict(),
-        "config_name": run.config_name,
-        "vocab": vocab_list(run.corpus.vocab),
-        "corpus_dir": str(run.corpus.folder.resolve()) if run.corpus.custom else None,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler else None,
+        "config": config.to_dict(),
+        "vocab": vocab_list(corpus.vocab),
+        "corpus_dir": str(corpus.folder.resolve()) if corpus.custom else None,
         "state": carried,
-        "max_steps": run.max_steps,
-        "eval_tokens": run.eval_tokens,
         "world_size": dist.world_size,
         "rng": rng_state(),
         "rank_rngs": rank_rngs,
@@ -265,31 +243,38 @@ def training_checkpoint(run: Trainer) -> dict[str, Any]:
     }
 
 
-def restore_training(run: Trainer, checkpoint: dict[str, Any], path: Path) -> None:
-    """Load a training checkpoint into a freshly built run: weights, optimizer, scaler, record,
-    this rank's rows of the carried state, and every generator."""
-    dist, device, rows = run.dist, run.device, run.rank_rows
+def restore_training(
+    checkpoint: dict[str, Any],
+    path: Path,
+    model: LSTMLanguageModel,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    rows: range,
+    windows_per_epoch: int,
+    dist: Distributed,
+    device: torch.device,
+) -> tuple[RunState, LSTMState | None]:
+    """Load a training checkpoint into a freshly built model, optimizer and scaler, and every
+    generator; return the run's state and this rank's rows of the carried LSTM state."""
     if checkpoint.get("world_size", 1) != dist.world_size:
         raise CheckpointError(
             f"this run was trained by {checkpoint.get('world_size', 1)} process(es); resume it "
             f"with as many (torchrun --nproc_per_node), so that it continues exactly."
         )
     try:
-        run.model.load_state_dict(checkpoint["model"])
-        run.optimizer.load_state_dict(checkpoint["optimizer"])
-        if run.step.scaler and checkpoint["scaler"]:
-            run.step.scaler.load_state_dict(checkpoint["scaler"])
-        fields = dataclasses.fields(RunRecord)
-        run.record = RunRecord(**{field.name: checkpoint[field.name] for field in fields})
-        if run.record.window > run.windows_per_epoch:  # load_checkpoint checked the type
-            raise ValueError(f"window {run.record.window} of an epoch of {run.windows_per_epoch}")
-        run.step.state = None
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if scaler and checkpoint["scaler"]:
+            scaler.load_state_dict(checkpoint["scaler"])
+        state = RunState.from_checkpoint(checkpoint)
+        if state.window > windows_per_epoch:  # load_checkpoint checked the type
+            raise ValueError(f"window {state.window} of an epoch of {windows_per_epoch}")
+        carried = None
         if checkpoint["state"] is not None:
-            state = tuple(t[:, rows.start : rows.stop].to(device) for t in checkpoint["state"])
-            expected = (run.model.num_layers, len(rows), run.model.hidden_size)
-            if state[0].shape != expected:
-                raise ValueError(f"carried state of shape {tuple(state[0].shape)}")
-            run.step.state = state
+            carried = tuple(t[:, rows.start : rows.stop].to(device) for t in checkpoint["state"])
+            expected = (model.num_layers, len(rows), model.hidden_size)
+            if carried[0].shape != expected:
+                raise ValueError(f"carried state of shape {tuple(carried[0].shape)}")
         set_rng_state(checkpoint["rng"])
         if dist.enabled:
             rngs = checkpoint["rank_rngs"]
@@ -302,3 +287,4 @@ def restore_training(run: Trainer, checkpoint: dict[str, Any], path: Path) -> No
             f"{path} cannot be resumed ({detail[:200]}): it is damaged or was written by another "
             f"version. Start a new run."
         ) from None
+    return state, carried

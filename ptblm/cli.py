@@ -13,8 +13,17 @@ from typing import Annotated
 
 import typer
 
-from ptblm import __version__, cli_models
-from ptblm.cli_options import CorpusDir, DataDir, Device, Overrides, RunsDir, Threads
+from ptblm import __version__, cli_eval, cli_generate
+from ptblm.cli_options import (
+    AsJson,
+    CorpusDir,
+    DataDir,
+    Device,
+    Overrides,
+    RunsDir,
+    Threads,
+    json_text,
+)
 from ptblm.config import (
     PRECISIONS,
     config_to_yaml,
@@ -179,7 +188,8 @@ def train(
     new_config = load_config(config, overrides) if resume is None else None
     from ptblm.data import load_corpus_on_all_ranks
     from ptblm.distributed import init_distributed, shutdown
-    from ptblm.runs import default_run_name, format_summary
+    from ptblm.results import format_summary
+    from ptblm.run_dir import default_run_name
     from ptblm.runtime import Threads as ComputeThreads
     from ptblm.runtime import check_precision, keep_freed_memory, resolve_device
     from ptblm.train import Trainer
@@ -225,7 +235,8 @@ def train(
 def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose, threads):
     from ptblm.checkpoint import check_vocabulary
     from ptblm.data import load_corpus_on_all_ranks
-    from ptblm.runs import LAST, load_resumable
+    from ptblm.run_dir import load_resumable
+    from ptblm.run_files import LAST
     from ptblm.train import Trainer
 
     checkpoint, saved = load_resumable(run_dir)
@@ -238,10 +249,7 @@ def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose, 
         corpus,
         run_dir,
         device,
-        max_steps=checkpoint["max_steps"],
-        eval_tokens=checkpoint.get("eval_tokens"),
         command=command_line(),
-        config_name=checkpoint.get("config_name"),
         verbose=verbose,
         resume=checkpoint,
         dist=dist,
@@ -264,10 +272,26 @@ def limit_flags(**limits: int | None) -> str:
     return "".join(f" --{key.replace('_', '-')} {value}" for key, value in limits.items() if value)
 
 
-# The commands that use trained models and runs live in cli_models.py.
-app.command("eval")(cli_models.eval_)
-app.command()(cli_models.generate)
-app.command()(cli_models.runs)
+# The commands that use trained models have modules of their own.
+app.command("eval")(cli_eval.eval_)
+app.command()(cli_generate.generate)
+
+
+@app.command()
+def runs(runs_dir: RunsDir = Path("runs"), as_json: AsJson = False) -> None:
+    """List every run: config, seed, status, epochs, best valid, test, time and speed; runs that
+    differ only in their seed as mean +- std beside the published row."""
+    from ptblm.run_table import read_runs, render, seed_groups
+
+    if as_json and not runs_dir.is_dir():  # nothing trained yet: an empty table for scripts
+        typer.echo(json_text({"runs": [], "seed_groups": []}))
+        return
+    rows = read_runs(runs_dir)
+    groups = seed_groups(rows)
+    if as_json:
+        typer.echo(json_text({"runs": rows, "seed_groups": groups}))
+    else:
+        typer.echo(render(rows, groups, runs_dir))
 
 
 def usage_error(error: Exception) -> str | None:

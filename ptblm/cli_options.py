@@ -1,11 +1,16 @@
-"""The command-line options that several `ptblm` commands share."""
+"""The command-line options that several `ptblm` commands share, and reading the arguments they
+share: checkpoints to load, JSON to print."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from ptblm.config import CELLS
+from ptblm.errors import ConfigError
 
 DataDir = Annotated[
     Path, typer.Option("--data-dir", help="Where the PTB download is cached (DIR/ptb/).")
@@ -73,3 +78,19 @@ Tune = Annotated[
         "small grid), then score the split or text with them.",
     ),
 ]
+
+
+def json_text(data: Any) -> str:
+    """Strict JSON for scripts: an infinite or NaN perplexity (a diverged model) becomes null."""
+    from ptblm.run_files import strict
+
+    return json.dumps(strict(data), allow_nan=False)
+
+
+def checkpoints_of(targets: list[Path] | None, runs_dir: Path, cell: str | None) -> list[Path]:
+    """The checkpoint files that run directories or files name (the newest run's for none)."""
+    from ptblm.run_dir import resolve_checkpoint
+
+    if cell is not None and cell not in CELLS:
+        raise ConfigError(f"--cell {cell}: use {' or '.join(CELLS)}.")
+    return [resolve_checkpoint(target, runs_dir) for target in targets or [None]]

@@ -21,7 +21,7 @@ import torch
 from ptblm.config import Config
 from ptblm.distributed import Distributed
 from ptblm.download import SPLITS, download_ptb
-from ptblm.errors import ConfigError, DataError
+from ptblm.errors import ConfigError, DataError, counted
 
 EOS = "<eos>"
 
@@ -147,7 +147,7 @@ def check_fits(config: Config, corpus: Corpus, world_size: int, test_batch_size:
         ids = corpus.split(split)
         if ids.numel() // batch_size < num_steps + 1:
             raise DataError(
-                f"the {split} split of {corpus.folder} has {ids.numel()} tokens: too few for one "
+                f"the {split} split of {corpus.folder} has {counted(ids.numel(), 'token')}: too few for one "
                 f"window of batch_size {batch_size} x num_steps {num_steps}."
             )
 
@@ -161,8 +161,9 @@ def batchify(ids: torch.Tensor | Sequence[int], batch_size: int) -> torch.Tensor
     batch_len = ids.numel() // batch_size
     if batch_len < 2:
         raise DataError(
-            f"{ids.numel()} tokens are too few for batch_size {batch_size}: each row needs at "
-            f"least 2 tokens (one input, one target)."
+            f"batch_size {batch_size} needs {2 * batch_size} tokens at least (each row one input "
+            f"and one target), and there {'is' if ids.numel() == 1 else 'are'} "
+            f"{counted(ids.numel(), 'token')}."
         )
     return ids[: batch_size * batch_len].view(batch_size, batch_len)
 
@@ -176,14 +177,20 @@ def num_windows(batch_len: int, num_steps: int, partial: bool = False) -> int:
 
 
 def windows(
-    data: torch.Tensor, num_steps: int, start: int = 0, partial: bool = False
+    data: torch.Tensor,
+    num_steps: int,
+    start: int = 0,
+    stop: int | None = None,
+    partial: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (x, y) windows of a batchified (batch_size, batch_len) matrix, from window `start`.
+    """Yield (x, y) windows of a batchified (batch_size, batch_len) matrix, from window `start`
+    to window `stop` (excluded; None: the last).
 
     x and y are views (no copy), so the matrix can live on the GPU and be cut there.
     """
     batch_len = data.size(1)
-    for i in range(start, num_windows(batch_len, num_steps, partial)):
+    last = num_windows(batch_len, num_steps, partial)
+    for i in range(start, last if stop is None else min(stop, last)):
         begin = i * num_steps
         end = min(begin + num_steps, batch_len - 1)
         yield data[:, begin:end], data[:, begin + 1 : end + 1]

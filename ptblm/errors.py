@@ -24,6 +24,11 @@ def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
     return cut(_REPR.repr(value), limit)
 
 
+def counted(number: int, noun: str) -> str:
+    """ "1 token", "2 tokens": a count and its noun, in the plural unless the count is one."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def cut(text: str, limit: int = QUOTE_LIMIT) -> str:
     """The first `limit` characters of a text the user gave (a --set KEY=VALUE), and "..."."""
     return text if len(text) <= limit else text[:limit] + "..."

@@ -140,7 +140,7 @@ def evaluate_checkpoints(
         result["published"] = published_ensemble([m.config for m in members], split)
     result.update(
         checkpoint=str(first.path) if len(members) == 1 else [str(m.path) for m in members],
-        epoch=first.checkpoint["epoch"],
+        epochs_completed=first.checkpoint["epoch"],
         global_step=first.checkpoint["global_step"],
         cell=first.model.cell,
         seconds=round(time.perf_counter() - started, 3),

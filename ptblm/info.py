@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ptblm.download import corpus_status
+from ptblm.errors import counted
 from ptblm.runtime import (
     Threads,
     busy_elsewhere,
@@ -86,7 +87,7 @@ def render(info: dict[str, Any]) -> str:
         f"{cpu['threads']} (OMP_NUM_THREADS or --threads)"
         if cpu["threads"] != "auto"
         else f"auto, the cores other work leaves free: {cpu['torch_threads']} now "
-        f"({cpu['busy_elsewhere']} threads of other processes running)"
+        f"({counted(cpu['busy_elsewhere'], 'thread')} of other processes running)"
     )
     bf16 = "yes" if cpu["native_bf16"] else "no (neither AVX-512 BF16 nor AMX: bf16 is refused)"
     lines = [

@@ -134,15 +134,21 @@ class Progress:
 
     def hparams(self, values: dict[str, Any]) -> None:
         """The HParams tab entry, written into the run itself (SummaryWriter.add_hparams would
-        make a separate sub-run). Its metrics are the run's own train/valid/test ppl scalars."""
+        make a separate sub-run). Columns in the order of `values` (the caller puts what tells
+        runs apart first); booleans stay booleans and strings strings (torch's own `hparams()`
+        stores a bool as 0.0/1.0). Its metrics are the run's own test/valid/train ppl scalars."""
         if not self.writer:
             return
-        from torch.utils.tensorboard.summary import hparams
+        from tensorboard.plugins.hparams import summary_v2 as api
 
-        metrics = {"train/ppl": 0.0, "valid/ppl": 0.0, "test/ppl": 0.0}
+        columns = [
+            api.HParam(name, api.Discrete([False, True]) if isinstance(value, bool) else None)
+            for name, value in values.items()
+        ]
+        metrics = [api.Metric(tag) for tag in ("test/ppl", "valid/ppl", "train/ppl")]
         file_writer = self.writer._get_file_writer()
-        for summary in hparams(values, metrics):
-            file_writer.add_summary(summary)
+        file_writer.add_summary(api.hparams_config_pb(hparams=columns, metrics=metrics))
+        file_writer.add_summary(api.hparams_pb(values))
 
     def say(self, text: str) -> None:
         if self.verbose:

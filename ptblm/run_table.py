@@ -14,107 +14,23 @@ row.
 from __future__ import annotations
 
 import json
-import math
-import os
-import stat
 import statistics
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ptblm import safe_yaml
 from ptblm.errors import DataError
-
-# The files of a run directory (runs.py writes them; the names live here, where no torch is).
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.json"
-SUMMARY_FILE = "summary.json"
-LOCK_FILE = ".lock"
-LAST = "last.pt"
-BEST = "best.pt"
-
-
-def finite(value: float | None) -> float | None:
-    """JSON has no inf or nan: such a value is written as null."""
-    return value if value is not None and math.isfinite(value) else None
-
-
-def strict(data: Any) -> Any:
-    """`data` with every infinite or NaN float, however deep, made None: strict JSON."""
-    if isinstance(data, float):
-        return finite(data)
-    if isinstance(data, dict):
-        return {key: strict(value) for key, value in data.items()}
-    if isinstance(data, list):
-        return [strict(value) for value in data]
-    return data
-
-
-def open_regular(path: Path, flags: int = os.O_RDONLY) -> int:
-    """os.open for a file of a run directory, which may have come from someone else: never
-    through a symbolic link (a `.lock` linked to a file of the user's would be written), never
-    blocking on a FIFO or device (`ptblm runs` would hang). OSError unless a regular file."""
-    nofollow = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    handle = os.open(path, flags | nofollow | getattr(os, "O_CLOEXEC", 0), 0o666)
-    if not stat.S_ISREG(os.fstat(handle).st_mode):
-        os.close(handle)
-        raise OSError(f"{path} is not a regular file")
-    return handle
-
-
-def read_text(path: Path) -> str:
-    """A run directory's text file, read as open_regular allows."""
-    with os.fdopen(open_regular(path), encoding="utf-8") as file:
-        return file.read()
-
-
-def is_locked(run_dir: Path) -> bool:
-    """Is a process training this run now (holding its lock)?"""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: runs are never locked
-        return False
-    try:
-        with os.fdopen(open_regular(run_dir / LOCK_FILE)) as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            return False
-    except OSError:
-        return False
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(read_text(path))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def read_config(run_dir: Path) -> dict[str, Any]:
-    """config.yaml as a plain mapping ({} where it is missing or unreadable)."""
-    try:
-        config = safe_yaml.load(read_text(run_dir / CONFIG_FILE))  # no alias bombs
-    except (OSError, ValueError, yaml.YAMLError):
-        return {}
-    return config if isinstance(config, dict) else {}
-
-
-def config_name_of(run_dir: Path) -> str | None:
-    """The --config a run was started with, from the command in config.yaml's header (for a run
-    that never wrote a summary)."""
-    try:
-        command = read_text(run_dir / CONFIG_FILE).splitlines()[1].lstrip("# ").split()
-    except (OSError, ValueError, IndexError):
-        return None
-    for option, value in zip(command, command[1:]):
-        if option in ("--config", "-c"):
-            return Path(value).stem
-    return None
+from ptblm.run_files import (
+    BEST,
+    CONFIG_FILE,
+    LAST,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    config_name_of,
+    finite,
+    is_locked,
+    read_config,
+    read_json,
+)
 
 
 def _from_older_ptblm(run_dir: Path) -> dict[str, Any] | None:
@@ -135,7 +51,7 @@ def _from_older_ptblm(run_dir: Path) -> dict[str, Any] | None:
 STATUSES = ("finished", "stopped", "diverged")  # as written; "training" is read from the lock
 NUMBERS = ("epochs_trained", "valid_ppl", "best_valid_ppl", "test_ppl", "best_test_ppl",
            "train_wps", "wall_seconds")  # fmt: skip
-COUNTS = ("epoch", "window", "global_step", "diverged_at_step", "max_steps")
+COUNTS = ("epochs_completed", "window", "global_step", "diverged_at_step", "max_steps")
 
 
 def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:
@@ -228,9 +144,9 @@ def _status(row: dict[str, Any]) -> str:
             return "stopped before its first checkpoint: start it again"
         if row.get("finished_training") is True:
             return "trained, test pending, resumable"
-        if row["epoch"] is None or row["window"] is None:  # a run of an older ptblm
+        if row["epochs_completed"] is None or row["window"] is None:  # a run of an older ptblm
             return "stopped, resumable"
-        return f"stopped at epoch {row['epoch'] + 1} window {row['window']}, resumable"
+        return f"stopped at epoch {row['epochs_completed'] + 1} window {row['window']}, resumable"
     if status == "diverged":
         return f"diverged at step {row['diverged_at_step'] or '?'}"
     if status == "unreadable":

@@ -8,8 +8,9 @@
         save best.pt (lowest validation so far) and last.pt
     test with the table's protocol (batch_size 1, the whole stream): the final model and best.pt
 
-Everything a run writes lives in its run directory (runs.py); under torchrun only rank 0 prints,
-logs and saves.
+A run's state apart from its tensors is one RunState (run_state.py), saved in every checkpoint
+(`save`) and restored from one (`__init__`). Everything a run writes lives in its run directory
+(run_dir.py); under torchrun only rank 0 prints, logs and saves.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Any
 import torch
 
 from ptblm.checkpoint import (
-    RunRecord,
     load_checkpoint,
     model_from_checkpoint,
     restore_training,
@@ -39,14 +39,10 @@ from ptblm.evaluate import TEST_BATCH_SIZE, TEST_NUM_STEPS, evaluate, perplexity
 from ptblm.memory import check_training_fits
 from ptblm.model import LSTMLanguageModel
 from ptblm.progress import Progress, log_every
-from ptblm.runs import (
-    BEST,
-    LAST,
-    RunDirectory,
-    resumable_checkpoint,
-    run_metrics,
-    run_summary,
-)
+from ptblm.results import run_metrics
+from ptblm.run_dir import RunDirectory, resumable_checkpoint
+from ptblm.run_files import BEST, LAST
+from ptblm.run_state import RunState
 from ptblm.runtime import (
     Threads,
     autocast_context,
@@ -84,8 +80,6 @@ class Trainer:
         dist: Distributed = SINGLE_PROCESS,
     ):
         self.config, self.corpus, self.device, self.dist = config, corpus, device, dist
-        self.max_steps = max_steps
-        self.eval_tokens = eval_tokens  # validate and test on a prefix only (a smoke run)
         self.threads = threads  # None: as the caller left torch (the CLI adapts them to load)
         least = config.batch_size * (config.num_steps + 1)  # one validation window
         if eval_tokens is not None and eval_tokens < least:
@@ -93,7 +87,6 @@ class Trainer:
                 f"--eval-tokens {eval_tokens}: validation needs one window of batch_size x "
                 f"(num_steps + 1) = {least} tokens at least."
             )
-        self.config_name = config_name
         check_fits(config, corpus, dist.world_size, TEST_BATCH_SIZE)
         if device.type == "cuda":
             configure_tf32(config.allow_tf32)
@@ -127,34 +120,45 @@ class Trainer:
         self.train_data = rows_of_text[self.rank_rows.start : self.rank_rows.stop].to(device)
         self.windows_per_epoch = num_windows(self.train_data.size(1), config.num_steps)
         self.run_dir = RunDirectory(run_dir)
-        self.record = RunRecord()
-        if resume is not None:
-            self.run_dir.reopen(dist)
-            restore_training(self, resume, self.run_dir.path / LAST)
-        else:
+        if resume is None:
+            self.run_state = RunState(config_name, max_steps, eval_tokens)
             self.run_dir.create(config, command, dist, device, limits)
+        else:  # everything the checkpoint holds, --max-steps and --eval-tokens included
+            self.run_dir.reopen(dist)
+            self.run_state, self.step.state = restore_training(
+                resume,
+                self.run_dir.path / LAST,
+                self.model,
+                self.optimizer,
+                self.step.scaler,
+                self.rank_rows,
+                self.windows_per_epoch,
+                dist,
+                device,
+            )
         self.progress = Progress(self.run_dir.path, enabled=dist.is_main, verbose=verbose)
-        self.log_every = log_every(max_steps or self.windows_per_epoch * config.max_max_epoch)
+        total = self.windows_per_epoch * config.max_max_epoch
+        self.log_every = log_every(self.run_state.max_steps or total)
         self.shown = False  # the figures, once in this process, from its first window
         self._process_start = time.perf_counter()
-        self._wall_before = self.record.wall_seconds
+        self._wall_before = self.run_state.wall_seconds
 
     # --- the whole run --------------------------------------------------------------------
 
     def run(self) -> dict[str, Any] | None:
         """Train to the end (or max_steps), test, write metrics.json; return the metrics
         (None on ranks other than 0, which only train)."""
-        record = self.record
-        if record.finished and (metrics := self.run_dir.read_metrics()) is not None:
+        run = self.run_state
+        if run.finished and (metrics := self.run_dir.read_metrics()) is not None:
             self.progress.say(f"{self.run_dir.path} has finished already.")
             self.run_dir.complete_summary(metrics)  # if a full disk or a kill cut it off
             return metrics
         announce = self.dist.is_main and self.progress.verbose
         with (
-            self.progress.open(self.config, resumed_at_step=record.global_step),
+            self.progress.open(self.config, resumed_at_step=run.global_step),
             StopOnSignal(exit_on_second=not self.dist.enabled, announce=announce) as stop,
         ):
-            while not record.finished:
+            while not run.finished:
                 ended = self.train_epoch(stop)
                 if ended is EpochEnd.INTERRUPTED:
                     raise self.interrupted(stop)
@@ -168,7 +172,7 @@ class Trainer:
 
             self.progress.say("Testing (batch size 1, the whole test stream)...")
             test_ppl = self.test(self.model, stop)
-            if record.best_step == record.global_step:
+            if run.best_step == run.global_step:
                 best_test_ppl = test_ppl  # best.pt holds these very weights
             else:
                 best = self.run_dir.path / BEST
@@ -176,43 +180,42 @@ class Trainer:
                 best_test_ppl = self.test(best_model, stop)
             if stop():
                 raise self.interrupted(stop)  # last.pt is final: resuming only tests again
-            self.progress.scalar("test/ppl", test_ppl, record.global_step)
-            summary = run_summary(self, "finished", test_ppl=test_ppl, best_test_ppl=best_test_ppl)
-            metrics = run_metrics(self, summary)
-            hparams = {"config_name": self.config_name or "", "max_steps": self.max_steps or 0}
-            self.progress.hparams({**self.config.to_dict(), **hparams})
+            self.progress.scalar("test/ppl", test_ppl, run.global_step)
+            summary = self.summary("finished", test_ppl=test_ppl, best_test_ppl=best_test_ppl)
+            metrics = run_metrics(summary, run, self.device, self.threads, self.dist.world_size)
+            config = self.config.to_dict()
+            first = {"seed": config.pop("seed"), "config_name": run.config_name or ""}
+            self.progress.hparams({**first, "max_steps": run.max_steps or 0, **config})
         self.run_dir.write_metrics(metrics)
         self.run_dir.write_summary(summary)
         return metrics
 
     def end_epoch(self, ended: EpochEnd, valid_ppl: float) -> None:
         """Record the epoch, move on, and save best.pt (if it is the best so far) and last.pt."""
-        record = self.record
-        train_ppl = perplexity(record.train_nll, record.train_tokens)
+        run = self.run_state
+        train_ppl = perplexity(run.train_nll, run.train_tokens)
         lr = self.optimizer.param_groups[0]["lr"]
-        record.history.append(
+        run.history.append(
             {
-                "epoch": record.epoch + 1,
+                "epoch": run.epoch + 1,
                 "learning_rate": lr,
-                "windows": record.window,
+                "windows": run.window,
                 "train_ppl": train_ppl,
                 "valid_ppl": valid_ppl,
             }
         )
-        self.progress.scalar("valid/ppl", valid_ppl, record.global_step)
+        self.progress.scalar("valid/ppl", valid_ppl, run.global_step)
         self.progress.say(
-            f"Epoch {record.epoch + 1}: learning rate {lr:g}, train perplexity {train_ppl:.3f}, "
+            f"Epoch {run.epoch + 1}: learning rate {lr:g}, train perplexity {train_ppl:.3f}, "
             f"valid perplexity {valid_ppl:.3f}"
         )
         if ended is EpochEnd.COMPLETE:
-            record.epoch, record.window, self.step.state = record.epoch + 1, 0, None
-        record.finished = (
-            ended is EpochEnd.MAX_STEPS
-            or record.epoch >= self.config.max_max_epoch
-            or self.reached_max_steps()
+            run.epoch, run.window, self.step.state = run.epoch + 1, 0, None
+        run.finished = (
+            run.epoch >= self.config.max_max_epoch or run.windows_left(self.windows_per_epoch) == 0
         )
-        if record.best_step < 0 or valid_ppl < record.best_valid_ppl:
-            record.best_valid_ppl, record.best_step = valid_ppl, record.global_step
+        if run.best_step < 0 or valid_ppl < run.best_valid_ppl:
+            run.best_valid_ppl, run.best_step = valid_ppl, run.global_step
             self.save(BEST)
         self.save(LAST)
 
@@ -220,121 +223,114 @@ class Trainer:
 
     def train_epoch(self, stop: StopOnSignal) -> EpochEnd:
         """Train the rest of the current epoch; return why it ended."""
-        config, record = self.config, self.record
-        lr = learning_rate_at(config, record.epoch)
+        config, run = self.config, self.run_state
+        lr = learning_rate_at(config, run.epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if record.window == 0:
+        if run.window == 0:
             self.step.state = self.model.initial_state(self.train_data.size(0), self.device)
-            record.train_nll = record.logged_nll = record.norm_sum = 0.0
-            record.train_tokens = record.logged_tokens = 0
+            run.train_nll = run.logged_nll = run.norm_sum = 0.0
+            run.train_tokens = run.logged_tokens = 0
         self.model.train()
         interval_start = time.perf_counter()
-        last = None  # the bar ends where --max-steps stops the run, if in this epoch
-        if self.max_steps is not None:
-            last = min(self.windows_per_epoch, record.window + self.max_steps - record.global_step)
+        stop_at = run.window + run.windows_left(
+            self.windows_per_epoch
+        )  # epoch's end or --max-steps
         with self.progress.epoch(
-            record.epoch, config.max_max_epoch, self.windows_per_epoch, record.window, last
+            run.epoch, config.max_max_epoch, self.windows_per_epoch, run.window, stop_at
         ) as bar:
-            for x, y in windows(self.train_data, config.num_steps, start=record.window):
-                if self.reached_max_steps():
-                    return EpochEnd.MAX_STEPS
+            for x, y in windows(self.train_data, config.num_steps, run.window, stop_at):
                 try:
                     self.step(x, y)
                 except Diverged as diverged:
                     raise self.on_divergence(diverged, lr) from None
-                record.window += 1
-                record.global_step += 1
+                run.window += 1
+                run.global_step += 1
                 bar.update()
-                epoch_end = record.window == self.windows_per_epoch
-                if record.window % self.log_every == 0 or epoch_end or self.reached_max_steps():
+                last = run.window == stop_at
+                if run.window % self.log_every == 0 or last:
                     self.account(lr)
                     self.log_interval(lr, time.perf_counter() - interval_start)
                     interval_start = time.perf_counter()
                 elif not self.shown or self.progress.wants_figures():
                     self.show_so_far(lr, time.perf_counter() - interval_start)
                 self.shown = True
-                # At the epoch's end last.pt is written after validation instead.
+                # After the last window last.pt is written after validation instead.
                 every = config.checkpoint_every
-                if every and not epoch_end and record.global_step % every == 0:
+                if every and not last and run.global_step % every == 0:
                     saving = time.perf_counter()
                     self.save(LAST)
                     interval_start += time.perf_counter() - saving  # not training time
                 if self.stopping(stop):
                     self.save(LAST)
                     return EpochEnd.INTERRUPTED
-                if self.reached_max_steps():
-                    return EpochEnd.MAX_STEPS
-        return EpochEnd.COMPLETE
+        return EpochEnd.COMPLETE if run.window == self.windows_per_epoch else EpochEnd.MAX_STEPS
 
     def account(self, lr: float) -> None:
         """Add the windows the step has trained since the last call to the record (the step
         reads them back here, once per log interval, not once per window)."""
-        record = self.record
+        run = self.run_state
         tokens_per_window = self.config.batch_size * self.config.num_steps  # all ranks together
         try:
             trained = self.step.drain()
         except Diverged as diverged:
             back = diverged.windows_after + 1  # to just before the diverged window
-            record.global_step, record.window = record.global_step - back, record.window - back
+            run.global_step, run.window = run.global_step - back, run.window - back
             raise self.on_divergence(diverged, lr) from None
         for mean_nll, grad_norm in trained:
-            record.train_nll += mean_nll * tokens_per_window
-            record.train_tokens += tokens_per_window
-            record.norm_sum += grad_norm
+            run.train_nll += mean_nll * tokens_per_window
+            run.train_tokens += tokens_per_window
+            run.norm_sum += grad_norm
 
     def show_so_far(self, lr: float, seconds: float) -> None:
         """The figures between two log points (no TensorBoard point, so that the points of a
         resumed run fall where an uninterrupted run's do)."""
         self.account(lr)
-        record = self.record
+        run = self.run_state
         self.progress.show(
-            record.epoch,
-            record.window,
+            run.epoch,
+            run.window,
             self.windows_per_epoch,
-            ppl=perplexity(record.train_nll, record.train_tokens),
-            wps=(record.train_tokens - record.logged_tokens) / max(seconds, 1e-9),
+            ppl=perplexity(run.train_nll, run.train_tokens),
+            wps=(run.train_tokens - run.logged_tokens) / max(seconds, 1e-9),
             lr=lr,
         )
-
-    def reached_max_steps(self) -> bool:
-        return self.max_steps is not None and self.record.global_step >= self.max_steps
 
     def log_interval(self, lr: float, seconds: float) -> None:
         """Account the windows since the last point as training time, and show them."""
-        record = self.record
-        tokens = record.train_tokens - record.logged_tokens
-        record.train_seconds += seconds
-        record.timed_tokens += tokens
+        run = self.run_state
+        tokens = run.train_tokens - run.logged_tokens
+        run.train_seconds += seconds
+        run.timed_tokens += tokens
         window_tokens = self.config.batch_size * self.config.num_steps
         self.progress.train_point(
-            record.epoch,
-            record.window,
+            run.epoch,
+            run.window,
             self.windows_per_epoch,
-            record.global_step,
-            loss=(record.train_nll - record.logged_nll) / tokens,
-            ppl=perplexity(record.train_nll, record.train_tokens),
+            run.global_step,
+            loss=(run.train_nll - run.logged_nll) / tokens,
+            ppl=perplexity(run.train_nll, run.train_tokens),
             lr=lr,
-            grad_norm=record.norm_sum / (tokens // window_tokens),
+            grad_norm=run.norm_sum / (tokens // window_tokens),
             wps=tokens / seconds,
         )
-        record.logged_nll, record.logged_tokens = record.train_nll, record.train_tokens
-        record.norm_sum = 0.0
+        run.logged_nll, run.logged_tokens = run.train_nll, run.train_tokens
+        run.norm_sum = 0.0
         if self.threads:
             self.threads.adjust()  # other work may have started or ended
 
     def on_divergence(self, diverged: Diverged, lr: float) -> DivergenceError:
         """Mark the run diverged in summary.json and return the error to raise (a summary that
         cannot be written is let go: the divergence is what the user must hear about)."""
-        record = self.record
+        run = self.run_state
         if self.dist.is_main:
             with contextlib.suppress(CheckpointError):
-                step = record.global_step + 1
-                self.run_dir.write_summary(run_summary(self, "diverged", diverged_at_step=step))
+                step = run.global_step + 1
+                self.run_dir.write_summary(self.summary("diverged", diverged_at_step=step))
         saved = resumable_checkpoint(self.run_dir.path)
         return DivergenceError(
-            f"training diverged at step {record.global_step + 1} (epoch {record.epoch + 1}, "
-            f"window {record.window + 1}, learning rate {lr:g}): loss per token "
+            f"training diverged at step {run.global_step + 1} (epoch {run.epoch + 1}, "
+            f"window {run.window + 1}, learning rate {lr:g}): loss per token "
             f"{diverged.mean_nll:g}, gradient norm {diverged.grad_norm:g}. "
             + (
                 f"The last checkpoint, {saved}, is intact. "
@@ -350,7 +346,7 @@ class Trainer:
         config = self.config
         nll, tokens = evaluate(
             self.model,
-            self.corpus.valid[: self.eval_tokens],
+            self.corpus.valid[: self.run_state.eval_tokens],
             config.batch_size,
             config.num_steps,
             rows=self.rank_rows,
@@ -362,7 +358,7 @@ class Trainer:
         """The table's protocol: batch_size 1 over the whole test stream."""
         nll, tokens = evaluate(
             model,
-            self.corpus.test[: self.eval_tokens],
+            self.corpus.test[: self.run_state.eval_tokens],
             TEST_BATCH_SIZE,
             TEST_NUM_STEPS,
             should_stop=stop,
@@ -377,8 +373,8 @@ class Trainer:
 
     def interrupted(self, stop: StopOnSignal) -> Interrupted:
         return Interrupted(
-            f"{stop.name} received: stopped at step {self.record.global_step} (epoch "
-            f"{self.record.epoch + 1}) and saved {self.run_dir.path / LAST}.\n"
+            f"{stop.name} received: stopped at step {self.run_state.global_step} (epoch "
+            f"{self.run_state.epoch + 1}) and saved {self.run_dir.path / LAST}.\n"
             f"Continue with: ptblm train --resume {self.run_dir.path}",
             stop.exit_code,
         )
@@ -386,12 +382,27 @@ class Trainer:
     def save(self, name: str) -> None:
         """Write a checkpoint (and flush TensorBoard with it); a collective under torchrun."""
         self.account(self.optimizer.param_groups[0]["lr"])
-        self.record.wall_seconds = self.wall_seconds()
+        self.run_state.wall_seconds = self.wall_seconds()
         self.progress.flush()
-        checkpoint = training_checkpoint(self)
+        checkpoint = training_checkpoint(
+            self.run_state,
+            self.model,
+            self.optimizer,
+            self.step.scaler,
+            self.config,
+            self.corpus,
+            self.step.state,
+            self.dist,
+            self.device,
+        )
         if self.dist.is_main:
             save_checkpoint(self.run_dir.path / name, checkpoint)
-            self.run_dir.write_summary(run_summary(self, "stopped"))  # `ptblm runs` reads it
+            self.run_dir.write_summary(self.summary("stopped"))  # `ptblm runs` reads it
+
+    def summary(self, status: str, **results: Any) -> dict[str, Any]:
+        """summary.json's content now (RunState.summary, with the clock read now)."""
+        self.run_state.wall_seconds = self.wall_seconds()
+        return self.run_state.summary(status, self.config, self.windows_per_epoch, **results)
 
     def wall_seconds(self) -> float:
         return self._wall_before + time.perf_counter() - self._process_start

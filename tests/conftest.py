@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_corpus, ptblm
 
 # `ptblm` run by the tests uses torch's default thread count, fixed: left to itself it adapts the
 # count to the machine's load (runtime.Threads), and runs whose results are compared bit for bit
@@ -179,3 +180,31 @@ def small_disk(tmp_path):
     disks = SmallDisks(tmp_path)
     yield disks
     disks.close()
+
+
+# Small settings for runs trained by the CLI tests of eval and generate.
+MODEL_SETTINGS = [
+    "--set", "hidden_size=16", "--set", "num_steps=5", "--set", "batch_size=4",
+    "--set", "max_max_epoch=2", "--quiet",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def two_runs(tmp_path_factory):
+    """Two runs of one config and corpus, seeds 1 and 2, and one on another vocabulary."""
+    home = tmp_path_factory.mktemp("models")
+    corpus = make_corpus(home / "corpus", vocab_size=40)
+    with open(corpus / "ptb.train.txt", "a") as train:
+        train.write(" <unk> w1 w2 \n")  # PTB's rare-word token, so unknown words can be read
+    other = make_corpus(home / "other", vocab_size=30)
+    for name, seed, folder, vocab_size, limit in (
+        ("a", 1, corpus, 41, []),
+        ("b", 2, corpus, 41, []),
+        ("other", 1, other, 30, ["--max-steps", "2"]),
+    ):
+        result = ptblm(
+            "train", "-c", "test", *MODEL_SETTINGS, *limit, "--set", f"vocab_size={vocab_size}",
+            "--seed", seed, "--corpus", folder, "--name", name, cwd=home,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    return home

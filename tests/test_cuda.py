@@ -57,8 +57,11 @@ def test_each_config_trains_on_cuda_in_fp32(corpus, tmp_path, name):
     assert isinstance(run.step, GraphStep)
     before = [p.detach().clone() for p in run.model.parameters()]
     run.train_epoch(StopOnSignal())
-    assert run.record.global_step == 6 and run.record.train_tokens == 6 * 20 * run.config.num_steps
-    assert math.isfinite(run.record.train_nll) and run.record.train_nll > 0
+    assert (
+        run.run_state.global_step == 6
+        and run.run_state.train_tokens == 6 * 20 * run.config.num_steps
+    )
+    assert math.isfinite(run.run_state.train_nll) and run.run_state.train_nll > 0
     assert run.step.graph is not None  # captured, not refused
     changed = [not torch.equal(a, b) for a, b in zip(before, run.model.parameters())]
     assert sum(changed) >= len(changed) - 2  # all but the frozen bias_hh moved
@@ -137,7 +140,7 @@ def test_mixed_precision_trains_with_a_grad_scaler(corpus, tmp_path, precision):
     run = trainer(corpus, tmp_path / "run", "medium", f"precision={precision}", max_steps=10)
     assert isinstance(run.step, EagerStep) and run.step.scaler is not None
     run.train_epoch(StopOnSignal())
-    assert math.isfinite(run.record.train_nll) and run.step.scaler.get_scale() > 0
+    assert math.isfinite(run.run_state.train_nll) and run.step.scaler.get_scale() > 0
     print(
         f"\n{precision}: cuDNN {torch.backends.cudnn.version()}, scale {run.step.scaler.get_scale()}"
     )
@@ -163,12 +166,12 @@ def test_resume_on_the_gpu_continues_the_run(corpus, tmp_path, keep_prob):
     )
     resumed.train_epoch(StopOnSignal())
     resumed.account(1.0)
-    assert resumed.record.global_step == whole.record.global_step == 20
+    assert resumed.run_state.global_step == whole.run_state.global_step == 20
     worst = max(
         relative_difference(a, b)
         for a, b in zip(resumed.model.parameters(), whole.model.parameters())
     )
-    nll = resumed.record.train_nll / whole.record.train_nll - 1
+    nll = resumed.run_state.train_nll / whole.run_state.train_nll - 1
     print(f"\nresumed vs uninterrupted (keep_prob {keep_prob}), 20 windows: max relative weight "
           f"difference {worst:.2e}, training NLL {nll:+.2e}")  # fmt: skip
     if keep_prob == "1.0":

@@ -68,7 +68,8 @@ def test_every_state_is_listed(runs):
             assert row[key] == metrics[key]
         assert row["epochs_trained"] == 2
     assert rows["stopped"]["status"] == "stopped" and rows["stopped"]["resumable"]
-    assert (rows["stopped"]["epoch"], rows["stopped"]["window"]) == (0, 4)  # 4 windows trained
+    stopped = rows["stopped"]
+    assert (stopped["epochs_completed"], stopped["window"]) == (0, 4)  # 4 windows trained
     step = int(diverged_stderr.split("diverged at step ")[1].split()[0])
     assert rows["diverged"]["status"] == "diverged"
     assert rows["diverged"]["diverged_at_step"] == step

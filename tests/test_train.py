@@ -53,9 +53,9 @@ def test_state_is_carried_detached_across_windows_and_zeroed_each_epoch(corpus, 
 
     trainer.model.forward = spy
     for epoch in range(2):
-        trainer.record.epoch = epoch
+        trainer.run_state.epoch = epoch
         assert trainer.train_epoch(StopOnSignal()) is EpochEnd.COMPLETE
-        trainer.record.window = 0
+        trainer.run_state.window = 0
     windows = trainer.windows_per_epoch
     assert len(seen) == 2 * windows
     for index, (state_in, _, raw_in) in enumerate(seen):
@@ -240,7 +240,7 @@ def test_every_variant_trains_saves_and_resumes(corpus, tmp_path, options):
 
 
 def test_eval_tokens_shortens_validation_and_test_and_says_so(corpus, tmp_path):
-    from ptblm.runs import format_summary
+    from ptblm.results import format_summary
 
     with pytest.raises(ConfigError, match="--eval-tokens 10: validation needs .* 24 tokens"):
         make_trainer(corpus, tmp_path / "tiny", max_steps=3, eval_tokens=10)

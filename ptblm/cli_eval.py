@@ -1,12 +1,10 @@
-"""The `ptblm` commands that use trained models and runs: eval, generate, runs.
-
-cli.py registers them and turns their errors into messages and exit codes.
+"""`ptblm eval`: perplexity of a model or an ensemble on a split or a text file, plain or adapted
+(cache, dynamic evaluation). cli.py registers it and turns its errors into messages and exit
+codes.
 """
 
 from __future__ import annotations
 
-import json
-import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,10 +26,11 @@ from ptblm.cli_options import (
     RunsDir,
     Threads,
     Tune,
+    checkpoints_of,
+    json_text,
 )
-from ptblm.config import CELLS
 from ptblm.download import SPLITS
-from ptblm.errors import ConfigError, quote
+from ptblm.errors import ConfigError, counted
 
 Targets = Annotated[
     list[Path] | None,
@@ -44,21 +43,6 @@ Targets = Annotated[
 Cell = Annotated[
     str | None, typer.Option("--cell", help="Run the LSTM with another cell: fused or reference.")
 ]
-
-
-def _json(data: Any) -> str:
-    """Strict JSON for scripts: an infinite or NaN perplexity (a diverged model) becomes null."""
-    from ptblm.run_table import strict
-
-    return json.dumps(strict(data), allow_nan=False)
-
-
-def _checkpoints(targets: list[Path] | None, runs_dir: Path, cell: str | None) -> list[Path]:
-    from ptblm.runs import resolve_checkpoint
-
-    if cell is not None and cell not in CELLS:
-        raise ConfigError(f"--cell {cell}: use {' or '.join(CELLS)}.")
-    return [resolve_checkpoint(target, runs_dir) for target in targets or [None]]
 
 
 def eval_(
@@ -149,7 +133,7 @@ def eval_(
         from ptblm.text import check_text
 
         check_text(text)  # a bad file is refused before anything loads
-        paths = _checkpoints(targets, runs_dir, cell)
+        paths = checkpoints_of(targets, runs_dir, cell)
         torch_device = resolve_device(device)
         if adapting:
             _eval_text_adapted(
@@ -158,7 +142,7 @@ def eval_(
         else:
             _eval_text(paths, text, per_line, reset_each_line, torch_device, cell, as_json)
         return
-    paths = _checkpoints(targets, runs_dir, cell)
+    paths = checkpoints_of(targets, runs_dir, cell)
     torch_device = resolve_device(device)
     if adapting:
         from ptblm.adapt import describe, evaluate_checkpoint_adapted
@@ -166,7 +150,7 @@ def eval_(
         result = evaluate_checkpoint_adapted(
             paths[0], split or "test", data_dir, corpus, torch_device, cell, *adapting
         )
-        typer.echo(_json(result) if as_json else describe(result))
+        typer.echo(json_text(result) if as_json else describe(result))
         return
     from ptblm.evaluate import evaluate_checkpoints
 
@@ -175,11 +159,11 @@ def eval_(
         paths, split, batch_size, num_steps, data_dir, corpus, torch_device, not as_json, cell
     )
     if as_json:
-        typer.echo(_json(result))
+        typer.echo(json_text(result))
         return
     what = f" of the ensemble of {len(paths)} models:" if len(paths) > 1 else ""
     typer.echo(
-        f"{split} perplexity{what} {result['perplexity']:.3f} over {result['tokens']} tokens "
+        f"{split} perplexity{what} {result['perplexity']:.3f} over {counted(result['tokens'], 'token')} "
         f"(batch size {batch_size}, {result['seconds']:.1f} s)"
         + ("" if len(paths) > 1 else f" {paths[0]}")
     )
@@ -240,17 +224,18 @@ def _eval_text(paths, text, per_line, reset_each_line, device, cell, as_json) ->
     scorer = TextScorer([m.model for m in members], vocab, reset_each_line, device)
     for line in scorer.rows(read_lines(text)):
         if per_line:
-            typer.echo(_json(line))
+            typer.echo(json_text(line))
     total = scorer.total
     total.update(file=str(text), checkpoint=[str(path) for path in paths])
     total["seconds"] = round(time.perf_counter() - started, 3)
     if as_json:
-        typer.echo(_json({"total": total} if per_line else total))
+        typer.echo(json_text({"total": total} if per_line else total))
         return
     reading = "each line on its own" if reset_each_line else "state carried across lines"
     summary = (
-        f"{text}: perplexity {total['perplexity']:.3f} over {total['tokens']} tokens ({reading}); "
-        f"{total['unknown_words']} of {total['words']} words ({total['unknown_share']:.2%}) not "
+        f"{text}: perplexity {total['perplexity']:.3f} over {counted(total['tokens'], 'token')} "
+        f"({reading}); "
+        f"{total['unknown_words']} of {counted(total['words'], 'word')} ({total['unknown_share']:.2%}) not "
         f"in the vocabulary, read as <unk>"
     )
     typer.echo(summary, err=per_line)  # stdout holds the JSON lines then
@@ -301,125 +286,11 @@ def _eval_text_adapted(path, text, device, cell, as_json, adapting, data_dir, co
         seconds=round(time.perf_counter() - started, 3),
     )
     if as_json:
-        typer.echo(_json(total))
+        typer.echo(json_text(total))
         return
     change = total["perplexity"] / total["plain_perplexity"] - 1
     typer.echo(
         f"{text}: perplexity {total['perplexity']:.3f}, plain {total['plain_perplexity']:.3f} "
-        f"({change:+.1%}), over {total['tokens']} tokens; cache {total['cache']}, dynamic "
+        f"({change:+.1%}), over {counted(total['tokens'], 'token')}; cache {total['cache']}, dynamic "
         f"{total['dynamic']}"
     )
-
-
-def generate(
-    target: Annotated[
-        Path | None,
-        typer.Argument(
-            help="A run directory (its best.pt) or a checkpoint file. Default: the newest run.",
-            show_default=False,
-        ),
-    ] = None,
-    prompt: Annotated[
-        str, typer.Option("--prompt", help="Text the model continues (PTB tokens).")
-    ] = "",
-    words: Annotated[int, typer.Option("--words", help="How many words to sample.")] = 100,
-    temperature: Annotated[
-        float, typer.Option("--temperature", help="> 0; below 1 is more conservative.")
-    ] = 1.0,
-    top_k: Annotated[
-        int, typer.Option("--top-k", help="Sample among the K likeliest words only (0: all).")
-    ] = 0,
-    seed: Annotated[
-        int | None,
-        typer.Option("--seed", help="The same seed gives the same text (default: a fresh one)."),
-    ] = None,
-    runs_dir: RunsDir = Path("runs"),
-    device: Annotated[
-        str, typer.Option("--device", help="cpu (default: the same text on every machine) or cuda.")
-    ] = "cpu",
-) -> None:
-    """Sample text from a model; `<eos>` prints as a line break."""
-    from ptblm.generate import check_sampling
-
-    check_sampling(temperature, top_k, words, seed)  # before anything loads
-    from ptblm.checkpoint import (
-        checkpoint_config,
-        load_checkpoint,
-        model_from_checkpoint,
-        vocab_dict,
-    )
-    from ptblm.generate import sample
-    from ptblm.memory import check_fits, model_bytes
-    from ptblm.runtime import resolve_device
-    from ptblm.text import UNK, word_ids
-
-    path = _checkpoints([target] if target else None, runs_dir, None)[0]
-    checkpoint = load_checkpoint(path)
-    vocab_words = checkpoint["vocab"]
-    vocab = vocab_dict(vocab_words)
-    prompt_ids, unknown = word_ids(prompt.split(), vocab)
-    if unknown and not prompt_ids:
-        raise ConfigError(f"--prompt: {quote(unknown[0])} is not in the model's vocabulary.")
-    for word in dict.fromkeys(unknown):
-        typer.echo(
-            f"note: {quote(word)} is not in the vocabulary; the model reads it as {UNK}.", err=True
-        )
-    if seed is None:
-        seed = secrets.randbelow(2**31)
-        typer.echo(f"seed {seed} (--seed {seed} gives this text again)", err=True)
-    torch_device = resolve_device(device)
-    model = model_from_checkpoint(checkpoint, path)
-    if torch_device.type != "cpu":  # model_from_checkpoint checked the host's memory
-        config = checkpoint_config(checkpoint, path)
-        check_fits(model_bytes(config), torch_device, f"{path}'s model", "Use --device cpu.")
-    sampled = sample(model.to(torch_device), vocab, prompt_ids, words, temperature, top_k, seed)
-    _print_streaming([vocab_words[i] for i in prompt_ids], sampled, vocab_words, words)
-
-
-def _print_streaming(prompt: list[str], sampled, vocab_words: list[str], words: int) -> None:
-    """Print the prompt, then each word as it is drawn: a long text shows as it comes, and
-    Ctrl-C keeps what was printed (exit 130)."""
-    import itertools
-    import os
-    import sys
-
-    from ptblm.errors import Interrupted
-    from ptblm.generate import stream_text
-
-    drawn = 0
-
-    def write(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    def counted():
-        nonlocal drawn
-        for index in sampled:
-            yield vocab_words[index]
-            drawn += 1
-
-    try:
-        try:
-            stream_text(itertools.chain(prompt, counted()), write)
-        finally:
-            write("\n")  # the last line ends, also after Ctrl-C
-    except KeyboardInterrupt:
-        raise Interrupted(f"stopped by Ctrl-C after {drawn} of {words} words.", 130) from None
-    except BrokenPipeError:  # the reader has gone (`| head`): stop quietly, as other tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
-def runs(runs_dir: RunsDir = Path("runs"), as_json: AsJson = False) -> None:
-    """List every run: config, seed, status, epochs, best valid, test, time and speed; runs that
-    differ only in their seed as mean +- std beside the published row."""
-    from ptblm.run_table import read_runs, render, seed_groups
-
-    if as_json and not runs_dir.is_dir():  # nothing trained yet: an empty table for scripts
-        typer.echo(_json({"runs": [], "seed_groups": []}))
-        return
-    rows = read_runs(runs_dir)
-    groups = seed_groups(rows)
-    if as_json:
-        typer.echo(_json({"runs": rows, "seed_groups": groups}))
-    else:
-        typer.echo(render(rows, groups, runs_dir))

@@ -1,13 +1,5 @@
-"""The run directory: what a run writes, and finding runs and their checkpoints again.
-
-    runs/small-20261122-101500/
-        config.yaml               the resolved config, headed by the command that wrote it
-        events.out.tfevents.*     TensorBoard (progress.py)
-        last.pt, best.pt          checkpoints (checkpoint.py)
-        metrics.json              the results, once the run has tested
-        summary.json              where the run stands, for `ptblm runs` (run_table.py): written
-                                  after every checkpoint and after the test
-        .lock                     held by the process training the run
+"""The run directory (its files: run_files.py): creating and locking it, writing its JSON
+files, and finding runs and their checkpoints again (for --resume, eval and generate).
 
 Under torchrun only rank 0 creates, locks and writes it.
 """
@@ -16,22 +8,20 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 
 from ptblm import __version__
 from ptblm.atomic import atomic_write, remove_stale_temp_files
 from ptblm.checkpoint import checkpoint_config, load_checkpoint
-from ptblm.config import Config, config_to_yaml, load_config, model_variant
+from ptblm.config import Config, config_to_yaml, load_config
 from ptblm.distributed import Distributed
 from ptblm.errors import CheckpointError, ConfigError, DataError
-from ptblm.published import published_row
-from ptblm.run_table import (
+from ptblm.results import METRICS_ONLY
+from ptblm.run_files import (
     BEST,
     CONFIG_FILE,
     LAST,
@@ -40,12 +30,7 @@ from ptblm.run_table import (
     SUMMARY_FILE,
     open_regular,
     read_json,
-    strict,
 )
-from ptblm.runtime import device_description
-
-if TYPE_CHECKING:
-    from ptblm.train import Trainer
 
 
 def default_run_name(config_label: str) -> str:
@@ -147,116 +132,6 @@ class RunDirectory:
                 f"could not write {path} ({error.strerror}); the checkpoints are saved: free some "
                 f"space, then ptblm train --resume {self.path} writes it."
             ) from None
-
-
-def run_summary(run: Trainer, status: str, **results: Any) -> dict[str, Any]:
-    """What summary.json holds: where the run stands, small enough to list dozens of runs.
-
-    status: stopped (at `epoch`, `window`), finished (with test_ppl and best_test_ppl in
-    `results`) or diverged (with diverged_at_step). Infinite or NaN perplexities become null.
-    """
-    record, config = run.record, run.config
-    published = published_row(config)
-    history = record.history
-    return strict(
-        {
-            "status": status,
-            "config_name": run.config_name,
-            "config": config.to_dict(),
-            "variant": model_variant(config),
-            "max_steps": run.max_steps,
-            "eval_tokens": run.eval_tokens,
-            "cut_short": record.global_step < run.windows_per_epoch * config.max_max_epoch,
-            "epoch": record.epoch,
-            "window": record.window,
-            "finished_training": record.finished,
-            "global_step": record.global_step,
-            "epochs_trained": record.global_step / run.windows_per_epoch,
-            "valid_ppl": history[-1]["valid_ppl"] if history else None,
-            "best_valid_ppl": record.best_valid_ppl,
-            "test_ppl": None,
-            "best_test_ppl": None,
-            "train_wps": record.timed_tokens / record.train_seconds
-            if record.train_seconds
-            else None,
-            "wall_seconds": run.wall_seconds(),
-            "published": None if published is None else {"config": published[0], **published[1]},
-            **results,
-        }
-    )
-
-
-METRICS_ONLY = (
-    "train_ppl", "epochs", "device", "threads", "world_size", "precision", "versions", "history",
-)  # fmt: skip
-
-
-def run_metrics(run: Trainer, summary: dict[str, Any]) -> dict[str, Any]:
-    """What metrics.json holds: the final summary, with how the run was made and its history."""
-    record = run.record
-    return {
-        **summary,
-        "train_ppl": strict(record.history[-1]["train_ppl"]),
-        "epochs": len(record.history),  # epochs validated (the last one partial if cut short)
-        "device": device_description(run.device),
-        "threads": run.threads.describe() if run.threads else torch.get_num_threads(),
-        "world_size": run.dist.world_size,
-        "precision": run.config.precision,
-        "versions": {
-            "ptblm": __version__,
-            "torch": str(torch.__version__),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "cudnn": torch.backends.cudnn.version() if run.device.type == "cuda" else None,
-        },
-        "history": record.history,
-    }
-
-
-def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
-    """What `ptblm train` prints at the end, from metrics.json: the run's row beside the published
-    one, or why they cannot be compared."""
-    published = metrics.get("published")
-    variant = ", ".join(f"{key}: {value}" for key, value in (metrics.get("variant") or {}).items())
-    beside = f"; this run's model adds {variant}" if variant else ""
-    wps = metrics["train_wps"] or 0
-    epochs = metrics.get("epochs_trained", metrics["epochs"])
-
-    def ppl(key: str, width: int = 8) -> str:
-        value = metrics[key]  # null in the JSON: it was infinite or NaN
-        return f"{'inf' if value is None else f'{value:.2f}':>{width}}"
-
-    lines = [
-        f"{'':>10} {'train':>8} {'valid':>8} {'test':>8}",
-        f"{'ptblm':>10} {ppl('train_ppl')} {ppl('valid_ppl')} "
-        f"{ppl('test_ppl')}   ({epochs:.3g} epochs, "
-        f"{metrics['wall_seconds'] / 60:.1f} min, {wps:.0f} words/s, {metrics['device']})",
-    ]
-    if metrics.get("eval_tokens"):
-        lines.append(
-            f"Validated and tested on the first {metrics['eval_tokens']} tokens of each split "
-            f"(--eval-tokens): not comparable with the table."
-        )
-    if metrics.get("cut_short"):
-        limit = f"--max-steps {metrics['max_steps']}" if metrics.get("max_steps") else "its limit"
-        lines.append(
-            f"Cut short by {limit} after {epochs:.3g} epochs"
-            + (
-                f": not comparable with the published {published['config']} row."
-                if published
-                else "."
-            )
-        )
-    elif published:
-        lines.append(
-            f"{'published':>10} {published['train']:8.2f} {published['valid']:8.2f} "
-            f"{published['test']:8.2f}   (the tutorial's {published['config']} row{beside})"
-        )
-    lines.append(
-        f"best.pt: valid {ppl('best_valid_ppl', 0)}, test {ppl('best_test_ppl', 0)}.  "
-        f"Run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})"
-    )
-    return "\n".join(lines)
 
 
 def newest_run(runs_dir: Path) -> Path:

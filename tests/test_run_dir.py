@@ -4,7 +4,7 @@ import os
 import pytest
 
 from ptblm.errors import CheckpointError
-from ptblm.runs import RunDirectory, newest_run, resolve_checkpoint, resumable_checkpoint
+from ptblm.run_dir import RunDirectory, newest_run, resolve_checkpoint, resumable_checkpoint
 
 
 def test_resolving_checkpoints(tmp_path):

@@ -1,5 +1,6 @@
-"""`ptblm generate` of a long text, run as a user would: the words show as they are drawn, Ctrl-C
-keeps them (exit 130), and a reader that goes away (`| head`) ends it quietly."""
+"""`ptblm generate`, run as a user would: reproducible from its seed, unknown prompt words named,
+bad options refused; for a long text, the words show as they are drawn, Ctrl-C keeps them (exit
+130), and a reader that goes away (`| head`) ends it quietly."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import sys
 import time
 
 import pytest
+import torch
+from helpers import assert_clean_failure, ptblm
 
 from ptblm.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from ptblm.config import load_config
@@ -100,3 +103,49 @@ def test_the_streamed_text_is_the_whole_text(checkpoint):
     model = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
     ids = generate(model, vocab_dict(VOCAB), [1, 2], 300, seed=3)
     assert stdout.decode() == as_text(["the", "cat", *(VOCAB[i] for i in ids)]) + "\n"
+
+
+def test_generate_is_reproducible_and_prints_vocabulary_words(two_runs):
+    prompt = "w1 aardvark zebra w2 aardvark"
+    args = ["generate", "runs/a", "--prompt", prompt, "--words", "60", "--seed", "5"]
+    first, again = ptblm(*args, cwd=two_runs), ptblm(*args, cwd=two_runs)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == again.stdout
+    assert first.stdout != ptblm(*args[:-1], "6", cwd=two_runs).stdout
+    notes = [line for line in first.stderr.splitlines() if line.startswith("note:")]
+    assert notes == [
+        "note: 'aardvark', 'zebra' are not in the vocabulary; the model reads them as <unk>."
+    ]
+    vocabulary = set((two_runs / "corpus" / "ptb.train.txt").read_text().split())
+    printed = first.stdout.split()
+    assert printed[:5] == ["w1", "<unk>", "<unk>", "w2", "<unk>"]  # the prompt as the model read it
+    assert set(printed) <= vocabulary and "<eos>" not in printed
+    assert len(printed) + first.stdout.count("\n") - 1 == 5 + 60  # each <eos> a line break
+
+
+def test_generate_draws_a_fresh_seed_and_prints_it(two_runs):
+    """Without --seed: a seed drawn and printed, and that seed gives the same text again."""
+    drawn = ptblm("generate", "runs/a", "--words", "30", cwd=two_runs)
+    assert drawn.returncode == 0, drawn.stderr
+    seed = drawn.stderr.split("seed ")[1].split()[0]
+    assert f"(--seed {seed} gives this text again)" in drawn.stderr
+    again = ptblm("generate", "runs/a", "--words", "30", "--seed", seed, cwd=two_runs)
+    assert again.stdout == drawn.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")
+def test_generate_on_a_missing_gpu_fails_before_printing_a_seed(two_runs):
+    result = ptblm("generate", "runs/a", "--device", "cuda", cwd=two_runs)
+    assert_clean_failure(result, 2, "cuda")
+    assert "seed" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--temperature", "0"], "--temperature 0.0: it must be > 0"),
+        (["--top-k", "-1"], "--top-k -1: it must be >= 0"),
+    ],
+)
+def test_generate_refuses_bad_sampling_options(two_runs, args, message):
+    assert_clean_failure(ptblm("generate", "runs/a", *args, cwd=two_runs), 2, message)

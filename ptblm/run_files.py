@@ -1,0 +1,116 @@
+"""The files of a run directory, their names, and reading them safely, without torch.
+
+    runs/small-20261122-101500/
+        config.yaml               the resolved config, headed by the command that wrote it
+        events.out.tfevents.*     TensorBoard (progress.py)
+        last.pt, best.pt          checkpoints (checkpoint.py)
+        metrics.json              the results, once the run has tested (results.py)
+        summary.json              where the run stands (run_state.py), for `ptblm runs`
+                                  (run_table.py): written after every checkpoint and the test
+        .lock                     held by the process training the run (run_dir.py)
+
+A run directory may have come from someone else: its files are opened never through a link and
+never blocking, and a JSON file is written strict (no inf or NaN).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ptblm import safe_yaml
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+def finite(value: float | None) -> float | None:
+    """JSON has no inf or nan: such a value is written as null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def strict(data: Any) -> Any:
+    """`data` with every infinite or NaN float, however deep, made None: strict JSON."""
+    if isinstance(data, float):
+        return finite(data)
+    if isinstance(data, dict):
+        return {key: strict(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [strict(value) for value in data]
+    return data
+
+
+def open_regular(path: Path, flags: int = os.O_RDONLY) -> int:
+    """os.open for a file of a run directory, which may have come from someone else: never
+    through a symbolic link (a `.lock` linked to a file of the user's would be written), never
+    blocking on a FIFO or device (`ptblm runs` would hang). OSError unless a regular file."""
+    nofollow = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    handle = os.open(path, flags | nofollow | getattr(os, "O_CLOEXEC", 0), 0o666)
+    if not stat.S_ISREG(os.fstat(handle).st_mode):
+        os.close(handle)
+        raise OSError(f"{path} is not a regular file")
+    return handle
+
+
+def read_text(path: Path) -> str:
+    """A run directory's text file, read as open_regular allows."""
+    with os.fdopen(open_regular(path), encoding="utf-8") as file:
+        return file.read()
+
+
+def is_locked(run_dir: Path) -> bool:
+    """Is a process training this run now (holding its lock)?"""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: runs are never locked
+        return False
+    try:
+        with os.fdopen(open_regular(run_dir / LOCK_FILE)) as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return False
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(read_text(path))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """config.yaml as a plain mapping ({} where it is missing or unreadable)."""
+    try:
+        config = safe_yaml.load(read_text(run_dir / CONFIG_FILE))  # no alias bombs
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def config_name_of(run_dir: Path) -> str | None:
+    """The --config a run was started with, from the command in config.yaml's header (for a run
+    that never wrote a summary)."""
+    try:
+        command = read_text(run_dir / CONFIG_FILE).splitlines()[1].lstrip("# ").split()
+    except (OSError, ValueError, IndexError):
+        return None
+    for option, value in zip(command, command[1:]):
+        if option in ("--config", "-c"):
+            return Path(value).stem
+    return None

@@ -1,0 +1,108 @@
+"""A run's state apart from its tensors: how it was started, where it stands, its sums, its best
+epoch, its history and its clock. The Trainer holds one RunState; every checkpoint saves it
+(its fields are top-level keys of the checkpoint, checkpoint.py) and a resumed run restores it,
+so that it continues exactly; summary.json is written from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ptblm.config import Config, model_variant
+from ptblm.published import published_row
+from ptblm.run_files import strict
+
+# Fields a checkpoint of an older ptblm may lack, and what they meant then.
+OPTIONAL = {"config_name": None, "max_steps": None, "eval_tokens": None}
+
+
+@dataclass
+class RunState:
+    # how the run was started: kept by a resumed run
+    config_name: str | None = None  # the --config it was started with
+    max_steps: int | None = None  # --max-steps: stop after this many windows in total
+    eval_tokens: int | None = None  # --eval-tokens: validate and test on a prefix (a smoke run)
+    # where the run stands
+    epoch: int = 0  # epochs completed: 0-based epoch of the next window
+    window: int = 0  # index in that epoch of the next window (0: epoch boundary)
+    global_step: int = 0  # training windows done in total
+    finished: bool = False  # training done; only the final test (and metrics) remain
+    # the current epoch's running sums (nats and tokens of all ranks), and their values at the
+    # last TensorBoard point with the gradient norms summed since, so that the next point covers
+    # the same windows as in an uninterrupted run
+    train_nll: float = 0.0
+    train_tokens: int = 0
+    logged_nll: float = 0.0
+    logged_tokens: int = 0
+    norm_sum: float = 0.0
+    # the best epoch so far and one entry per finished epoch
+    best_valid_ppl: float = math.inf
+    best_step: int = -1  # global_step of best.pt (-1: none yet)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    # the clock, across resumes
+    train_seconds: float = 0.0  # time spent in training windows (evaluation excluded)
+    timed_tokens: int = 0  # training tokens processed in that time
+    wall_seconds: float = 0.0  # wall-clock time of the run so far
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> RunState:
+        """The state a checkpoint saved (KeyError names a missing field)."""
+        return cls(
+            **{
+                name.name: checkpoint.get(name.name, OPTIONAL[name.name])
+                if name.name in OPTIONAL
+                else checkpoint[name.name]
+                for name in dataclasses.fields(cls)
+            }
+        )
+
+    def windows_left(self, windows_per_epoch: int) -> int:
+        """Windows to train in the current epoch: to its end, or to --max-steps if that comes
+        first. The one place where --max-steps is decided; 0 once it is reached."""
+        left = windows_per_epoch - self.window
+        if self.max_steps is not None:
+            left = min(left, self.max_steps - self.global_step)
+        return max(left, 0)
+
+    def summary(
+        self, status: str, config: Config, windows_per_epoch: int, **results: Any
+    ) -> dict[str, Any]:
+        """What summary.json holds: where the run stands, small enough to list dozens of runs.
+
+        status: stopped (at `epochs_completed`, `window`), finished (with test_ppl and
+        best_test_ppl in `results`) or diverged (with diverged_at_step). Infinite or NaN
+        perplexities become null.
+        """
+        published = published_row(config)
+        return strict(
+            {
+                "status": status,
+                "config_name": self.config_name,
+                "config": config.to_dict(),
+                "variant": model_variant(config),
+                "max_steps": self.max_steps,
+                "eval_tokens": self.eval_tokens,
+                "cut_short": self.global_step < windows_per_epoch * config.max_max_epoch,
+                "epochs_completed": self.epoch,  # the text's "epoch N" is this + 1
+                "window": self.window,
+                "finished_training": self.finished,
+                "global_step": self.global_step,
+                "epochs_trained": self.global_step / windows_per_epoch,
+                "valid_ppl": self.history[-1]["valid_ppl"] if self.history else None,
+                "best_valid_ppl": self.best_valid_ppl,
+                "test_ppl": None,
+                "best_test_ppl": None,
+                "train_wps": self.timed_tokens / self.train_seconds if self.train_seconds else None,
+                "wall_seconds": self.wall_seconds,
+                "published": None
+                if published is None
+                else {"config": published[0], **published[1]},
+                **results,
+            }
+        )
