@@ -164,6 +164,14 @@ def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> Config:
         raise CheckpointError(f"{path} holds no config mapping.") from None
 
 
+def corpus_dir_for(checkpoint: dict[str, Any], given: Path | None) -> Path | None:
+    """The corpus directory to use with a checkpoint: the one given, else the one it was trained
+    on (recorded when that was not PTB); None: PTB."""
+    if given is None and checkpoint.get("corpus_dir"):
+        return Path(checkpoint["corpus_dir"])
+    return given
+
+
 def check_vocabulary(checkpoint: dict[str, Any], corpus: Corpus, path: Path) -> None:
     """A model only fits the corpus whose training split gave its vocabulary."""
     if corpus.vocab != vocab_dict(checkpoint["vocab"]):

@@ -233,15 +233,14 @@ def train(
 
 
 def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose, threads):
-    from ptblm.checkpoint import check_vocabulary
+    from ptblm.checkpoint import check_vocabulary, corpus_dir_for
     from ptblm.data import load_corpus_on_all_ranks
     from ptblm.run_dir import load_resumable
     from ptblm.run_files import LAST
     from ptblm.train import Trainer
 
     checkpoint, saved = load_resumable(run_dir)
-    if corpus_dir is None and checkpoint.get("corpus_dir"):
-        corpus_dir = Path(checkpoint["corpus_dir"])
+    corpus_dir = corpus_dir_for(checkpoint, corpus_dir)
     corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, verbose)
     check_vocabulary(checkpoint, corpus, run_dir / LAST)
     trainer = Trainer(

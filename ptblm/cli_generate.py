@@ -42,9 +42,11 @@ def generate(
     ] = "cpu",
 ) -> None:
     """Sample text from a model; `<eos>` prints as a line break."""
-    from ptblm.generate import check_sampling
+    from ptblm.generate import sampling_problems
 
-    check_sampling(temperature, top_k, words, seed)  # before anything loads
+    if problems := sampling_problems(temperature, top_k, words, seed):  # before anything loads
+        flags = [f"--{name.replace('_', '-')} {value}: {rule}." for name, value, rule in problems]
+        raise ConfigError(flags)
     from ptblm.checkpoint import (
         checkpoint_config,
         load_checkpoint,

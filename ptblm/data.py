@@ -46,19 +46,25 @@ def build_vocab(words: Sequence[str]) -> dict[str, int]:
     return {word: index for index, (word, _) in enumerate(ordered)}
 
 
+def unreadable(path: Path, error: OSError | UnicodeDecodeError, offset: int = 0) -> DataError:
+    """The DataError for a text file that is missing, unreadable or not UTF-8 (`offset`: where
+    the decoded bytes began in the file)."""
+    if isinstance(error, UnicodeDecodeError):
+        return DataError(
+            f"{path} is not UTF-8 text (byte {offset + error.start}: {error.reason}). "
+            f"Convert it, e.g. with iconv -t UTF-8."
+        )
+    if isinstance(error, FileNotFoundError):
+        return DataError(f"{path}: no such file.")
+    return DataError(f"cannot read {path} ({error.strerror or error}).")
+
+
 def read_split(path: Path) -> list[str]:
     """The tokens of one corpus file; DataError if missing, unreadable, not UTF-8 or empty."""
     try:
         text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist.") from None
-    except OSError as error:
-        raise DataError(f"cannot read {path} ({error.strerror}).") from None
-    except UnicodeDecodeError as error:
-        raise DataError(
-            f"{path} is not UTF-8 text (byte {error.start}: {error.reason}). "
-            f"Convert it, e.g. with iconv -t UTF-8."
-        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise unreadable(path, error) from None
     words = tokenize(text)
     if not words:
         raise DataError(f"{path} is empty: a corpus file needs at least one sentence.")
@@ -97,22 +103,21 @@ class Corpus:
 def load_corpus(
     data_dir: str | os.PathLike = "data",
     corpus_dir: str | os.PathLike | None = None,
-    vocab: Mapping[str, int] | None = None,
     progress: bool = True,
 ) -> Corpus:
     """Load PTB (downloaded into data_dir on demand, checksums verified) or, with corpus_dir, a
     corpus of your own in the same layout (ptb.train.txt, ptb.valid.txt, ptb.test.txt; no checksum).
 
-    The vocabulary is built from the training split unless one is given (a checkpoint's).
+    The vocabulary is built from the training split (build_vocab).
     """
     if corpus_dir is not None:
         folder = Path(corpus_dir)
         if not folder.is_dir():
-            raise DataError(f"--corpus {folder}: no such directory.")
+            raise DataError(f"{folder}: no such corpus directory.")
     else:
         folder = download_ptb(data_dir, progress=progress)
     words = {split: read_split(folder / file_name(split)) for split in SPLITS}
-    vocab = dict(vocab) if vocab is not None else build_vocab(words["train"])
+    vocab = build_vocab(words["train"])
     ids = {split: numericalize(words[split], vocab, folder / file_name(split)) for split in SPLITS}
     return Corpus(vocab=vocab, folder=folder, custom=corpus_dir is not None, **ids)
 
@@ -126,8 +131,9 @@ def load_corpus_on_all_ranks(data_dir, corpus_dir, dist: Distributed, verbose: b
     return load_corpus(data_dir, corpus_dir, progress=verbose and dist.is_main)
 
 
-def check_fits(config: Config, corpus: Corpus, world_size: int, test_batch_size: int) -> None:
-    """Refuse, before any training, a corpus or a process count that does not fit the config."""
+def check_corpus_fits(config: Config, corpus: Corpus, world_size: int) -> None:
+    """Refuse, before any training, a corpus or a process count that does not fit the config:
+    each split needs one window (the test split: batch_size 1, the table's protocol)."""
     if config.batch_size % world_size:
         raise ConfigError(
             f"batch_size {config.batch_size} does not divide by the {world_size} processes: each "
@@ -142,13 +148,13 @@ def check_fits(config: Config, corpus: Corpus, world_size: int, test_batch_size:
     for split, batch_size, num_steps in (
         ("train", config.batch_size, config.num_steps),
         ("valid", config.batch_size, config.num_steps),
-        ("test", test_batch_size, 1),
+        ("test", 1, 1),
     ):
         ids = corpus.split(split)
         if ids.numel() // batch_size < num_steps + 1:
             raise DataError(
-                f"the {split} split of {corpus.folder} has {counted(ids.numel(), 'token')}: too few for one "
-                f"window of batch_size {batch_size} x num_steps {num_steps}."
+                f"the {split} split of {corpus.folder} has {counted(ids.numel(), 'token')}: too "
+                f"few for one window of batch_size {batch_size} x num_steps {num_steps}."
             )
 
 
@@ -183,26 +189,12 @@ def windows(
     stop: int | None = None,
     partial: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (x, y) windows of a batchified (batch_size, batch_len) matrix, from window `start`
-    to window `stop` (excluded; None: the last).
+    """The truncated-BPTT windows (x, y) of a batchified (batch_size, batch_len) matrix, each
+    (batch_size, num_steps), from window `start` to window `stop` (excluded; None: the last).
 
-    x and y are views (no copy), so the matrix can live on the GPU and be cut there.
-    """
-    batch_len = data.size(1)
-    last = num_windows(batch_len, num_steps, partial)
-    for i in range(start, last if stop is None else min(stop, last)):
-        begin = i * num_steps
-        end = min(begin + num_steps, batch_len - 1)
-        yield data[:, begin:end], data[:, begin + 1 : end + 1]
-
-
-def bptt_batches(
-    ids: torch.Tensor | Sequence[int], batch_size: int, num_steps: int, partial: bool = False
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The reference's truncated-BPTT windows: (x, y) int64 tensors of shape (batch_size, num_steps).
-
-    The stream is cut into batch_size contiguous rows; window i is columns [i*n, (i+1)*n) of
-    them, and its targets the same columns shifted one token to the right. E.g. the stream
+    batchify cuts the stream into batch_size contiguous rows; window i is columns
+    [i*n, (i+1)*n) of them, and its targets the same columns shifted one token to the right.
+    E.g. the stream
     0..25 with batch_size 2, num_steps 4 (batch_len 13, (13 - 1) // 4 = 3 windows):
 
                     window 0       window 1       window 2
@@ -217,5 +209,12 @@ def bptt_batches(
 
     With `partial`, a last shorter window covers the columns left over, so every token of every
     row but the first is predicted exactly once (the test protocol with batch_size 1).
+
+    x and y are views (no copy), so the matrix can live on the GPU and be cut there.
     """
-    yield from windows(batchify(ids, batch_size), num_steps, partial=partial)
+    batch_len = data.size(1)
+    last = num_windows(batch_len, num_steps, partial)
+    for i in range(start, last if stop is None else min(stop, last)):
+        begin = i * num_steps
+        end = min(begin + num_steps, batch_len - 1)
+        yield data[:, begin:end], data[:, begin + 1 : end + 1]

@@ -80,12 +80,10 @@ def member_logprobs(
 def member_corpus(member: Member, data_dir: Path, corpus_dir: Path | None, progress=False):
     """The corpus a checkpoint is evaluated on: --corpus, else the one it was trained on (a
     --corpus directory is recorded in the checkpoint); CheckpointError for another vocabulary."""
-    from ptblm.checkpoint import check_vocabulary
+    from ptblm.checkpoint import check_vocabulary, corpus_dir_for
     from ptblm.data import load_corpus
 
-    if corpus_dir is None and member.checkpoint.get("corpus_dir"):
-        corpus_dir = Path(member.checkpoint["corpus_dir"])
-    corpus = load_corpus(data_dir, corpus_dir, progress=progress)
+    corpus = load_corpus(data_dir, corpus_dir_for(member.checkpoint, corpus_dir), progress=progress)
     check_vocabulary(member.checkpoint, corpus, member.path)
     return corpus
 

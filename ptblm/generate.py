@@ -28,25 +28,32 @@ MIN_TEMPERATURE = 1e-3
 PROMPT_WINDOW = 500  # prompt tokens read at a time: (window x vocab) logits, not (prompt x vocab)
 
 
-def check_sampling(temperature: float, top_k: int, words: int, seed: int | None = 0) -> None:
-    problems = []
+def sampling_problems(
+    temperature: float, top_k: int, words: int, seed: int | None = 0
+) -> list[tuple[str, object, str]]:
+    """(setting, value, what is wrong) for each bad sampling setting: the library and the
+    command word them each in their own terms (`temperature`, `--temperature`)."""
+    problems: list[tuple[str, object, str]] = []
     if not temperature > 0:
         problems.append(
-            f"--temperature {temperature}: it must be > 0 (1.0 samples the model as is)."
+            ("temperature", temperature, "it must be > 0 (1.0 samples the model as is)")
         )
     elif not MIN_TEMPERATURE <= temperature < math.inf:
         problems.append(
-            f"--temperature {temperature}: use a finite value >= {MIN_TEMPERATURE} (below that the "
-            f"scaled logits overflow; --top-k 1 samples greedily)."
+            (
+                "temperature",
+                temperature,
+                f"use a finite value >= {MIN_TEMPERATURE} (below that the scaled logits overflow; "
+                f"a top-k of 1 samples greedily)",
+            )
         )
     if top_k < 0:
-        problems.append(f"--top-k {top_k}: it must be >= 0 (0: every word may be drawn).")
+        problems.append(("top_k", top_k, "it must be >= 0 (0: every word may be drawn)"))
     if words < 1:
-        problems.append(f"--words {words}: generate at least 1.")
+        problems.append(("words", words, "generate at least 1"))
     if seed is not None and not 0 <= seed < 2**63:
-        problems.append(f"--seed {seed}: use an integer from 0 to 2**63 - 1.")
-    if problems:
-        raise ConfigError(problems)
+        problems.append(("seed", seed, "use an integer from 0 to 2**63 - 1"))
+    return problems
 
 
 def generate(
@@ -72,9 +79,10 @@ def sample(
     seed: int = 0,
 ) -> Iterator[int]:
     """Yield `words` sampled ids one by one, as each is drawn."""
-    check_sampling(temperature, top_k, words, seed)
+    if problems := sampling_problems(temperature, top_k, words, seed):
+        raise ConfigError([f"{name} {value}: {rule}." for name, value, rule in problems])
     if EOS not in vocab:
-        raise ConfigError(f"the model's vocabulary has no {EOS}: generation starts from one.")
+        raise CheckpointError(f"the model's vocabulary has no {EOS}: generation starts from one.")
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)

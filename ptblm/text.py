@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ptblm.data import EOS
+from ptblm.data import EOS, unreadable
 from ptblm.ensemble import average, member_logprobs
 from ptblm.errors import DataError, quote
 from ptblm.evaluate import TEST_NUM_STEPS, perplexity
@@ -49,24 +49,19 @@ def check_text(path: Path) -> None:
                 chunk = file.read(CHUNK_BYTES)
                 if b"\0" in chunk:
                     raise DataError(
-                        f"{path} is a binary file: --text takes UTF-8 text, one sentence a line."
+                        f"{path} is a binary file: a text to score is UTF-8 text, one sentence a line."
                     )
                 held = len(decoder.getstate()[0])  # a character split across chunks
                 try:
                     text = decoder.decode(chunk, final=not chunk)
                 except UnicodeDecodeError as error:
-                    raise DataError(
-                        f"{path} is not UTF-8 text (byte {offset - held + error.start}: "
-                        f"{error.reason}). Convert it, e.g. with iconv -t UTF-8."
-                    ) from None
+                    raise unreadable(path, error, offset - held) from None
                 has_words = has_words or (text != "" and not text.isspace())
                 if not chunk:
                     break
                 offset += len(chunk)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file.") from None
     except OSError as error:
-        raise DataError(f"cannot read {path} ({error.strerror}).") from None
+        raise unreadable(path, error) from None
     if not has_words:
         raise DataError(f"{path} has no words to score (it is empty or blank).")
 
@@ -222,7 +217,7 @@ class TextScorer:
         if seen < 2:
             raise DataError(
                 "the text has one token: the first token is context only, so nothing is left to "
-                "predict. Give it more words, or use --reset-each-line."
+                "predict. Give it more words."
             )
         if len(stream) >= 2:
             self._assign(waiting, self._window(states, stream))

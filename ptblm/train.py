@@ -32,7 +32,7 @@ from ptblm.checkpoint import (
     training_checkpoint,
 )
 from ptblm.config import Config, learning_rate_at
-from ptblm.data import Corpus, batchify, check_fits, num_windows, windows
+from ptblm.data import Corpus, batchify, check_corpus_fits, num_windows, windows
 from ptblm.distributed import SINGLE_PROCESS, Distributed
 from ptblm.errors import CheckpointError, ConfigError, DivergenceError, Interrupted
 from ptblm.evaluate import TEST_BATCH_SIZE, TEST_NUM_STEPS, evaluate, perplexity
@@ -87,7 +87,7 @@ class Trainer:
                 f"--eval-tokens {eval_tokens}: validation needs one window of batch_size x "
                 f"(num_steps + 1) = {least} tokens at least."
             )
-        check_fits(config, corpus, dist.world_size, TEST_BATCH_SIZE)
+        check_corpus_fits(config, corpus, dist.world_size)
         if device.type == "cuda":
             configure_tf32(config.allow_tf32)
         autocast = autocast_context(config.precision, device)

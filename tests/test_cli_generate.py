@@ -149,3 +149,25 @@ def test_generate_on_a_missing_gpu_fails_before_printing_a_seed(two_runs):
 )
 def test_generate_refuses_bad_sampling_options(two_runs, args, message):
     assert_clean_failure(ptblm("generate", "runs/a", *args, cwd=two_runs), 2, message)
+
+
+def test_a_model_without_eos_is_a_checkpoint_fault(tmp_path):
+    """Generation starts from <eos>: a vocabulary without one is the checkpoint's fault (exit 1),
+    not the user's options (exit 2)."""
+    vocab = [word for word in VOCAB if word != "<eos>"]
+    config = load_config("test", [f"vocab_size={len(vocab)}", "hidden_size=8"])
+    path = tmp_path / "best.pt"
+    save_checkpoint(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": LSTMLanguageModel.from_config(config).state_dict(),
+            "config": config.to_dict(),
+            "vocab": vocab,
+            "epoch": 1,
+            "window": 0,
+            "global_step": 10,
+        },
+    )
+    result = ptblm("generate", str(path), "--seed", "1")
+    assert_clean_failure(result, 1, "has no <eos>: generation starts from one")

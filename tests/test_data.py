@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -10,11 +11,11 @@ from helpers import PTB_TOKENS
 
 from ptblm.data import (
     batchify,
-    bptt_batches,
     build_vocab,
     load_corpus,
     num_windows,
     tokenize,
+    windows,
 )
 from ptblm.errors import DataError
 
@@ -42,6 +43,21 @@ def test_build_vocab_ignores_input_order():
 
 
 # --- truncated-BPTT windows -------------------------------------------------------------------
+
+
+def bptt_batches(ids, batch_size, num_steps, partial=False):
+    """The windows of a stream as the trainer and the evaluation cut them."""
+    return list(windows(batchify(ids, batch_size), num_steps, partial=partial))
+
+
+def test_windows_from_start_to_stop():
+    every = bptt_batches(list(range(50)), 2, 4)  # 25 columns: 6 windows
+    rows = batchify(list(range(50)), 2)
+    for start, stop, expected in ((2, 5, every[2:5]), (0, None, every), (4, 99, every[4:])):
+        cut = list(windows(rows, 4, start, stop))
+        assert [(x.tolist(), y.tolist()) for x, y in cut] == [
+            (x.tolist(), y.tolist()) for x, y in expected
+        ]
 
 
 def test_bptt_batches_hand_made_stream():
@@ -220,13 +236,6 @@ def test_tiny_corpus_loads(tiny_corpus):
     assert corpus.custom is True
 
 
-def test_given_vocab_is_used(tiny_corpus):
-    vocab = {w: i for i, w in enumerate(reversed(list(load_corpus(corpus_dir=tiny_corpus).vocab)))}
-    corpus = load_corpus(corpus_dir=tiny_corpus, vocab=vocab)
-    assert corpus.vocab == vocab
-    assert corpus.test.tolist() == [vocab[w] for w in "a dog sat on the mat <eos>".split()]
-
-
 @pytest.mark.parametrize("name", ["ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"])
 @pytest.mark.parametrize("content", [b"", b"  \t \r "])
 def test_empty_corpus_file(tiny_corpus, name, content):
@@ -267,3 +276,18 @@ def test_missing_corpus_dir(tmp_path):
         load_corpus(corpus_dir=missing)
     assert "no_such_corpus" in str(excinfo.value)
     assert not missing.exists()
+
+
+def test_corpus_files_and_texts_to_score_are_refused_in_the_same_words(tmp_path):
+    from ptblm.data import read_split
+    from ptblm.text import check_text
+
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(b"the caf\xe9 <eos>\n")
+    missing = tmp_path / "missing.txt"
+    for path, reason in ((latin1, "is not UTF-8 text (byte 7"), (missing, "no such file")):
+        with pytest.raises(DataError, match=re.escape(reason)) as corpus_error:
+            read_split(path)
+        with pytest.raises(DataError) as text_error:
+            check_text(path)
+        assert str(corpus_error.value) == str(text_error.value)

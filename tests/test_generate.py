@@ -53,14 +53,14 @@ def test_a_low_temperature_is_nearly_greedy():
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"temperature": 0.0}, "--temperature 0.0: it must be > 0"),
-        ({"temperature": -1.0}, "--temperature -1.0"),
-        ({"temperature": 1e-45}, r"--temperature 1e-45: use a finite value >= 0.001"),
-        ({"temperature": float("inf")}, "--temperature inf: use a finite value"),
-        ({"top_k": -1}, "--top-k -1: it must be >= 0"),
-        ({"words": 0}, "--words 0"),
-        ({"seed": 2**64}, "--seed 18446744073709551616: use an integer from 0"),
-        ({"seed": -1}, "--seed -1"),
+        ({"temperature": 0.0}, "^temperature 0.0: it must be > 0"),
+        ({"temperature": -1.0}, "^temperature -1.0"),
+        ({"temperature": 1e-45}, r"^temperature 1e-45: use a finite value >= 0.001"),
+        ({"temperature": float("inf")}, "^temperature inf: use a finite value"),
+        ({"top_k": -1}, "^top_k -1: it must be >= 0"),
+        ({"words": 0}, "^words 0"),
+        ({"seed": 2**64}, "^seed 18446744073709551616: use an integer from 0"),
+        ({"seed": -1}, "^seed -1"),
     ],
 )
 def test_bad_sampling_options(options, message):
