@@ -170,29 +170,13 @@ def train(
     ):
         if value is not None:
             overrides.append(f"{key}={value}")
-    if resume is not None:
-        limits = (max_steps, name, eval_tokens)
-        if config is not None or overrides or any(limit is not None for limit in limits):
-            raise ConfigError(
-                "--resume continues a run with its own config and limits: drop --config, --set, "
-                "--seed, --precision, --checkpoint-every, --max-steps, --eval-tokens and --name."
-            )
-    elif config is None:
-        raise ConfigError(f"say which config to train: --config NAME ({SHIPPED}) or a YAML path.")
-    if name is not None and (name in ("", ".", "..") or "/" in name or "\0" in name):
-        raise ConfigError(
-            f"--name {name[:60]!r}: a run's name is one directory name under --runs-dir, without "
-            f"'/' (use --runs-dir to train somewhere else)."
-        )
+    _check_train_options(config, overrides, resume, name, max_steps, eval_tokens)
     # Checked before torch is imported (seconds): a typo is reported at once.
     new_config = load_config(config, overrides) if resume is None else None
-    from ptblm.data import load_corpus_on_all_ranks
     from ptblm.distributed import init_distributed, shutdown
     from ptblm.results import format_summary
-    from ptblm.run_dir import default_run_name
     from ptblm.runtime import Threads as ComputeThreads
     from ptblm.runtime import check_precision, keep_freed_memory, resolve_device
-    from ptblm.train import Trainer
 
     torch_device = resolve_device(device)
     if new_config is not None:
@@ -207,29 +191,59 @@ def train(
                 resume, data_dir, corpus, torch_device, dist, not quiet, compute_threads
             )
         else:
-            label = resolve_config_path(config).stem
-            corpus_data = load_corpus_on_all_ranks(data_dir, corpus, dist, not quiet)
-            # The ranks' clocks may straddle a second: rank 0 names the run.
-            name = dist.broadcast(name or default_run_name(label))
-            trainer = Trainer(
-                new_config,
-                corpus_data,
-                Path(runs_dir) / name,
-                torch_device,
-                max_steps=max_steps,
-                eval_tokens=eval_tokens,
-                command=command_line(),
-                limits=limit_flags(max_steps=max_steps, eval_tokens=eval_tokens),
-                threads=compute_threads,
-                config_name=label,
-                verbose=not quiet,
-                dist=dist,
-            )
+            limits = {"max_steps": max_steps, "eval_tokens": eval_tokens}
+            trainer = _new_trainer(
+                config, new_config, data_dir, corpus, runs_dir, name, limits, torch_device,
+                dist, not quiet, compute_threads,
+            )  # fmt: skip
         metrics = trainer.run()
     finally:
         shutdown(dist)
     if metrics is not None:
         typer.echo(format_summary(metrics, trainer.run_dir.path))
+
+
+def _check_train_options(config, overrides, resume, name, max_steps, eval_tokens) -> None:
+    if resume is not None:
+        limits = (max_steps, name, eval_tokens)
+        if config is not None or overrides or any(limit is not None for limit in limits):
+            raise ConfigError(
+                "--resume continues a run with its own config and limits: drop --config, --set, "
+                "--seed, --precision, --checkpoint-every, --max-steps, --eval-tokens and --name."
+            )
+    elif config is None:
+        raise ConfigError(f"say which config to train: --config NAME ({SHIPPED}) or a YAML path.")
+    if name is not None and (name in ("", ".", "..") or "/" in name or "\0" in name):
+        raise ConfigError(
+            f"--name {name[:60]!r}: a run's name is one directory name under --runs-dir, without "
+            f"'/' (use --runs-dir to train somewhere else)."
+        )
+
+
+def _new_trainer(
+    config_arg, config, data_dir, corpus_dir, runs_dir, name, limits, device, dist, verbose, threads
+):
+    from ptblm.data import load_corpus_on_all_ranks
+    from ptblm.run_dir import default_run_name
+    from ptblm.train import Trainer
+
+    label = resolve_config_path(config_arg).stem
+    corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, verbose)
+    # The ranks' clocks may straddle a second: rank 0 names the run.
+    name = dist.broadcast(name or default_run_name(label))
+    return Trainer(
+        config,
+        corpus,
+        Path(runs_dir) / name,
+        device,
+        **limits,
+        command=command_line(),
+        limits=limit_flags(**limits),
+        threads=threads,
+        config_name=label,
+        verbose=verbose,
+        dist=dist,
+    )
 
 
 def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose, threads):

@@ -112,22 +112,8 @@ def eval_(
         [dynamic_lr, dynamic_decay, dynamic_segment],
         tune,
     )
-    if adapting and (len(targets or []) > 1 or batch_size or num_steps or reset_each_line):
-        raise ConfigError(
-            "--cache and --dynamic score one checkpoint with the table's protocol (batch size 1, "
-            "the state carried): drop the other checkpoints, --batch-size, --num-steps and "
-            "--reset-each-line."
-        )
-
-    if text is None and (per_line or reset_each_line):
-        raise ConfigError("--per-line and --reset-each-line go with --text FILE.")
-    if text is not None and (split or batch_size or num_steps):
-        raise ConfigError(
-            "--text scores the file as one stream with batch size 1: drop --split, --batch-size "
-            "and --num-steps."
-        )
-    if split is not None and split not in SPLITS:
-        raise ConfigError(f"--split {split}: use test, valid or train.")
+    windows = (batch_size, num_steps)
+    _check_eval_options(adapting, targets, text, split, windows, per_line, reset_each_line)
     ComputeThreads(threads)
     if text is not None:
         from ptblm.text import check_text
@@ -152,19 +138,41 @@ def eval_(
         )
         typer.echo(json_text(result) if as_json else describe(result))
         return
+    _eval_split(paths, split or "test", batch_size or 1, num_steps, data_dir, corpus,
+                torch_device, cell, as_json)  # fmt: skip
+
+
+def _check_eval_options(adapting, targets, text, split, windows, per_line, reset_each_line):
+    if adapting and (len(targets or []) > 1 or any(windows) or reset_each_line):
+        raise ConfigError(
+            "--cache and --dynamic score one checkpoint with the table's protocol (batch size 1, "
+            "the state carried): drop the other checkpoints, --batch-size, --num-steps and "
+            "--reset-each-line."
+        )
+    if text is None and (per_line or reset_each_line):
+        raise ConfigError("--per-line and --reset-each-line go with --text FILE.")
+    if text is not None and (split or any(windows)):
+        raise ConfigError(
+            "--text scores the file as one stream with batch size 1: drop --split, --batch-size "
+            "and --num-steps."
+        )
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"--split {split}: use test, valid or train.")
+
+
+def _eval_split(paths, split, batch_size, num_steps, data_dir, corpus, device, cell, as_json):
     from ptblm.evaluate import evaluate_checkpoints
 
-    split, batch_size = split or "test", batch_size or 1
     result = evaluate_checkpoints(
-        paths, split, batch_size, num_steps, data_dir, corpus, torch_device, not as_json, cell
+        paths, split, batch_size, num_steps, data_dir, corpus, device, not as_json, cell
     )
     if as_json:
         typer.echo(json_text(result))
         return
     what = f" of the ensemble of {len(paths)} models:" if len(paths) > 1 else ""
     typer.echo(
-        f"{split} perplexity{what} {result['perplexity']:.3f} over {counted(result['tokens'], 'token')} "
-        f"(batch size {batch_size}, {result['seconds']:.1f} s)"
+        f"{split} perplexity{what} {result['perplexity']:.3f} over "
+        f"{counted(result['tokens'], 'token')} (batch size {batch_size}, {result['seconds']:.1f} s)"
         + ("" if len(paths) > 1 else f" {paths[0]}")
     )
     _echo_members(result.get("members", []), result.get("published"), split)
