@@ -33,6 +33,11 @@ from ptblm.config import (
 )
 from ptblm.errors import ConfigError, Interrupted, PtblmError
 
+# Typer prints each argument's Python type beside it ("RUN_OR_CKPT <list[Path]>"), which reads like
+# internals; the argument's name already says what to give.
+if hasattr(typer.core.TyperArgument, "display_type_rich"):
+    typer.core.TyperArgument.display_type_rich = lambda self, ctx: None
+
 app = typer.Typer(
     name="ptblm",
     help="Train and evaluate Zaremba et al.'s LSTM language models on the Penn Treebank.",
@@ -62,7 +67,7 @@ def _main(
     pass
 
 
-@app.command()
+@app.command(short_help="Fetch the PTB files and verify their checksums.")
 def download(data_dir: DataDir = Path("data")) -> None:
     """Download the three PTB files into DATA_DIR/ptb/ and verify their sha256.
 
@@ -76,7 +81,10 @@ def download(data_dir: DataDir = Path("data")) -> None:
 
 @config_app.command("show")
 def config_show(
-    name: Annotated[str, typer.Argument(help=f"A shipped config ({SHIPPED}) or a YAML path.")],
+    name: Annotated[
+        str,
+        typer.Argument(metavar="NAME|PATH", help=f"A shipped config ({SHIPPED}) or a YAML path."),
+    ],
     overrides: Overrides = None,
 ) -> None:
     """Print the resolved config (with overrides applied) as YAML."""
@@ -84,7 +92,7 @@ def config_show(
     typer.echo(config_to_yaml(config, command_line()), nl=False)
 
 
-@config_app.command("list")
+@config_app.command("list", short_help="The shipped configs: size, epochs, published test, times.")
 def config_list() -> None:
     """List the shipped configs: size, epochs, parameters, the published test perplexity, and
     the expected training time of a full run on a CPU and on a GPU."""
@@ -93,7 +101,7 @@ def config_list() -> None:
     typer.echo(shipped_config_table())
 
 
-@app.command()
+@app.command(short_help="Versions, CPU, GPUs and corpus: what a bug report needs.")
 def info(
     data_dir: DataDir = Path("data"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -105,30 +113,42 @@ def info(
     typer.echo(json.dumps(details, indent=2) if as_json else render(details))
 
 
-@app.command()
+@app.command(short_help="Train a config (or --resume a run), validate, test.")
 def train(
     config: Annotated[
         str | None,
-        typer.Option("--config", "-c", help=f"A shipped config ({SHIPPED}) or a YAML path."),
+        typer.Option(
+            "--config",
+            "-c",
+            metavar="NAME|PATH",
+            help=f"A shipped config ({SHIPPED}) or a YAML path.",
+        ),
     ] = None,
     overrides: Overrides = None,
     data_dir: DataDir = Path("data"),
     corpus: CorpusDir = None,
     runs_dir: RunsDir = Path("runs"),
     name: Annotated[
-        str | None, typer.Option("--name", help="Run directory name (default CONFIG-TIMESTAMP).")
+        str | None,
+        typer.Option(
+            "--name", metavar="NAME", help="Run directory name (default CONFIG-TIMESTAMP)."
+        ),
     ] = None,
     device: Device = "auto",
     seed: Annotated[
-        int | None, typer.Option("--seed", help="Same as --set seed=N (default 0).")
+        int | None, typer.Option("--seed", metavar="N", help="Same as --set seed=N (default 0).")
     ] = None,
     precision: Annotated[
-        str | None, typer.Option("--precision", help="fp32 (default, faithful), bf16 or fp16.")
+        str | None,
+        typer.Option(
+            "--precision", metavar="PRECISION", help="fp32 (default, faithful), bf16 or fp16."
+        ),
     ] = None,
     max_steps: Annotated[
         int | None,
         typer.Option(
             "--max-steps",
+            metavar="N",
             min=1,
             help="Stop after N training windows, then validate, test and save.",
         ),
@@ -138,6 +158,7 @@ def train(
         int | None,
         typer.Option(
             "--eval-tokens",
+            metavar="N",
             min=2,
             help="Validate and test on the first N tokens of each split only: a quick smoke run "
             "whose perplexities are not comparable with the table.",
@@ -147,13 +168,18 @@ def train(
         int | None,
         typer.Option(
             "--checkpoint-every",
+            metavar="N",
             min=0,
             help="Also write last.pt every N windows (0: per epoch only).",
         ),
     ] = None,
     resume: Annotated[
         Path | None,
-        typer.Option("--resume", help="Continue the run in this directory from its last.pt."),
+        typer.Option(
+            "--resume",
+            metavar="RUN_DIR",
+            help="Continue the run in this directory from its last.pt.",
+        ),
     ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print only the final summary.")
@@ -286,11 +312,13 @@ def limit_flags(**limits: int | None) -> str:
 
 
 # The commands that use trained models have modules of their own.
-app.command("eval")(cli_eval.eval_)
-app.command()(cli_generate.generate)
+app.command("eval", short_help="Perplexity of runs or checkpoints on a split or a text.")(
+    cli_eval.eval_
+)
+app.command(short_help="Sample text from a trained model.")(cli_generate.generate)
 
 
-@app.command()
+@app.command(short_help="A table of every run: status, perplexities, speed.")
 def runs(runs_dir: RunsDir = Path("runs"), as_json: AsJson = False) -> None:
     """List every run: config, seed, status, epochs, best valid, test, time and speed; runs that
     differ only in their seed as mean +- std beside the published row."""

@@ -35,28 +35,34 @@ from ptblm.errors import ConfigError, counted
 Targets = Annotated[
     list[Path] | None,
     typer.Argument(
+        metavar="RUN_OR_CKPT",
         help="Run directories (their best.pt) or checkpoint files; several are evaluated as an "
         "ensemble. Default: the newest run.",
         show_default=False,
     ),
 ]
 Cell = Annotated[
-    str | None, typer.Option("--cell", help="Run the LSTM with another cell: fused or reference.")
+    str | None,
+    typer.Option(
+        "--cell", metavar="CELL", help="Run the LSTM with another cell: fused or reference."
+    ),
 ]
 
 
 def eval_(
     targets: Targets = None,
     split: Annotated[
-        str | None, typer.Option("--split", help="test (default), valid or train.")
+        str | None, typer.Option("--split", metavar="SPLIT", help="test (default), valid or train.")
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=1, help="Default 1: the table's protocol.")
+        int | None,
+        typer.Option("--batch-size", metavar="N", min=1, help="Default 1: the table's protocol."),
     ] = None,
     num_steps: Annotated[
         int | None,
         typer.Option(
             "--num-steps",
+            metavar="N",
             min=1,
             help="Window length (default: long windows with batch size 1, "
             "else the config's num_steps).",
@@ -66,6 +72,7 @@ def eval_(
         Path | None,
         typer.Option(
             "--text",
+            metavar="FILE",
             help="Score this text file instead of a split: one sentence a line, PTB tokens; "
             "unknown words are read as <unk> and counted.",
         ),

@@ -18,27 +18,40 @@ def generate(
     target: Annotated[
         Path | None,
         typer.Argument(
+            metavar="RUN_OR_CKPT",
             help="A run directory (its best.pt) or a checkpoint file. Default: the newest run.",
             show_default=False,
         ),
     ] = None,
     prompt: Annotated[
-        str, typer.Option("--prompt", help="Text the model continues (PTB tokens).")
+        str, typer.Option("--prompt", metavar="TEXT", help="Text the model continues (PTB tokens).")
     ] = "",
-    words: Annotated[int, typer.Option("--words", help="How many words to sample.")] = 100,
+    words: Annotated[
+        int, typer.Option("--words", metavar="N", help="How many words to sample.")
+    ] = 100,
     temperature: Annotated[
-        float, typer.Option("--temperature", help="> 0; below 1 is more conservative.")
+        float, typer.Option("--temperature", metavar="X", help="> 0; below 1 is more conservative.")
     ] = 1.0,
     top_k: Annotated[
-        int, typer.Option("--top-k", help="Sample among the K likeliest words only (0: all).")
+        int,
+        typer.Option(
+            "--top-k", metavar="K", help="Sample among the K likeliest words only (0: all)."
+        ),
     ] = 0,
     seed: Annotated[
         int | None,
-        typer.Option("--seed", help="The same seed gives the same text (default: a fresh one)."),
+        typer.Option(
+            "--seed", metavar="N", help="The same seed gives the same text (default: a fresh one)."
+        ),
     ] = None,
     runs_dir: RunsDir = Path("runs"),
     device: Annotated[
-        str, typer.Option("--device", help="cpu (default: the same text on every machine) or cuda.")
+        str,
+        typer.Option(
+            "--device",
+            metavar="DEVICE",
+            help="cpu (default: the same text on every machine) or cuda.",
+        ),
     ] = "cpu",
 ) -> None:
     """Sample text from a model; `<eos>` prints as a line break."""

@@ -13,22 +13,31 @@ from ptblm.config import CELLS
 from ptblm.errors import ConfigError
 
 DataDir = Annotated[
-    Path, typer.Option("--data-dir", help="Where the PTB download is cached (DIR/ptb/).")
+    Path,
+    typer.Option("--data-dir", metavar="DIR", help="Where the PTB download is cached (DIR/ptb/)."),
 ]
 CorpusDir = Annotated[
     Path | None,
     typer.Option(
         "--corpus",
+        metavar="DIR",
         help="Train/evaluate on your own corpus: a directory with ptb.train.txt, ptb.valid.txt and "
         "ptb.test.txt (one sentence a line). No download, no checksum.",
     ),
 ]
-RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Parent directory of run directories.")]
-Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda[:N].")]
+RunsDir = Annotated[
+    Path, typer.Option("--runs-dir", metavar="DIR", help="Parent directory of run directories.")
+]
+Device = Annotated[
+    str,
+    typer.Option("--device", metavar="DEVICE", help="auto (CUDA when present), cpu or cuda[:N]."),
+]
 Overrides = Annotated[
     list[str] | None,
     typer.Option(
-        "--set", help="Override a config field, e.g. --set learning_rate=0.5 (repeatable)."
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a config field, e.g. --set learning_rate=0.5 (repeatable).",
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
@@ -36,6 +45,7 @@ Threads = Annotated[
     int | None,
     typer.Option(
         "--threads",
+        metavar="N",
         min=1,
         help="CPU threads to compute with (default: the cores other work leaves free, re-checked "
         "as the run goes; all of them when the machine is idle).",
@@ -48,27 +58,33 @@ Cache = Annotated[
     bool, typer.Option("--cache", help="Mix in a continuous cache (Grave et al. 2017).")
 ]
 CacheWindow = Annotated[
-    int | None, typer.Option("--cache-window", help="Positions the cache looks back (>= 1).")
+    int | None,
+    typer.Option("--cache-window", metavar="N", help="Positions the cache looks back (>= 1)."),
 ]
 CacheTheta = Annotated[
-    float | None, typer.Option("--cache-theta", help="Scale of the cache's dot products (>= 0).")
+    float | None,
+    typer.Option("--cache-theta", metavar="X", help="Scale of the cache's dot products (>= 0)."),
 ]
 CacheLambda = Annotated[
-    float | None, typer.Option("--cache-lambda", help="The cache's weight in the mixture, [0, 1].")
+    float | None,
+    typer.Option("--cache-lambda", metavar="X", help="The cache's weight in the mixture, [0, 1]."),
 ]
 Dynamic = Annotated[
     bool,
     typer.Option("--dynamic", help="Dynamic evaluation: learn from the text as it is scored."),
 ]
 DynamicLr = Annotated[
-    float | None, typer.Option("--dynamic-lr", help="Step size per segment (>= 0).")
+    float | None, typer.Option("--dynamic-lr", metavar="X", help="Step size per segment (>= 0).")
 ]
 DynamicDecay = Annotated[
     float | None,
-    typer.Option("--dynamic-decay", help="Pull towards the trained weights per segment, [0, 1]."),
+    typer.Option(
+        "--dynamic-decay", metavar="X", help="Pull towards the trained weights per segment, [0, 1]."
+    ),
 ]
 DynamicSegment = Annotated[
-    int | None, typer.Option("--dynamic-segment", help="Predictions per update (>= 1).")
+    int | None,
+    typer.Option("--dynamic-segment", metavar="N", help="Predictions per update (>= 1)."),
 ]
 Tune = Annotated[
     bool,

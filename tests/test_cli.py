@@ -30,8 +30,12 @@ TAGS = [
 def test_help_and_version():
     result = ptblm("--help")
     assert result.returncode == 0
-    for command in ("download", "train", "eval", "config"):
-        assert command in result.stdout
+    for command in ("download", "info", "train", "eval", "generate", "runs", "config"):
+        assert f"\n  {command} " in result.stdout
+    assert "..." not in result.stdout.split("Commands:")[1]  # no command's help cut short
+    for command in (["train"], ["eval"], ["generate"], ["runs"], ["config", "show"]):
+        shown = ptblm(*command, "--help").stdout
+        assert "<" not in shown.replace("<eos>", "").replace("<unk>", ""), shown  # no <int range>
     result = ptblm("--version")
     assert result.returncode == 0 and result.stdout.startswith("ptblm ")
 
