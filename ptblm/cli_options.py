@@ -9,9 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
-from ptblm.config import CELLS
+from ptblm.config import CELLS, shipped_configs
 from ptblm.errors import ConfigError
 
+SHIPPED = ", ".join(shipped_configs())  # for help texts and messages
 DataDir = Annotated[
     Path,
     typer.Option("--data-dir", metavar="DIR", help="Where the PTB download is cached (DIR/ptb/)."),

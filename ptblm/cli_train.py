@@ -1,0 +1,213 @@
+"""`ptblm train`: a new run from a config, or `--resume` of a stopped one. cli.py registers it and
+turns its errors into messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ptblm.cli_options import SHIPPED, CorpusDir, DataDir, Device, Overrides, RunsDir, Threads
+from ptblm.config import PRECISIONS, load_config, resolve_config_path
+from ptblm.errors import ConfigError
+
+
+def train(
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            "-c",
+            metavar="NAME|PATH",
+            help=f"A shipped config ({SHIPPED}) or a YAML path.",
+        ),
+    ] = None,
+    overrides: Overrides = None,
+    data_dir: DataDir = Path("data"),
+    corpus: CorpusDir = None,
+    runs_dir: RunsDir = Path("runs"),
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name", metavar="NAME", help="Run directory name (default CONFIG-TIMESTAMP)."
+        ),
+    ] = None,
+    device: Device = "auto",
+    seed: Annotated[
+        int | None, typer.Option("--seed", metavar="N", help="Same as --set seed=N (default 0).")
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            "--precision", metavar="PRECISION", help="fp32 (default, faithful), bf16 or fp16."
+        ),
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--max-steps",
+            metavar="N",
+            min=1,
+            help="Stop after N training windows, then validate, test and save.",
+        ),
+    ] = None,
+    threads: Threads = None,
+    eval_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--eval-tokens",
+            metavar="N",
+            min=2,
+            help="Validate and test on the first N tokens of each split only: a quick smoke run "
+            "whose perplexities are not comparable with the table.",
+        ),
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(
+            "--checkpoint-every",
+            metavar="N",
+            min=0,
+            help="Also write last.pt every N windows (0: per epoch only).",
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            metavar="RUN_DIR",
+            help="Continue the run in this directory from its last.pt.",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the final summary.")
+    ] = False,
+) -> None:
+    """Train a model, validate each epoch, test with the table's protocol, save the run."""
+    if precision is not None and precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision}: use {', '.join(PRECISIONS)}.")
+    overrides = list(overrides or [])
+    for key, value in (
+        ("seed", seed),
+        ("precision", precision),
+        ("checkpoint_every", checkpoint_every),
+    ):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    _check_train_options(config, overrides, resume, name, max_steps, eval_tokens)
+    # Checked before torch is imported (seconds): a typo is reported at once.
+    new_config = load_config(config, overrides) if resume is None else None
+    from ptblm.distributed import init_distributed, shutdown
+    from ptblm.results import format_summary
+    from ptblm.runtime import Threads as ComputeThreads
+    from ptblm.runtime import check_precision, keep_freed_memory, resolve_device
+
+    torch_device = resolve_device(device)
+    if new_config is not None:
+        check_precision(new_config.precision, torch_device)  # before any download
+    compute_threads = ComputeThreads(threads)
+    keep_freed_memory()
+    # Under torchrun this joins the job; otherwise it is rank 0 of 1.
+    dist, torch_device = init_distributed(torch_device)
+    try:
+        if resume is not None:
+            trainer = _resume_trainer(
+                resume, data_dir, corpus, torch_device, dist, not quiet, compute_threads
+            )
+        else:
+            limits = {"max_steps": max_steps, "eval_tokens": eval_tokens}
+            trainer = _new_trainer(
+                config, new_config, data_dir, corpus, runs_dir, name, limits, torch_device,
+                dist, not quiet, compute_threads,
+            )  # fmt: skip
+        metrics = trainer.run()
+    finally:
+        shutdown(dist)
+    if metrics is not None:
+        typer.echo(format_summary(metrics, trainer.run_dir.path))
+
+
+def _check_train_options(config, overrides, resume, name, max_steps, eval_tokens) -> None:
+    if resume is not None:
+        limits = (max_steps, name, eval_tokens)
+        if config is not None or overrides or any(limit is not None for limit in limits):
+            raise ConfigError(
+                "--resume continues a run with its own config and limits: drop --config, --set, "
+                "--seed, --precision, --checkpoint-every, --max-steps, --eval-tokens and --name."
+            )
+    elif config is None:
+        raise ConfigError(f"say which config to train: --config NAME ({SHIPPED}) or a YAML path.")
+    if name is not None and (name in ("", ".", "..") or "/" in name or "\0" in name):
+        raise ConfigError(
+            f"--name {name[:60]!r}: a run's name is one directory name under --runs-dir, without "
+            f"'/' (use --runs-dir to train somewhere else)."
+        )
+
+
+def _new_trainer(
+    config_arg, config, data_dir, corpus_dir, runs_dir, name, limits, device, dist, verbose, threads
+):
+    from ptblm.data import load_corpus_on_all_ranks
+    from ptblm.run_dir import default_run_name
+    from ptblm.train import Trainer
+
+    label = resolve_config_path(config_arg).stem
+    corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, verbose)
+    # The ranks' clocks may straddle a second: rank 0 names the run.
+    name = dist.broadcast(name or default_run_name(label))
+    return Trainer(
+        config,
+        corpus,
+        Path(runs_dir) / name,
+        device,
+        **limits,
+        command=command_line(),
+        limits=limit_flags(**limits),
+        threads=threads,
+        config_name=label,
+        verbose=verbose,
+        dist=dist,
+    )
+
+
+def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose, threads):
+    from ptblm.checkpoint import check_vocabulary, corpus_dir_for
+    from ptblm.data import load_corpus_on_all_ranks
+    from ptblm.run_dir import load_resumable
+    from ptblm.run_files import LAST
+    from ptblm.train import Trainer
+
+    checkpoint, saved = load_resumable(run_dir)
+    corpus_dir = corpus_dir_for(checkpoint, corpus_dir)
+    corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, verbose)
+    check_vocabulary(checkpoint, corpus, run_dir / LAST)
+    trainer = Trainer(
+        saved,
+        corpus,
+        run_dir,
+        device,
+        command=command_line(),
+        verbose=verbose,
+        resume=checkpoint,
+        dist=dist,
+        threads=threads,
+    )
+    if verbose and dist.is_main and not checkpoint["finished"]:
+        typer.echo(
+            f"Resuming {run_dir} at step {checkpoint['global_step']} "
+            f"(epoch {checkpoint['epoch'] + 1}, window {checkpoint['window']})."
+        )
+    return trainer
+
+
+def command_line() -> str:
+    return shlex.join(["ptblm", *sys.argv[1:]])
+
+
+def limit_flags(**limits: int | None) -> str:
+    """The run's limits that its config.yaml does not hold, as flags: ' --max-steps 80'."""
+    return "".join(f" --{key.replace('_', '-')} {value}" for key, value in limits.items() if value)
