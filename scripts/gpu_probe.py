@@ -48,6 +48,7 @@ def synchronize(device: torch.device) -> None:
 
 def lstm_precisions(device: torch.device, hidden_size: int) -> None:
     print(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}")
+    configure_tf32(False)  # the fp32 line in true fp32 (cuDNN's own default allows TF32)
     lstm = nn.LSTM(hidden_size, hidden_size, 2).to(device)
     x = torch.randn(35, 20, hidden_size, device=device)
     for label, dtype in (("fp32", None), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
