@@ -51,20 +51,42 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
 
 
+NO_CORPUS = "the PTB corpus is not at"  # how a skip for want of it begins
+
+
 @pytest.fixture(scope="session")
 def ptb_dir() -> Path:
     """The real PTB corpus (ptb.train.txt, ptb.valid.txt, ptb.test.txt), read-only.
 
     Missing files skip the test locally and fail it in CI (CI set, see in_ci), where they must be
-    there.
+    there. The skips are counted at the end of the run (pytest_terminal_summary), never silent.
     """
     missing = [name for name in PTB_FILES if not (PTB_DIR / name).is_file()]
     if missing:
-        message = f"the PTB corpus is not at {PTB_DIR} (missing: {', '.join(missing)})"
+        message = f"{NO_CORPUS} {PTB_DIR} (missing: {', '.join(missing)})"
         if in_ci():
             pytest.fail(message)
         pytest.skip(message)
     return PTB_DIR
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line that says how many tests did not run for want of the real corpus, and where it
+    was looked for: they are a good part of what the suite checks."""
+    skipped = [
+        report
+        for report in terminalreporter.stats.get("skipped", [])
+        if isinstance(report.longrepr, tuple) and NO_CORPUS in str(report.longrepr[2])
+    ]
+    if skipped:
+        terminalreporter.write_sep(
+            "!",
+            f"{len(skipped)} test{'s' if len(skipped) != 1 else ''} skipped: {NO_CORPUS} "
+            f"{PTB_DIR}; to run them, put ptb.train.txt, ptb.valid.txt and ptb.test.txt there "
+            f"(ptblm download --data-dir {PTB_DIR.parent} fetches them)",
+            yellow=True,
+            bold=True,
+        )
 
 
 @pytest.fixture

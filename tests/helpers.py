@@ -94,22 +94,90 @@ def cpu_has_native_bf16_by_its_flags() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def model_from_file(path):
+    """The model a checkpoint file holds, in eval mode (read here with torch.load, not through
+    ptblm's checkpoint code)."""
+    import torch
+
+    from ptblm.config import build_config
+    from ptblm.model import LSTMLanguageModel
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = LSTMLanguageModel.from_config(build_config(saved["config"]))
+    model.load_state_dict(saved["model"])
+    return model.eval()
+
+
+def plain_logprobs(model, ids):
+    """log p of every token of the 1-D stream `ids` after the first, the test protocol written
+    out independently of ptblm's evaluation: one row, one forward over the whole stream from a
+    zero state, no batchify, no windows. float64, one value per predicted token."""
+    import torch
+
+    zeros = torch.zeros(model.num_layers, 1, model.hidden_size)
+    with torch.no_grad():
+        logits, _ = model.eval()(ids[None, :-1], (zeros, zeros.clone()))
+    logprobs = torch.log_softmax(logits[0].double(), dim=-1)
+    return logprobs.gather(1, ids[1:, None])[:, 0]
+
+
+def split_ids(corpus_folder, split, checkpoint):
+    """A split of a corpus folder as ids of a checkpoint's vocabulary, tokenized here (PTB's
+    way: each newline is <eos>), not by ptblm's data code."""
+    import torch
+
+    words = (Path(corpus_folder) / f"ptb.{split}.txt").read_text().replace("\n", " <eos> ")
+    vocab = torch.load(checkpoint, map_location="cpu", weights_only=True)["vocab"]
+    index = {word: number for number, word in enumerate(vocab)}
+    return torch.tensor([index[word] for word in words.split()])
+
+
+def plain_perplexity(model, ids) -> float:
+    """exp(mean NLL) of plain_logprobs."""
+    import math
+
+    return math.exp(-plain_logprobs(model, ids).mean().item())
+
+
 HOLD = Path(__file__).resolve().parent / "hold.py"
 
 
 class HeldRun:
     """`ptblm train` in a subprocess that stops at the given hold points (see hold.py) until
-    released: the test kills or signals it at an exact place in the run, not after a sleep."""
+    released: the test kills or signals it at an exact place in the run, not after a sleep.
 
-    def __init__(self, corpus, runs, name, *points, settings=()):
+    `args`: other `ptblm` arguments than a new run's (e.g. ["train", "--resume", RUN]).
+    `processes`: under torchrun with that many ranks; then only rank `hold_rank` holds."""
+
+    def __init__(
+        self, corpus, runs, name, *points, settings=(), args=None, processes=1, hold_rank=0
+    ):
         self.holds = runs / f"holds-{name}"
         self.holds.mkdir()
-        command = [sys.executable, str(HOLD), "train", "-c", "test", *settings]
-        command += ["--corpus", str(corpus), "--runs-dir", str(runs), "--name", name]
+        if args is None:
+            args = ["train", "-c", "test", *settings]
+            args += ["--corpus", str(corpus), "--runs-dir", str(runs), "--name", name]
         env = dict(os.environ, PTBLM_HOLD=",".join(points), PTBLM_HOLD_DIR=str(self.holds))
+        launcher = [sys.executable]
+        if processes > 1:
+            launcher += ["-m", "torch.distributed.run", "--standalone"]
+            launcher += [f"--nproc_per_node={processes}"]
+            env.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", PTBLM_HOLD_RANK=str(hold_rank))
+        command = [*launcher, str(HOLD), *map(str, args)]
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
+        self.stderr_read = ""  # what wait_for_stderr has read so far
+
+    def wait_for_stderr(self, fragment):
+        """Read the run's stderr until a line holds `fragment` (e.g. the line a signal handler
+        writes: the signal has been handled); a run that ends first fails the test."""
+        while True:
+            line = self.process.stderr.readline()
+            assert line, f"the run ended without saying {fragment!r}: {self.stderr_read}"
+            self.stderr_read += line
+            if fragment in line:
+                return
 
     def wait_held(self, index=0):
         """Until the run reaches its index-th hold point (a hang fails after two minutes)."""
@@ -119,6 +187,10 @@ class HeldRun:
             assert time.monotonic() < deadline, "the run never reached its hold point"
             time.sleep(0.02)
 
+    def held_pid(self, index=0) -> int:
+        """The process that holds at the index-th point (under torchrun: that rank's worker)."""
+        return int((self.holds / f"held-{index}").read_text())
+
     def release(self, index=0):
         (self.holds / f"release-{index}").touch()
 
@@ -127,4 +199,4 @@ class HeldRun:
 
     def finish(self):
         stdout, stderr = self.process.communicate(timeout=120)
-        return self.process.returncode, stdout, stderr
+        return self.process.returncode, stdout, self.stderr_read + stderr

@@ -6,8 +6,12 @@ PTBLM_HOLD is a comma-separated list of points, held in the order given:
     before:FILE:K   before the K-th write of FILE (last.pt or best.pt)
     after:FILE:K    right after the K-th write of FILE
     validate:K      at the start of the K-th validation
-At the i-th point the process creates $PTBLM_HOLD_DIR/held-i, then waits, napping so that signals
-are handled, until the test creates $PTBLM_HOLD_DIR/release-i.
+    test:K          at the start of the K-th test pass (1: the final model, 2: best.pt's)
+At the i-th point the process writes its PID into $PTBLM_HOLD_DIR/held-i, then waits, napping so
+that signals are handled, until the test creates $PTBLM_HOLD_DIR/release-i.
+
+Under torchrun (`torchrun ... tests/hold.py ARGS...`) every rank counts the points; with
+PTBLM_HOLD_RANK=R only rank R holds at them (the others run on, and wait in the collectives).
 """
 
 import collections
@@ -22,13 +26,19 @@ from ptblm.train import Trainer
 
 HOLD_DIR = Path(os.environ["PTBLM_HOLD_DIR"])
 POINTS = os.environ["PTBLM_HOLD"].split(",")
+HOLDS_HERE = os.environ.get("PTBLM_HOLD_RANK", os.environ.get("RANK", "0")) == os.environ.get(
+    "RANK", "0"
+)
 seen = collections.Counter()
 
 
 def at(point: str) -> None:
-    if point in POINTS:
+    if HOLDS_HERE and point in POINTS:
         index = POINTS.index(point)
-        (HOLD_DIR / f"held-{index}").touch()
+        held = HOLD_DIR / f"held-{index}"
+        partial = HOLD_DIR / f".held-{index}.tmp"
+        partial.write_text(str(os.getpid()))
+        partial.rename(held)  # the test never reads a half-written PID
         while not (HOLD_DIR / f"release-{index}").exists():
             time.sleep(0.01)
 
@@ -52,17 +62,20 @@ def wrap_save(save):
     return saving
 
 
-def wrap_validate(validate):
-    def validating(self, stop):
-        seen["validate"] += 1
-        at(f"validate:{seen['validate']}")
-        return validate(self, stop)
+def wrap_counted(name, method):
+    """Hold at `name:K` at the start of the K-th call of a Trainer method."""
 
-    return validating
+    def counted(self, *args):
+        seen[name] += 1
+        at(f"{name}:{seen[name]}")
+        return method(self, *args)
+
+    return counted
 
 
 EagerStep.__call__ = wrap_step(EagerStep.__call__)
 Trainer.save = wrap_save(Trainer.save)
-Trainer.validate = wrap_validate(Trainer.validate)
+Trainer.validate = wrap_counted("validate", Trainer.validate)
+Trainer.test = wrap_counted("test", Trainer.test)
 sys.argv = ["ptblm", *sys.argv[1:]]
 main()

@@ -4,7 +4,16 @@ import json
 import math
 
 import pytest
-from helpers import assert_clean_failure, ptblm
+import torch
+from helpers import (
+    assert_clean_failure,
+    make_corpus,
+    model_from_file,
+    plain_logprobs,
+    plain_perplexity,
+    ptblm,
+    split_ids,
+)
 
 
 def eval_json(home, *args):
@@ -13,18 +22,87 @@ def eval_json(home, *args):
     return json.loads(result.stdout)
 
 
-def test_an_ensemble_of_two_beats_both_members(two_runs):
+def test_an_ensemble_averages_its_members_probabilities(two_runs):
+    """The ensemble's perplexity is that of (p_a + p_b) / 2 at every token, recomputed here from
+    each member's own probabilities; the members' geometric mean (averaged log-probabilities) or
+    the better member at each token (max) would be other numbers."""
     ensemble = eval_json(two_runs, "runs/a", "runs/b")
-    alone = [eval_json(two_runs, f"runs/{name}")["perplexity"] for name in ("a", "b")]
+    models = [model_from_file(two_runs / f"runs/{name}/best.pt") for name in ("a", "b")]
+    ids = split_ids(two_runs / "corpus", "test", two_runs / "runs/a/best.pt")
+    a, b = (plain_logprobs(model, ids) for model in models)
+    averaged = math.exp(-(torch.logaddexp(a, b) - math.log(2)).mean().item())
+    assert ensemble["perplexity"] == pytest.approx(averaged, rel=1e-6)
+    assert ensemble["tokens"] == len(ids) - 1
     members = [member["perplexity"] for member in ensemble["members"]]
-    assert members == pytest.approx(alone, rel=1e-6)  # each member as `ptblm eval` scores it
-    # Below the members' geometric mean, always (Jensen). Below both members takes members of
-    # equal quality that err differently: the two PTB small two_runs of the README show it.
-    assert math.log(ensemble["perplexity"]) < sum(math.log(ppl) for ppl in alone) / 2
-    assert ensemble["tokens"] == eval_json(two_runs, "runs/a")["tokens"]
+    assert members == pytest.approx([math.exp(-a.mean().item()), math.exp(-b.mean().item())])
+    # The alternatives are 100 times the tolerance away from the average, or more.
+    geometric = math.exp(-((a + b) / 2).mean().item())
+    best_of_two = math.exp(-torch.maximum(a, b).mean().item())
+    for wrong in (geometric, best_of_two):
+        assert abs(averaged / wrong - 1) > 1e-4
     shown = ptblm("eval", "runs/a", "runs/b", cwd=two_runs).stdout
     assert f"ensemble of 2 models: {ensemble['perplexity']:.3f}" in shown
     assert f"{members[1]:.3f}  runs/b/best.pt" in shown
+    assert "the paper's" not in shown  # the table has no row for this config
+
+
+@pytest.fixture(scope="module")
+def medium_run(tmp_path_factory):
+    """One window of the medium config (the tutorial's 2x650 over 10,000 words) on a synthetic
+    corpus of 10,000 words: its best.pt and last.pt are two medium models to average."""
+    home = tmp_path_factory.mktemp("medium")
+    corpus = make_corpus(home / "corpus", vocab_size=10_000, sentences=600)
+    result = ptblm(
+        "train", "-c", "medium", "--max-steps", "1", "--quiet", "--corpus", corpus,
+        "--name", "m", cwd=home,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return home
+
+
+@pytest.mark.parametrize("split, number", [("test", "77.0"), ("valid", "80.6")])
+def test_two_medium_models_are_shown_beside_the_papers_two_medium_models(medium_run, split, number):
+    """docs/reference.md: Zaremba et al.'s 2 medium models averaged, valid 80.6, test 77.0."""
+    result = ptblm("eval", "runs/m/best.pt", "runs/m/last.pt", "--split", split, cwd=medium_run)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        f"  the paper's 2 medium models averaged: {split} {number}"
+    )
+
+
+def test_reset_each_line_scores_each_line_from_a_fresh_state_through_the_cli(two_runs):
+    """Each line's log-probability is that of <eos> + the line + <eos> read from a zero state,
+    recomputed here; carried across lines (the default), the second line scores otherwise."""
+    lines = ["w1 w2 w3 w1", "w4 w2 w5", "w1 w1 w2"]
+    (two_runs / "lines.txt").write_text("".join(line + "\n" for line in lines))
+    args = ["runs/a", "--text", "lines.txt", "--per-line"]
+    result = ptblm("eval", *args, "--reset-each-line", cwd=two_runs)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(row) for row in result.stdout.splitlines()]
+    assert "(each line on its own)" in result.stderr
+    model = model_from_file(two_runs / "runs/a/best.pt")
+    vocab = torch.load(two_runs / "runs/a/best.pt", weights_only=True)["vocab"]
+    for line, row in zip(lines, rows, strict=True):
+        ids = torch.tensor([vocab.index(word) for word in ["<eos>", *line.split(), "<eos>"]])
+        assert row["tokens"] == len(line.split()) + 1  # every word and the closing <eos>
+        assert row["logprob"] == pytest.approx(plain_logprobs(model, ids).sum().item(), rel=1e-5)
+    carried = ptblm("eval", *args, cwd=two_runs)
+    carried_rows = [json.loads(row) for row in carried.stdout.splitlines()]
+    assert carried_rows[1]["logprob"] != pytest.approx(rows[1]["logprob"], rel=1e-3)
+
+
+def test_cell_runs_the_same_weights_with_the_other_cell_through_the_cli(two_runs):
+    """--cell reference: the Python cell on the fused run's weights, the same perplexity (to
+    float rounding) as computed here; an unknown cell is a usage error."""
+    reference = eval_json(two_runs, "runs/a", "--cell", "reference")
+    model = model_from_file(two_runs / "runs/a/best.pt")
+    assert (reference["cell"], model.cell) == ("reference", "fused")  # as trained: fused
+    independent = plain_perplexity(
+        model, split_ids(two_runs / "corpus", "test", two_runs / "runs/a/best.pt")
+    )
+    assert reference["perplexity"] == pytest.approx(independent, rel=1e-5)
+    result = ptblm("eval", "runs/a", "--cell", "lstm", cwd=two_runs)
+    assert_clean_failure(result, 2, "--cell lstm: use fused or reference")
 
 
 def test_an_ensemble_of_another_vocabulary_is_refused(two_runs):

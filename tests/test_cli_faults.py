@@ -85,8 +85,10 @@ def test_a_run_that_never_saved_says_to_start_it_again(tiny_corpus_dir, tmp_path
         (ptblm("train", "--resume", early), 1),
     ):
         assert_clean_failure(result, code, "holds no checkpoint", "Start it again", "rm -r")
+    before = {path.name: path.read_bytes() for path in (runs / "done").iterdir()}
     again = train(tiny_corpus_dir, runs, "done")  # a run with a checkpoint: resume it instead
     assert_clean_failure(again, 2, "already exists", f"ptblm train --resume {runs / 'done'}")
+    assert {path.name: path.read_bytes() for path in (runs / "done").iterdir()} == before
     rows = {
         row["name"]: row
         for row in json.loads(ptblm("runs", "--runs-dir", runs, "--json").stdout)["runs"]
@@ -122,7 +124,14 @@ def test_a_run_name_is_one_directory_name(tiny_corpus_dir, tmp_path, name):
     assert not runs.exists() and not (tmp_path / "escape").exists()
 
 
-def test_a_corpus_of_another_vocabulary_size_gets_the_set_to_use(tiny_corpus_dir, tmp_path):
-    settings = ["-c", "test", "--set", "vocab_size=41", "--set", "hidden_size=16", "--quiet"]
+@pytest.mark.parametrize("vocab_size", [39, 41])
+def test_a_corpus_of_another_vocabulary_size_gets_the_set_to_use(
+    tiny_corpus_dir, tmp_path, vocab_size
+):
+    """Fewer words than the corpus has would index past the embedding; more would train rows
+    no word uses. Either is refused before anything is written."""
+    settings = ["-c", "test", "--set", f"vocab_size={vocab_size}", "--set", "hidden_size=16"]
     result = train(tiny_corpus_dir, tmp_path / "runs", "r", settings=settings)
     assert_clean_failure(result, 1, "has 40 distinct words", "--set vocab_size=40")
+    one_line(result)
+    assert not (tmp_path / "runs").exists()

@@ -10,7 +10,15 @@ import signal
 
 import pytest
 import torch
-from helpers import HeldRun, assert_clean_failure, make_corpus, ptblm
+from helpers import (
+    HeldRun,
+    assert_clean_failure,
+    make_corpus,
+    model_from_file,
+    plain_perplexity,
+    ptblm,
+    split_ids,
+)
 
 SETTINGS = [
     "--set", "vocab_size=40", "--set", "hidden_size=16", "--set", "num_layers=2",
@@ -200,3 +208,70 @@ def test_a_second_ctrl_c_exits_at_once_without_corrupting_anything(tmp_path, cor
     result = ptblm("train", "--resume", tmp_path / "twice")
     assert result.returncode == 0, result.stderr
     assert_same_run(tmp_path / "twice", reference)
+
+
+def windows_per_epoch(reference) -> int:
+    return json.loads((reference / "metrics.json").read_text())["history"][0]["windows"]
+
+
+def test_sigterm_during_validation_keeps_the_epochs_training_and_later_ones_are_ignored(
+    tmp_path, corpus, reference
+):
+    """A SIGTERM while epoch 1 validates: last.pt keeps the epoch's training and the validation
+    runs again on resume. A scheduler that sends more SIGTERMs does not cut that save short (a
+    second Ctrl-C would)."""
+    run = HeldRun(corpus, tmp_path, "validating", "validate:1", settings=SETTINGS)
+    run.wait_held()
+    run.send(signal.SIGTERM)
+    run.wait_for_stderr("SIGTERM: stopping after this window")  # the first one is handled
+    run.send(signal.SIGTERM)  # ...and this one arrives while the run is still held
+    run.release()
+    returncode, _, stderr = run.finish()
+    assert returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert stderr.count("stopping after this window") == 1  # the further one was ignored
+    windows = windows_per_epoch(reference)
+    assert f"SIGTERM received: stopped at step {windows} (epoch 1)" in stderr
+    assert f"Continue with: ptblm train --resume {tmp_path / 'validating'}" in stderr
+    last = torch.load(tmp_path / "validating" / "last.pt", weights_only=True)
+    assert (last["epoch"], last["window"], last["global_step"]) == (0, windows, windows)
+    assert last["history"] == [] and not last["finished"]  # the cut validation is not recorded
+    result = ptblm("train", "--resume", tmp_path / "validating")
+    assert result.returncode == 0, result.stderr
+    assert_same_run(tmp_path / "validating", reference)
+
+
+def test_sigterm_during_the_final_test_leaves_a_run_trained_with_its_test_pending(tmp_path, corpus):
+    """Stopped while it tests: `ptblm runs` says trained, test pending; a second --resume while
+    one is testing is refused by the lock; the resume only tests, and its numbers are the saved
+    models' (computed here)."""
+    settings = [*SETTINGS, "--max-steps", "20"]  # trained in 20 windows, then tested
+    run = HeldRun(corpus, tmp_path, "testing", "test:1", settings=settings)
+    run.wait_held()
+    run.send(signal.SIGTERM)
+    run.release()
+    returncode, _, stderr = run.finish()
+    assert returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert "SIGTERM received: stopped at step 20" in stderr
+    assert f"Continue with: ptblm train --resume {tmp_path / 'testing'}" in stderr
+    assert not (tmp_path / "testing" / "metrics.json").exists()
+    listed = ptblm("runs", "--runs-dir", tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [line for line in listed.stdout.splitlines() if line.startswith("testing ")]
+    assert "trained, test pending, resumable" in row
+    resume = ["train", "--resume", tmp_path / "testing"]
+    first = HeldRun(corpus, tmp_path, "first", "test:1", args=resume)
+    first.wait_held()  # the first resume holds the lock, testing
+    second = ptblm("train", "--resume", tmp_path / "testing")
+    assert_clean_failure(second, 1, f"another ptblm process is training {tmp_path / 'testing'}")
+    first.release()
+    returncode, stdout, stderr = first.finish()
+    assert returncode == 0, stderr
+    assert "Resuming" not in stdout and "Testing" in stdout  # nothing left to train
+    metrics = json.loads((tmp_path / "testing" / "metrics.json").read_text())
+    assert metrics["global_step"] == 20 and metrics["status"] == "finished"
+    for key, checkpoint in (("test_ppl", "last.pt"), ("best_test_ppl", "best.pt")):
+        path = tmp_path / "testing" / checkpoint
+        expected = plain_perplexity(model_from_file(path), split_ids(corpus, "test", path))
+        assert metrics[key] == pytest.approx(expected, rel=1e-5), key

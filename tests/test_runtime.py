@@ -2,10 +2,10 @@ import pytest
 import torch
 from helpers import cpu_has_native_bf16_by_its_flags
 
+import ptblm.runtime as runtime
 from ptblm.errors import ConfigError
 from ptblm.runtime import (
     check_precision,
-    cpu_has_native_bf16,
     cpu_info,
     resolve_device,
     supported_precisions,
@@ -31,8 +31,49 @@ def test_cpu_info_reads_the_first_processor(tmp_path):
     assert cpu_info(tmp_path / "missing") == {}
 
 
-def test_native_bf16_is_what_the_cpu_flags_say():
-    assert cpu_has_native_bf16() == cpu_has_native_bf16_by_its_flags()
+def cpuinfo_with_flags(flags: str | None) -> str:
+    """A two-processor /proc/cpuinfo; only the first processor's flags count."""
+    first = "processor\t: 0\nmodel name\t: Some CPU\n"
+    if flags is not None:
+        first += f"flags\t\t: {flags}\n"
+    return first + "\nprocessor\t: 1\nflags\t\t: fpu avx512_bf16 amx_bf16\n"
+
+
+@pytest.mark.parametrize(
+    "flags, native",
+    [
+        ("fpu sse2 avx avx2 fma", False),  # Zen 3, Skylake: no bf16 arithmetic
+        ("fpu avx2 avx512f avx512_bf16 avx512_vnni", True),  # Zen 4, Cooper Lake
+        ("fpu avx2 avx512f amx_tile amx_bf16 amx_int8", True),  # Sapphire Rapids
+        ("fpu avx512f avx512_fp16 amx_tile", False),  # neither bf16 flag
+        ("fpu xavx512_bf16 amx_bf16x", False),  # whole flags only, not substrings
+    ],
+)
+def test_native_bf16_is_read_from_the_first_processors_flags(tmp_path, monkeypatch, flags, native):
+    (tmp_path / "cpuinfo").write_text(cpuinfo_with_flags(flags))
+    real = runtime.cpu_info
+    monkeypatch.setattr(runtime, "cpu_info", lambda: real(tmp_path / "cpuinfo"))
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: not native)
+    runtime.cpu_has_native_bf16.cache_clear()
+    try:
+        assert runtime.cpu_has_native_bf16() is native
+        assert runtime.supported_precisions(CPU) == (["fp32", "bf16"] if native else ["fp32"])
+    finally:
+        runtime.cpu_has_native_bf16.cache_clear()
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_without_cpu_flags_onednn_decides(tmp_path, monkeypatch, onednn):
+    """ARM or macOS: no flags line (or no /proc/cpuinfo at all); oneDNN's own answer counts."""
+    (tmp_path / "cpuinfo").write_text(cpuinfo_with_flags(None))
+    real = runtime.cpu_info
+    monkeypatch.setattr(runtime, "cpu_info", lambda: real(tmp_path / "cpuinfo"))
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    runtime.cpu_has_native_bf16.cache_clear()
+    try:
+        assert runtime.cpu_has_native_bf16() is onednn
+    finally:
+        runtime.cpu_has_native_bf16.cache_clear()
 
 
 def test_precisions_on_this_cpu():
@@ -50,13 +91,30 @@ def test_precisions_on_this_cpu():
         check_precision("fp16", CPU)
 
 
-def test_devices():
-    assert resolve_device("cpu") == CPU
+@pytest.mark.parametrize("name", ["tpu", "cuda:x", "gpu:0", "CPU"])
+def test_unknown_devices_are_refused(name):
     with pytest.raises(ConfigError, match="unknown device"):
-        resolve_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="CUDA is not available"):
-            resolve_device("cuda:0")
+        resolve_device(name)
+
+
+def test_devices_on_a_machine_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("cpu") == CPU and resolve_device("auto") == CPU
+    for name in ("cuda", "cuda:0"):
+        with pytest.raises(ConfigError, match=f"--device {name}: CUDA is not available"):
+            resolve_device(name)
+
+
+def test_devices_on_a_machine_with_two_gpus(monkeypatch):
+    """On every machine, GPU or not: torch.device("cuda:1") is a name, not an allocation."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    assert resolve_device("cpu") == CPU
+    with pytest.raises(ConfigError, match="has 2 CUDA device.*cuda:0 to cuda:1"):
+        resolve_device("cuda:2")
 
 
 @pytest.fixture

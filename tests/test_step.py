@@ -157,21 +157,42 @@ def test_the_graph_steps_guard_stops_every_update_from_the_diverged_window_on():
         assert torch.equal(before, now)
 
 
-@pytest.mark.parametrize("trigger", ["loss over the bound", "non-finite gradient norm"])
-def test_each_divergence_trigger_on_its_own_stops_before_the_update(trigger, monkeypatch):
-    """A finite loss above 10 x log(vocab_size) per token; a finite loss whose gradient norm is
-    not finite (fp32: no GradScaler to skip the step)."""
+def window_with_decoder_bias(bias: float):
+    """A step, and a window whose targets all avoid word 0, after which the decoder's bias for
+    word 0 is `bias`: each target's loss is then about `bias` (within 2: hidden 8, weights within
+    0.1), finite, with finite gradients."""
     model, step = make_step()
-    data = torch.randint(30, (4, 6), generator=torch.Generator().manual_seed(5))
-    if trigger == "loss over the bound":
-        step.loss_bound = 0.01  # any real loss is over it
-    else:
-        real = nn.utils.clip_grad_norm_
-        monkeypatch.setattr(
-            nn.utils, "clip_grad_norm_", lambda *a, **k: real(*a, **k) * float("inf")
-        )
+    with torch.no_grad():
+        model.decoder.bias.zero_()
+        model.decoder.bias[0] = bias
+    data = torch.randint(1, 30, (4, 6), generator=torch.Generator().manual_seed(5))
+    return model, step, data[:, :5], data[:, 1:]
+
+
+def test_a_finite_loss_over_ten_times_log_vocab_per_token_is_divergence_on_its_own():
+    """The bound is 10 x log(30) = 34.0 nats per token: a loss of about 30 trains, one of about
+    50 (finite, with a finite gradient norm) is refused before the update."""
+    model, step, x, y = window_with_decoder_bias(30.0)
+    mean_nll, norm = step(x, y)
+    assert 28 < mean_nll < 32 and math.isfinite(norm)  # under the bound: the update is made
+    model, step, x, y = window_with_decoder_bias(50.0)
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(Diverged) as raised:
-        step(data[:, :5], data[:, 1:])
-    assert math.isfinite(raised.value.mean_nll)
+        step(x, y)
+    assert 48 < raised.value.mean_nll < 52  # finite, over the bound, under 5 x the bound
+    assert math.isfinite(raised.value.grad_norm)  # the loss alone tripped the guard
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert step.drain() == []  # nothing recorded as trained
+
+
+def test_a_finite_loss_with_a_non_finite_gradient_is_divergence_on_its_own():
+    """fp32 has no GradScaler to skip such a step: the guard refuses it."""
+    model, step, x, y = window_with_decoder_bias(0.0)
+    model.decoder.bias.register_hook(lambda grad: grad * math.inf)  # the real gradient, made inf
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(Diverged) as raised:
+        step(x, y)
+    assert not math.isfinite(raised.value.grad_norm)
+    assert raised.value.mean_nll < 10 * math.log(30)  # an ordinary loss: the gradient tripped it
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert step.drain() == []

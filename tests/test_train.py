@@ -1,14 +1,21 @@
 import math
+import signal
 
 import pytest
 import torch
-from helpers import cpu_has_native_bf16_by_its_flags, make_corpus
+from helpers import (
+    cpu_has_native_bf16_by_its_flags,
+    make_corpus,
+    model_from_file,
+    plain_perplexity,
+)
 
 from ptblm.config import load_config
 from ptblm.data import load_corpus
-from ptblm.errors import ConfigError, DivergenceError
-from ptblm.evaluate import evaluate, perplexity
+from ptblm.errors import ConfigError, DivergenceError, Interrupted
+from ptblm.run_dir import load_resumable
 from ptblm.signals import StopOnSignal
+from ptblm.step import EagerStep
 from ptblm.train import EpochEnd, Trainer
 
 
@@ -37,6 +44,38 @@ def make_trainer(corpus, run_dir, *overrides, max_steps=None, eval_tokens=None):
         eval_tokens=eval_tokens,
         verbose=False,
     )
+
+
+def sigterm_after(monkeypatch, windows):
+    """A real SIGTERM to this process right after the `windows`-th training window."""
+    step, done = EagerStep.__call__, [0]
+
+    def stepping(self, x, y):
+        result = step(self, x, y)
+        done[0] += 1
+        if done[0] == windows:
+            signal.raise_signal(signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(EagerStep, "__call__", stepping)
+
+
+def interrupt_then_resume(monkeypatch, trainer, windows):
+    """Run `trainer` until a SIGTERM after `windows` windows stops it, then resume its run
+    directory as `ptblm train --resume` does (its checkpoint and config); the resumed run's
+    metrics and Trainer."""
+    with monkeypatch.context() as patch, pytest.raises(Interrupted) as stopped:
+        sigterm_after(patch, windows)
+        trainer.run()
+    assert stopped.value.exit_code == 143
+    trainer.run_dir._lock.close()  # as the stopped process would at its exit
+    checkpoint, config = load_resumable(trainer.run_dir.path)
+    assert checkpoint["global_step"] == windows and not checkpoint["finished"]
+    resumed = Trainer(
+        config, trainer.corpus, trainer.run_dir.path, torch.device("cpu"), verbose=False,
+        resume=checkpoint,
+    )  # fmt: skip
+    return resumed.run(), resumed
 
 
 def test_state_is_carried_detached_across_windows_and_zeroed_each_epoch(corpus, tmp_path):
@@ -153,12 +192,11 @@ def test_best_pt_keeps_the_lowest_validation_and_is_tested_as_such(corpus, tmp_p
     assert last["global_step"] == 3 * trainer.windows_per_epoch and last["finished"]
     assert metrics["best_valid_ppl"] == 40.0 and metrics["valid_ppl"] == 45.0
     # best_test_ppl is best.pt's own test perplexity, not the final model's.
-    from ptblm.evaluate import evaluate_checkpoints
-
-    on_best = evaluate_checkpoints([tmp_path / "run" / "best.pt"], corpus_dir=corpus.folder)
-    on_last = evaluate_checkpoints([tmp_path / "run" / "last.pt"], corpus_dir=corpus.folder)
-    assert metrics["best_test_ppl"] == on_best["perplexity"] != on_last["perplexity"]
-    assert metrics["test_ppl"] == on_last["perplexity"]
+    on_best = plain_perplexity(model_from_file(tmp_path / "run" / "best.pt"), corpus.test)
+    on_last = plain_perplexity(model_from_file(tmp_path / "run" / "last.pt"), corpus.test)
+    assert on_best != pytest.approx(on_last, rel=1e-4)  # the two can be told apart
+    assert metrics["best_test_ppl"] == pytest.approx(on_best, rel=1e-5)
+    assert metrics["test_ppl"] == pytest.approx(on_last, rel=1e-5)
 
 
 def test_the_learning_rate_in_the_optimizer_follows_the_schedule(corpus, tmp_path, monkeypatch):
@@ -204,17 +242,27 @@ def test_20_windows_with_either_cell_give_the_same_weights_and_the_same_perplexi
     as_trained = evaluate_checkpoints([last], corpus_dir=corpus.folder)
     other = evaluate_checkpoints([last], corpus_dir=corpus.folder, cell="reference")
     assert other["cell"] == "reference" and as_trained["cell"] == "fused"
-    assert other["perplexity"] == pytest.approx(as_trained["perplexity"], rel=1e-5)
-    assert as_trained["perplexity"] == runs["fused"][1]["test_ppl"]
+    independent = plain_perplexity(model_from_file(last), corpus.test)
+    assert other["perplexity"] == pytest.approx(independent, rel=1e-5)
+    assert as_trained["perplexity"] == pytest.approx(independent, rel=1e-5)
+    assert runs["fused"][1]["test_ppl"] == pytest.approx(independent, rel=1e-5)
 
 
-def test_weight_decay_shrinks_the_weights(corpus, tmp_path):
-    plain = make_trainer(corpus, tmp_path / "plain", max_steps=5)
-    decayed = make_trainer(corpus, tmp_path / "decayed", "weight_decay=0.5", max_steps=5)
+def test_weight_decay_adds_lr_times_decay_times_the_weights_to_the_update(corpus, tmp_path):
+    """SGD with weight decay: w <- w - lr * (clipped gradient + weight_decay * w). From the same
+    initial weights and the same first window, the decayed run's weights differ from the plain
+    run's by exactly -lr * weight_decay * w0 (small: lr 1.0, no dropout)."""
+    plain = make_trainer(corpus, tmp_path / "plain", max_steps=1)
+    decayed = make_trainer(corpus, tmp_path / "decayed", "weight_decay=0.5", max_steps=1)
+    trained = [p for p in decayed.model.parameters() if p.requires_grad]
+    initial = [p.detach().clone() for p in trained]
+    for ours, theirs in zip(plain.model.parameters(), decayed.model.parameters()):
+        assert torch.equal(ours, theirs)  # one seed, one initialisation
     plain.run(), decayed.run()
-    norm = lambda model: sum(p.norm() ** 2 for p in model.parameters()).item()  # noqa: E731
-    assert norm(decayed.model) < norm(plain.model)
-    assert decayed.optimizer.param_groups[0]["weight_decay"] == 0.5
+    plain_trained = [p for p in plain.model.parameters() if p.requires_grad]
+    for w0, ours, theirs in zip(initial, trained, plain_trained, strict=True):
+        assert not torch.equal(ours, w0)  # the window did update it
+        torch.testing.assert_close(ours - theirs, -1.0 * 0.5 * w0, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -227,28 +275,60 @@ def test_weight_decay_shrinks_the_weights(corpus, tmp_path):
     ],
     ids=["tied", "variational", "embedding-and-weight-drop", "reference-recurrent"],
 )
-def test_every_variant_trains_saves_and_resumes(corpus, tmp_path, options):
-    trainer = make_trainer(corpus, tmp_path / "run", *options, max_steps=8)
-    metrics = trainer.run()
-    assert math.isfinite(metrics["test_ppl"]) and metrics["test_ppl"] < len(corpus.vocab)
+def test_every_variant_trains_saves_and_resumes(corpus, tmp_path, options, monkeypatch):
+    """Each variant, stopped by SIGTERM after 4 of its 8 windows (--max-steps 8) and resumed,
+    ends bitwise where the uninterrupted run ends: the dropout generators, the carried state and
+    --max-steps come back from the checkpoint. Its test perplexity is the saved model's,
+    computed independently."""
+    straight = make_trainer(corpus, tmp_path / "straight", *options, max_steps=8).run()
+    assert math.isfinite(straight["test_ppl"]) and straight["test_ppl"] < len(corpus.vocab)
     named = {option.split("=")[0] for option in options} - {"keep_prob"}
-    assert set(metrics["variant"]) == named  # the summary names what the model adds
-    from ptblm.evaluate import evaluate_checkpoints
+    assert set(straight["variant"]) == named  # the summary names what the model adds
+    trainer = make_trainer(corpus, tmp_path / "run", *options, max_steps=8)
+    metrics, resumed = interrupt_then_resume(monkeypatch, trainer, windows=4)
+    assert metrics["global_step"] == 8 == resumed.run_state.max_steps  # --max-steps kept
+    assert (metrics["train_ppl"], metrics["valid_ppl"], metrics["test_ppl"]) == (
+        straight["train_ppl"], straight["valid_ppl"], straight["test_ppl"],
+    )  # fmt: skip
+    ours = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    theirs = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), name
+    independent = plain_perplexity(model_from_file(tmp_path / "run" / "last.pt"), corpus.test)
+    assert metrics["test_ppl"] == pytest.approx(independent, rel=1e-5)
 
-    again = evaluate_checkpoints([tmp_path / "run" / "last.pt"], corpus_dir=corpus.folder)
-    assert again["perplexity"] == metrics["test_ppl"]
 
-
-def test_eval_tokens_shortens_validation_and_test_and_says_so(corpus, tmp_path):
+def test_eval_tokens_shortens_validation_and_test_and_says_so(corpus, tmp_path, monkeypatch):
     from ptblm.results import format_summary
 
     with pytest.raises(ConfigError, match="--eval-tokens 10: validation needs .* 24 tokens"):
         make_trainer(corpus, tmp_path / "tiny", max_steps=3, eval_tokens=10)
     trainer = make_trainer(corpus, tmp_path / "run", max_steps=3, eval_tokens=100)
-    metrics = trainer.run()
-    assert metrics["eval_tokens"] == 100
-    expected = perplexity(*evaluate(trainer.model, corpus.test[:100]))
-    assert metrics["test_ppl"] == pytest.approx(expected, rel=1e-12)
+    # Stopped after 2 windows and resumed: the resumed run still tests on 100 tokens only.
+    metrics, resumed = interrupt_then_resume(monkeypatch, trainer, windows=2)
+    on_100 = plain_perplexity(resumed.model, corpus.test[:100])
+    assert on_100 != pytest.approx(plain_perplexity(resumed.model, corpus.test), rel=1e-3)
+    assert metrics["test_ppl"] == pytest.approx(on_100, rel=1e-5)
     assert "--eval-tokens" in format_summary(metrics, tmp_path / "run")
-    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    assert last["eval_tokens"] == 100  # a resume keeps it
+
+
+def test_a_signal_during_validation_or_the_test_pass_ends_it_after_one_window(tmp_path):
+    """Validation and the test pass look at the stop flag after every window, so a signal there
+    costs one window, not a whole pass (the loop then saves last.pt and exits)."""
+    corpus = load_corpus(corpus_dir=make_corpus(tmp_path / "corpus", sentences=1500))
+    trainer = make_trainer(corpus, tmp_path / "run", max_steps=1)
+    windows = []
+    forward = trainer.model.forward
+    trainer.model.forward = lambda ids, state: windows.append(ids.shape) or forward(ids, state)
+
+    def windows_of(evaluation, stop):
+        windows.clear()
+        assert math.isfinite(evaluation(stop))
+        return len(windows)
+
+    validate = trainer.validate
+    test = lambda stop: trainer.test(trainer.model, stop)  # noqa: E731
+    assert windows_of(validate, StopOnSignal()) > 1 and windows_of(test, StopOnSignal()) > 1
+    stopped = StopOnSignal()
+    stopped.received = signal.SIGTERM
+    assert windows_of(validate, stopped) == 1 and windows_of(test, stopped) == 1
