@@ -264,7 +264,8 @@ def restore_training(
 ) -> tuple[RunState, LSTMState | None]:
     """Load a training checkpoint into a freshly built model, optimizer and scaler, and every
     generator; return the run's state and this rank's rows of the carried LSTM state."""
-    if checkpoint.get("world_size", 1) != dist.world_size:
+    # A finished run only tests (rank 0): any process count may do that, or say it is done.
+    if checkpoint.get("world_size", 1) != dist.world_size and not checkpoint.get("finished"):
         raise CheckpointError(
             f"this run was trained by {checkpoint.get('world_size', 1)} process(es); resume it "
             f"with as many (torchrun --nproc_per_node), so that it continues exactly."

@@ -155,6 +155,13 @@ def main() -> None:
             print(f"error: {error}", file=sys.stderr)
         elif not isinstance(error, ConfigError):  # every rank finds the same config errors
             print(f"error (rank {rank}): {error}", file=sys.stderr)
+        if isinstance(error, Interrupted) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # A torchrun worker stopped by a signal has saved and left the process group, but
+            # a communication thread of torch's may still be alive at interpreter exit, where
+            # C++ aborts (SIGABRT, about one stop in ten): leave without that teardown.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(error.exit_code)
         sys.exit(error.exit_code)
     except Exception as error:
         if type(error).__name__ == "NoArgsIsHelpError":  # `ptblm` or `ptblm config` alone

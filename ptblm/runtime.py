@@ -29,8 +29,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    kind, _, index = name.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
+    kind, colon, index = name.partition(":")
+    if kind != "cuda" or (colon and not index.isdigit()):
         raise ConfigError(f"--device {name}: unknown device; use auto, cpu, cuda or cuda:N.")
     if not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available here. Use --device cpu or auto.")

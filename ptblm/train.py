@@ -372,9 +372,14 @@ class Trainer:
         return stop()
 
     def interrupted(self, stop: StopOnSignal) -> Interrupted:
+        run = self.run_state
+        where = (
+            f"in the final test (training had ended at step {run.global_step})"
+            if run.finished
+            else f"at step {run.global_step} (epoch {run.epoch + 1})"
+        )
         return Interrupted(
-            f"{stop.name} received: stopped at step {self.run_state.global_step} (epoch "
-            f"{self.run_state.epoch + 1}) and saved {self.run_dir.path / LAST}.\n"
+            f"{stop.name} received: stopped {where} and saved {self.run_dir.path / LAST}.\n"
             f"Continue with: ptblm train --resume {self.run_dir.path}",
             stop.exit_code,
         )

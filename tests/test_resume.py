@@ -253,7 +253,7 @@ def test_sigterm_during_the_final_test_leaves_a_run_trained_with_its_test_pendin
     returncode, _, stderr = run.finish()
     assert returncode == 143, stderr
     assert "Traceback" not in stderr
-    assert "SIGTERM received: stopped at step 20" in stderr
+    assert "SIGTERM received: stopped in the final test (training had ended at step 20)" in stderr
     assert f"Continue with: ptblm train --resume {tmp_path / 'testing'}" in stderr
     assert not (tmp_path / "testing" / "metrics.json").exists()
     listed = ptblm("runs", "--runs-dir", tmp_path)

@@ -115,6 +115,9 @@ def test_devices_on_a_machine_with_two_gpus(monkeypatch):
     assert resolve_device("cpu") == CPU
     with pytest.raises(ConfigError, match="has 2 CUDA device.*cuda:0 to cuda:1"):
         resolve_device("cuda:2")
+    for name in ("cuda:", "cuda:x", "cuda:-1"):
+        with pytest.raises(ConfigError, match=f"--device {name}: unknown device"):
+            resolve_device(name)
 
 
 @pytest.fixture
