@@ -171,13 +171,21 @@ class HeldRun:
 
     def wait_for_stderr(self, fragment):
         """Read the run's stderr until a line holds `fragment` (e.g. the line a signal handler
-        writes: the signal has been handled); a run that ends first fails the test."""
-        while True:
-            line = self.process.stderr.readline()
-            assert line, f"the run ended without saying {fragment!r}: {self.stderr_read}"
-            self.stderr_read += line
-            if fragment in line:
-                return
+        writes: the signal has been handled); a run that ends first fails the test, and so does
+        one that stays silent for two minutes (it is killed then, which ends the read)."""
+        import threading
+
+        timer = threading.Timer(120, self.process.kill)
+        timer.start()
+        try:
+            while True:
+                line = self.process.stderr.readline()
+                assert line, f"the run ended without saying {fragment!r}: {self.stderr_read}"
+                self.stderr_read += line
+                if fragment in line:
+                    return
+        finally:
+            timer.cancel()
 
     def wait_held(self, index=0):
         """Until the run reaches its index-th hold point (a hang fails after two minutes)."""
