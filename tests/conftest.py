@@ -167,7 +167,7 @@ class SmallDisks:
     """`small_disk(megabytes)` -> a folder on a tmpfs of that size, to fill a disk for real;
     `small_disk.remount(folder, "size=20m")` or `(folder, "ro")` changes it. Needs root (as in
     CI); where mounting is refused the test skips, and stand-ins that fail writes in-process
-    (test_checkpoint.py, test_runs.py) cover the same code on every machine."""
+    (test_checkpoint.py, test_run_dir.py) cover the same code on every machine."""
 
     def __init__(self, root: Path):
         self.root, self.mounted = root, []
