@@ -53,14 +53,10 @@ class RunState:
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> RunState:
         """The state a checkpoint saved (KeyError names a missing field)."""
-        return cls(
-            **{
-                name.name: checkpoint.get(name.name, OPTIONAL[name.name])
-                if name.name in OPTIONAL
-                else checkpoint[name.name]
-                for name in dataclasses.fields(cls)
-            }
-        )
+        names = [entry.name for entry in dataclasses.fields(cls) if entry.name not in OPTIONAL]
+        values = {name: checkpoint[name] for name in names}
+        values.update({name: checkpoint.get(name, default) for name, default in OPTIONAL.items()})
+        return cls(**values)
 
     def windows_left(self, windows_per_epoch: int) -> int:
         """Windows to train in the current epoch: to its end, or to --max-steps if that comes

@@ -233,9 +233,8 @@ class Trainer:
             run.train_tokens = run.logged_tokens = 0
         self.model.train()
         interval_start = time.perf_counter()
-        stop_at = run.window + run.windows_left(
-            self.windows_per_epoch
-        )  # epoch's end or --max-steps
+        # The epoch's end, or where --max-steps stops the run if that comes first.
+        stop_at = run.window + run.windows_left(self.windows_per_epoch)
         with self.progress.epoch(
             run.epoch, config.max_max_epoch, self.windows_per_epoch, run.window, stop_at
         ) as bar:
@@ -267,7 +266,7 @@ class Trainer:
         return EpochEnd.COMPLETE if run.window == self.windows_per_epoch else EpochEnd.MAX_STEPS
 
     def account(self, lr: float) -> None:
-        """Add the windows the step has trained since the last call to the record (the step
+        """Add the windows the step has trained since the last call to the run's state (the step
         reads them back here, once per log interval, not once per window)."""
         run = self.run_state
         tokens_per_window = self.config.batch_size * self.config.num_steps  # all ranks together
