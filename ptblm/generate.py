@@ -56,19 +56,6 @@ def sampling_problems(
     return problems
 
 
-def generate(
-    model: LSTMLanguageModel,
-    vocab: dict[str, int],
-    prompt_ids: list[int],
-    words: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    seed: int = 0,
-) -> list[int]:
-    """`words` sampled ids (an `<eos>` counts as one), continuing the prompt."""
-    return list(sample(model, vocab, prompt_ids, words, temperature, top_k, seed))
-
-
 def sample(
     model: LSTMLanguageModel,
     vocab: dict[str, int],

@@ -67,12 +67,13 @@ class Progress:
         self.writer = None
 
     @contextlib.contextmanager
-    def epoch(self, epoch: int, epochs: int, windows: int, done: int, last: int | None = None):
-        """A bar for 0-based `epoch` of `windows` windows, `done` of them already trained; `last`:
-        the window where the run stops in this epoch (--max-steps), the bar's total and ETA."""
+    def epoch(self, epoch: int, epochs: int, windows: int, done: int, stop: int):
+        """A bar for 0-based `epoch` of `windows` windows, `done` of them already trained; `stop`:
+        the window where the run stops in this epoch (its end, or --max-steps), the bar's total
+        and ETA."""
         wide = shutil.get_terminal_size(fallback=(80, 24)).columns >= 40
         self.bar = tqdm(
-            total=windows if last is None else last,
+            total=stop,
             initial=done,
             desc=f"epoch {epoch + 1}/{epochs}",
             unit="win",

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptblm.errors import ConfigError
+from ptblm.errors import ConfigError, counted
 
 # x86 flags of a CPU that computes in bf16 natively (AVX-512 BF16: AMD Zen 4 and newer, Intel
 # Cooper Lake and Sapphire Rapids; AMX: Intel Sapphire Rapids and newer). Without them oneDNN
@@ -154,8 +154,7 @@ def seed_everything(seed: int) -> None:
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    threads = torch.get_num_threads()
-    return f"cpu: {platform.machine()}, {threads} thread{'s' if threads != 1 else ''}"
+    return f"cpu: {platform.machine()}, {counted(torch.get_num_threads(), 'thread')}"
 
 
 def cpu_count() -> int:

@@ -95,13 +95,13 @@ def test_the_streamed_text_is_the_whole_text(checkpoint):
     """Streaming prints what joining the words printed: the prompt, then the sampled words, an
     <eos> as a line break, and one newline at the end."""
     from ptblm.checkpoint import load_checkpoint, model_from_checkpoint, vocab_dict
-    from ptblm.generate import as_text, generate
+    from ptblm.generate import as_text, sample
 
     process = start(checkpoint, "--prompt", "the cat", "--words", "300")
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
     model = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
-    ids = generate(model, vocab_dict(VOCAB), [1, 2], 300, seed=3)
+    ids = list(sample(model, vocab_dict(VOCAB), [1, 2], 300, seed=3))
     assert stdout.decode() == as_text(["the", "cat", *(VOCAB[i] for i in ids)]) + "\n"
 
 

@@ -4,8 +4,14 @@ import pytest
 import torch
 
 from ptblm.errors import CheckpointError, ConfigError
-from ptblm.generate import as_text, generate
+from ptblm.generate import as_text, sample
 from ptblm.model import LSTMLanguageModel
+
+
+def generate_ids(*args, **kwargs) -> list[int]:
+    """Every id `sample` draws, at once."""
+    return list(sample(*args, **kwargs))
+
 
 VOCAB = {word: i for i, word in enumerate(["the", "<unk>", "<eos>", "cat", "sat", "mat", "on"])}
 
@@ -16,16 +22,16 @@ def model():
 
 
 def test_the_same_seed_gives_the_same_words():
-    one = generate(model(), VOCAB, [VOCAB["the"]], words=50, seed=7)
-    assert one == generate(model(), VOCAB, [VOCAB["the"]], words=50, seed=7)
-    assert one != generate(model(), VOCAB, [VOCAB["the"]], words=50, seed=8)
+    one = generate_ids(model(), VOCAB, [VOCAB["the"]], words=50, seed=7)
+    assert one == generate_ids(model(), VOCAB, [VOCAB["the"]], words=50, seed=7)
+    assert one != generate_ids(model(), VOCAB, [VOCAB["the"]], words=50, seed=8)
     assert len(one) == 50 and set(one) <= set(VOCAB.values())
 
 
 def test_top_k_1_is_greedy_decoding():
     """Against a greedy loop written here: feed <eos> and the prompt, then the argmax."""
     net = model().eval()
-    sampled = generate(net, VOCAB, [VOCAB["cat"]], words=10, top_k=1, seed=1)
+    sampled = generate_ids(net, VOCAB, [VOCAB["cat"]], words=10, top_k=1, seed=1)
     with torch.no_grad():
         logits, state = net(torch.tensor([[VOCAB["<eos>"], VOCAB["cat"]]]), None)
         greedy = []
@@ -40,14 +46,14 @@ def test_top_k_draws_only_among_the_likeliest():
     with torch.no_grad():
         logits, _ = net(torch.tensor([[VOCAB["<eos>"]]]), None)
     likeliest = set(torch.topk(logits[0, -1], 2).indices.tolist())
-    firsts = {generate(net, VOCAB, [], words=1, top_k=2, seed=seed)[0] for seed in range(40)}
+    firsts = {generate_ids(net, VOCAB, [], words=1, top_k=2, seed=seed)[0] for seed in range(40)}
     assert firsts == likeliest  # 40 seeded draws between two words see both
 
 
 def test_a_low_temperature_is_nearly_greedy():
     net = model().eval()
-    greedy = generate(net, VOCAB, [], words=20, top_k=1)
-    assert generate(net, VOCAB, [], words=20, temperature=1e-3, seed=3) == greedy
+    greedy = generate_ids(net, VOCAB, [], words=20, top_k=1)
+    assert generate_ids(net, VOCAB, [], words=20, temperature=1e-3, seed=3) == greedy
 
 
 @pytest.mark.parametrize(
@@ -65,7 +71,7 @@ def test_a_low_temperature_is_nearly_greedy():
 )
 def test_bad_sampling_options(options, message):
     with pytest.raises(ConfigError, match=message):
-        generate(model(), VOCAB, [], **{"words": 5, **options})
+        generate_ids(model(), VOCAB, [], **{"words": 5, **options})
 
 
 def test_eos_prints_as_a_line_break():
@@ -92,7 +98,7 @@ def test_a_long_prompt_is_read_in_windows_of_its_tokens():
     net = model().eval()
     prompt = [VOCAB["cat"], VOCAB["sat"], VOCAB["on"]] * 700
     spy = Spy(net)
-    sampled = generate(net, VOCAB, prompt, words=8, top_k=1)
+    sampled = generate_ids(net, VOCAB, prompt, words=8, top_k=1)
     assert max(spy.lengths) == 500 < len(prompt)  # generate.PROMPT_WINDOW
     with torch.no_grad():  # greedy after reading the whole prompt at once
         logits, state = spy.forward(torch.tensor([[VOCAB["<eos>"], *prompt]]), None)
@@ -113,7 +119,7 @@ def test_words_come_one_by_one_as_they_are_drawn():
     words = sample(net, VOCAB, [VOCAB["the"]], words=1_000_000, seed=1)
     first = next(words)
     assert first in VOCAB.values() and spy.lengths == [2]
-    assert [first, *(next(words) for _ in range(4))] == generate(
+    assert [first, *(next(words) for _ in range(4))] == generate_ids(
         model(), VOCAB, [VOCAB["the"]], 5, seed=1
     )
     spy.lengths.clear()
@@ -138,4 +144,4 @@ def test_a_diverged_model_is_refused_not_sampled():
     with torch.no_grad():
         net.decoder.bias.fill_(float("nan"))
     with pytest.raises(CheckpointError, match="not finite numbers"):
-        generate(net, VOCAB, [], words=3)
+        generate_ids(net, VOCAB, [], words=3)

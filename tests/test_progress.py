@@ -37,7 +37,7 @@ def test_the_bar_ends_where_max_steps_stops_the_run_and_a_zero_width_terminal_ge
         shutil, "get_terminal_size", lambda fallback: os.terminal_size((columns, 0))
     )
     shown = Progress(tmp_path)
-    with shown.epoch(0, 13, 2323, done=0, last=80) as epoch_bar:
+    with shown.epoch(0, 13, 2323, done=0, stop=80) as epoch_bar:
         assert epoch_bar.total == 80 and (not epoch_bar.disable) == bar
         shown.show(0, 1, 2323, ppl=900.0, wps=5000.0, lr=1.0)
     text = sys.stdout.getvalue()
@@ -49,7 +49,7 @@ def test_off_a_terminal_a_line_is_due_every_thirty_seconds(tmp_path, monkeypatch
     monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     shown = Progress(tmp_path)
-    with shown.epoch(0, 1, 100, done=0):
+    with shown.epoch(0, 1, 100, done=0, stop=100):
         assert not shown.wants_figures()
         clock[0] += progress.LINE_SECONDS
         assert shown.wants_figures()
