@@ -24,8 +24,8 @@ from ptblm.cache import CacheSettings, ContinuousCache
 from ptblm.data import windows
 from ptblm.dynamic import DynamicEvaluation, DynamicSettings
 from ptblm.errors import counted
-from ptblm.evaluate import TEST_NUM_STEPS, evaluate, perplexity
-from ptblm.model import LSTMLanguageModel, detach_state
+from ptblm.evaluate import TEST_NUM_STEPS, evaluate
+from ptblm.model import LSTMLanguageModel, detach_state, perplexity
 
 # --tune's grids, searched on the validation split. The cache's covers the values Grave et al.
 # report for PTB (windows 100-2000, theta around 0.3, lambda around 0.1); dynamic evaluation's,

@@ -131,9 +131,18 @@ def load_corpus_on_all_ranks(data_dir, corpus_dir, dist: Distributed, verbose: b
     return load_corpus(data_dir, corpus_dir, progress=verbose and dist.is_main)
 
 
-def check_corpus_fits(config: Config, corpus: Corpus, world_size: int) -> None:
+def check_corpus_fits(
+    config: Config, corpus: Corpus, world_size: int, eval_tokens: int | None = None
+) -> None:
     """Refuse, before any training, a corpus or a process count that does not fit the config:
-    each split needs one window (the test split: batch_size 1, the table's protocol)."""
+    each split needs one window (the test split: batch_size 1, the table's protocol), and so
+    does the prefix that `eval_tokens` (--eval-tokens) validates on."""
+    least = config.batch_size * (config.num_steps + 1)  # one validation window
+    if eval_tokens is not None and eval_tokens < least:
+        raise ConfigError(
+            f"--eval-tokens {eval_tokens}: validation needs one window of batch_size x "
+            f"(num_steps + 1) = {least} tokens at least."
+        )
     if config.batch_size % world_size:
         raise ConfigError(
             f"batch_size {config.batch_size} does not divide by the {world_size} processes: each "

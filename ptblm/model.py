@@ -16,6 +16,8 @@ run it layer by layer (the fused cell per layer, or the reference cell).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -179,3 +181,13 @@ def window_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits (batch, steps, vocab), targets (batch, steps) -> scalar.
     """
     return token_nll(logits, targets, "mean") * targets.size(1)
+
+
+def perplexity(nll: float, tokens: int) -> float:
+    """exp(mean NLL); inf when that overflows a float (a diverging model), nan for no tokens."""
+    if not tokens:
+        return math.nan
+    try:
+        return math.exp(nll / tokens)
+    except OverflowError:
+        return math.inf

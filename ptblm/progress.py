@@ -89,13 +89,16 @@ class Progress:
             yield self.bar
         self.bar = None
 
-    def train_point(self, epoch: int, window: int, windows: int, step: int, **scalars) -> None:
+    def train_point(
+        self, epoch: int, window: int, windows: int, step: int, first: bool = False, **scalars
+    ) -> None:
         """One TensorBoard point (loss, ppl, lr, grad_norm, wps) at `step`, then the bar's figures,
-        or a plain line when a tenth of the epoch has passed since the last one."""
+        or a plain line when a tenth of the epoch has passed since the last one (or it is the
+        `first` window this process trains)."""
         if self.writer:
             for name, value in scalars.items():
                 self.writer.add_scalar(f"train/{name}", value, step)
-        if not self.bar.disable or window >= self._next_line or window == windows:
+        if not self.bar.disable or first or window >= self._next_line or window == windows:
             self.show(epoch, window, windows, **scalars)
 
     def wants_figures(self) -> bool:

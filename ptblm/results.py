@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ptblm import __version__
+from ptblm.config import Config
 from ptblm.run_files import strict
 from ptblm.run_state import RunState
 from ptblm.runtime import Threads, device_description
@@ -45,6 +46,14 @@ def run_metrics(
         },
         "history": state.history,
     }
+
+
+def hparams(config: Config, state: RunState) -> dict[str, Any]:
+    """TensorBoard's HParams row: seed, config name and --max-steps first (the columns that tell
+    runs apart), then every config field."""
+    fields = config.to_dict()
+    first = {"seed": fields.pop("seed"), "config_name": state.config_name or ""}
+    return {**first, "max_steps": state.max_steps or 0, **fields}
 
 
 def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ptblm.config import Config, model_variant
+from ptblm.model import perplexity
 from ptblm.published import published_row
 from ptblm.run_files import strict
 
@@ -57,6 +58,71 @@ class RunState:
         values = {name: checkpoint[name] for name in names}
         values.update({name: checkpoint.get(name, default) for name, default in OPTIONAL.items()})
         return cls(**values)
+
+    def start_epoch(self) -> None:
+        """Zero the epoch's running sums (at its first window, not when resuming inside it)."""
+        self.train_nll = self.logged_nll = self.norm_sum = 0.0
+        self.train_tokens = self.logged_tokens = 0
+
+    def add_windows(self, trained: list[tuple[float, float]], tokens_per_window: int) -> None:
+        """Add each trained window's (mean per-token NLL, gradient norm before clipping);
+        `tokens_per_window` counts the tokens of all ranks."""
+        for mean_nll, grad_norm in trained:
+            self.train_nll += mean_nll * tokens_per_window
+            self.train_tokens += tokens_per_window
+            self.norm_sum += grad_norm
+
+    def train_ppl(self) -> float:
+        """The training perplexity of the epoch so far (dropout on)."""
+        return perplexity(self.train_nll, self.train_tokens)
+
+    def interval_tokens(self) -> int:
+        """Training tokens since the last log point."""
+        return self.train_tokens - self.logged_tokens
+
+    def close_interval(self, seconds: float, tokens_per_window: int) -> dict[str, float]:
+        """Count the windows since the last log point as `seconds` of training and start the next
+        interval; return their loss, the epoch's ppl so far, their mean gradient norm and wps."""
+        tokens = self.interval_tokens()
+        self.train_seconds += seconds
+        self.timed_tokens += tokens
+        figures = {
+            "loss": (self.train_nll - self.logged_nll) / tokens,
+            "ppl": self.train_ppl(),
+            "grad_norm": self.norm_sum / (tokens // tokens_per_window),
+            "wps": tokens / seconds,
+        }
+        self.logged_nll, self.logged_tokens, self.norm_sum = self.train_nll, self.train_tokens, 0.0
+        return figures
+
+    def end_epoch(
+        self,
+        learning_rate: float,
+        valid_ppl: float,
+        complete: bool,
+        epochs: int,
+        windows_per_epoch: int,
+    ) -> bool:
+        """After validation: add the epoch to the history (its trained part, if --max-steps cut
+        it short), move to the next epoch if this one is `complete`, mark the run finished after
+        `epochs` or at --max-steps, and return whether this validation is the best so far (the
+        caller saves best.pt)."""
+        self.history.append(
+            {
+                "epoch": self.epoch + 1,
+                "learning_rate": learning_rate,
+                "windows": self.window,
+                "train_ppl": self.train_ppl(),
+                "valid_ppl": valid_ppl,
+            }
+        )
+        if complete:
+            self.epoch, self.window = self.epoch + 1, 0
+        self.finished = self.epoch >= epochs or self.windows_left(windows_per_epoch) == 0
+        best = self.best_step < 0 or valid_ppl < self.best_valid_ppl
+        if best:
+            self.best_valid_ppl, self.best_step = valid_ppl, self.global_step
+        return best
 
     def windows_left(self, windows_per_epoch: int) -> int:
         """Windows to train in the current epoch: to its end, or to --max-steps if that comes

@@ -31,6 +31,7 @@ from torch import nn
 from ptblm.config import Config
 from ptblm.distributed import SINGLE_PROCESS, Distributed
 from ptblm.model import State, detach_state, window_loss
+from ptblm.runtime import autocast_context, make_scaler
 
 # A huge learning rate saturates the LSTM's gates before anything becomes NaN, so a per-token loss
 # far beyond the untrained model's log(vocab_size) counts as divergence too.
@@ -250,3 +251,22 @@ class GraphStep:
             if not updated:
                 raise Diverged(loss / self.num_steps, grad_norm, queued - index - 1)
         return [(loss / self.num_steps, grad_norm) for loss, grad_norm, _ in rows]
+
+
+def make_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, config: Config, dist: Distributed
+) -> EagerStep | GraphStep:
+    """The step for this run: the same update either way; the graph (CUDA, fp32, one process)
+    only removes the host from the window's pace. Under torchrun the model is wrapped in DDP
+    and each rank draws its own dropout masks for its own rows."""
+    device = next(model.parameters()).device
+    scaler = make_scaler(config.precision, device)
+    if device.type == "cuda" and config.cuda_graph and scaler is None and not dist.enabled:
+        return GraphStep(model, optimizer, config)
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        torch.manual_seed(config.seed + dist.rank)
+        model = DistributedDataParallel(model)
+    autocast = autocast_context(config.precision, device)
+    return EagerStep(model, optimizer, config, autocast, scaler, dist)

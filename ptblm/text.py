@@ -31,8 +31,8 @@ import torch
 from ptblm.data import EOS, unreadable
 from ptblm.ensemble import average, member_logprobs
 from ptblm.errors import DataError, quote
-from ptblm.evaluate import TEST_NUM_STEPS, perplexity
-from ptblm.model import LSTMLanguageModel, token_nll
+from ptblm.evaluate import TEST_NUM_STEPS
+from ptblm.model import LSTMLanguageModel, perplexity, token_nll
 
 UNK = "<unk>"
 CHUNK_BYTES = 1 << 20

@@ -34,24 +34,18 @@ from ptblm.checkpoint import (
 from ptblm.config import Config, learning_rate_at
 from ptblm.data import Corpus, batchify, check_corpus_fits, num_windows, windows
 from ptblm.distributed import SINGLE_PROCESS, Distributed
-from ptblm.errors import CheckpointError, ConfigError, DivergenceError, Interrupted
-from ptblm.evaluate import TEST_BATCH_SIZE, TEST_NUM_STEPS, evaluate, perplexity
+from ptblm.errors import CheckpointError, DivergenceError, Interrupted
+from ptblm.evaluate import TEST_BATCH_SIZE, TEST_NUM_STEPS, evaluate
 from ptblm.memory import check_training_fits
-from ptblm.model import LSTMLanguageModel
+from ptblm.model import LSTMLanguageModel, perplexity
 from ptblm.progress import Progress, log_every
-from ptblm.results import run_metrics
+from ptblm.results import hparams, run_metrics
 from ptblm.run_dir import RunDirectory, resumable_checkpoint
 from ptblm.run_files import BEST, LAST
 from ptblm.run_state import RunState
-from ptblm.runtime import (
-    Threads,
-    autocast_context,
-    configure_tf32,
-    make_scaler,
-    seed_everything,
-)
+from ptblm.runtime import Threads, check_precision, configure_tf32, seed_everything
 from ptblm.signals import StopOnSignal
-from ptblm.step import Diverged, EagerStep, GraphStep
+from ptblm.step import Diverged, make_step
 
 
 class EpochEnd(enum.Enum):
@@ -81,16 +75,10 @@ class Trainer:
     ):
         self.config, self.corpus, self.device, self.dist = config, corpus, device, dist
         self.threads = threads  # None: as the caller left torch (the CLI adapts them to load)
-        least = config.batch_size * (config.num_steps + 1)  # one validation window
-        if eval_tokens is not None and eval_tokens < least:
-            raise ConfigError(
-                f"--eval-tokens {eval_tokens}: validation needs one window of batch_size x "
-                f"(num_steps + 1) = {least} tokens at least."
-            )
-        check_corpus_fits(config, corpus, dist.world_size)
+        check_corpus_fits(config, corpus, dist.world_size, eval_tokens)
+        check_precision(config.precision, device)
         if device.type == "cuda":
             configure_tf32(config.allow_tf32)
-        autocast = autocast_context(config.precision, device)
 
         seed_everything(config.seed)
         check_training_fits(config, device)  # weights, gradients and one window
@@ -103,22 +91,12 @@ class Trainer:
         # the equal shares, which is the gradient of the whole batch's mean loss.
         share = config.batch_size // dist.world_size
         self.rank_rows = range(dist.rank * share, (dist.rank + 1) * share)
-        trained = self.model
-        if dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            torch.manual_seed(config.seed + dist.rank)  # own dropout masks for own rows
-            trained = DistributedDataParallel(self.model)
-        scaler = make_scaler(config.precision, device)
-        # The same update either way; the graph only removes the host from the window's pace.
-        if device.type == "cuda" and config.cuda_graph and scaler is None and not dist.enabled:
-            self.step = GraphStep(self.model, self.optimizer, config)
-        else:
-            self.step = EagerStep(trained, self.optimizer, config, autocast, scaler, dist)
+        self.step = make_step(self.model, self.optimizer, config, dist)
         # Moved to the device once; windows are views cut from it, no per-window copy.
         rows_of_text = batchify(corpus.train, config.batch_size)
         self.train_data = rows_of_text[self.rank_rows.start : self.rank_rows.stop].to(device)
         self.windows_per_epoch = num_windows(self.train_data.size(1), config.num_steps)
+        self.tokens_per_window = config.batch_size * config.num_steps  # all ranks together
         self.run_dir = RunDirectory(run_dir)
         if resume is None:
             self.run_state = RunState(config_name, max_steps, eval_tokens)
@@ -183,9 +161,7 @@ class Trainer:
             self.progress.scalar("test/ppl", test_ppl, run.global_step)
             summary = self.summary("finished", test_ppl=test_ppl, best_test_ppl=best_test_ppl)
             metrics = run_metrics(summary, run, self.device, self.threads, self.dist.world_size)
-            config = self.config.to_dict()
-            first = {"seed": config.pop("seed"), "config_name": run.config_name or ""}
-            self.progress.hparams({**first, "max_steps": run.max_steps or 0, **config})
+            self.progress.hparams(hparams(self.config, run))
         self.run_dir.write_metrics(metrics)
         self.run_dir.write_summary(summary)
         return metrics
@@ -193,29 +169,19 @@ class Trainer:
     def end_epoch(self, ended: EpochEnd, valid_ppl: float) -> None:
         """Record the epoch, move on, and save best.pt (if it is the best so far) and last.pt."""
         run = self.run_state
-        train_ppl = perplexity(run.train_nll, run.train_tokens)
         lr = self.optimizer.param_groups[0]["lr"]
-        run.history.append(
-            {
-                "epoch": run.epoch + 1,
-                "learning_rate": lr,
-                "windows": run.window,
-                "train_ppl": train_ppl,
-                "valid_ppl": valid_ppl,
-            }
-        )
         self.progress.scalar("valid/ppl", valid_ppl, run.global_step)
         self.progress.say(
-            f"Epoch {run.epoch + 1}: learning rate {lr:g}, train perplexity {train_ppl:.3f}, "
-            f"valid perplexity {valid_ppl:.3f}"
+            f"Epoch {run.epoch + 1}: learning rate {lr:g}, train perplexity "
+            f"{run.train_ppl():.3f}, valid perplexity {valid_ppl:.3f}"
         )
-        if ended is EpochEnd.COMPLETE:
-            run.epoch, run.window, self.step.state = run.epoch + 1, 0, None
-        run.finished = (
-            run.epoch >= self.config.max_max_epoch or run.windows_left(self.windows_per_epoch) == 0
+        complete = ended is EpochEnd.COMPLETE
+        best = run.end_epoch(
+            lr, valid_ppl, complete, self.config.max_max_epoch, self.windows_per_epoch
         )
-        if run.best_step < 0 or valid_ppl < run.best_valid_ppl:
-            run.best_valid_ppl, run.best_step = valid_ppl, run.global_step
+        if complete:
+            self.step.state = None
+        if best:
             self.save(BEST)
         self.save(LAST)
 
@@ -229,8 +195,7 @@ class Trainer:
             group["lr"] = lr
         if run.window == 0:
             self.step.state = self.model.initial_state(self.train_data.size(0), self.device)
-            run.train_nll = run.logged_nll = run.norm_sum = 0.0
-            run.train_tokens = run.logged_tokens = 0
+            run.start_epoch()
         self.model.train()
         interval_start = time.perf_counter()
         # The epoch's end, or where --max-steps stops the run if that comes first.
@@ -269,52 +234,31 @@ class Trainer:
         """Add the windows the step has trained since the last call to the run's state (the step
         reads them back here, once per log interval, not once per window)."""
         run = self.run_state
-        tokens_per_window = self.config.batch_size * self.config.num_steps  # all ranks together
         try:
             trained = self.step.drain()
         except Diverged as diverged:
             back = diverged.windows_after + 1  # to just before the diverged window
             run.global_step, run.window = run.global_step - back, run.window - back
             raise self.on_divergence(diverged, lr) from None
-        for mean_nll, grad_norm in trained:
-            run.train_nll += mean_nll * tokens_per_window
-            run.train_tokens += tokens_per_window
-            run.norm_sum += grad_norm
+        run.add_windows(trained, self.tokens_per_window)
 
     def show_so_far(self, lr: float, seconds: float) -> None:
         """The figures between two log points (no TensorBoard point, so that the points of a
         resumed run fall where an uninterrupted run's do)."""
         self.account(lr)
         run = self.run_state
+        wps = run.interval_tokens() / max(seconds, 1e-9)
         self.progress.show(
-            run.epoch,
-            run.window,
-            self.windows_per_epoch,
-            ppl=perplexity(run.train_nll, run.train_tokens),
-            wps=(run.train_tokens - run.logged_tokens) / max(seconds, 1e-9),
-            lr=lr,
+            run.epoch, run.window, self.windows_per_epoch, ppl=run.train_ppl(), wps=wps, lr=lr
         )
 
     def log_interval(self, lr: float, seconds: float) -> None:
         """Account the windows since the last point as training time, and show them."""
         run = self.run_state
-        tokens = run.train_tokens - run.logged_tokens
-        run.train_seconds += seconds
-        run.timed_tokens += tokens
-        window_tokens = self.config.batch_size * self.config.num_steps
-        self.progress.train_point(
-            run.epoch,
-            run.window,
-            self.windows_per_epoch,
-            run.global_step,
-            loss=(run.train_nll - run.logged_nll) / tokens,
-            ppl=perplexity(run.train_nll, run.train_tokens),
-            lr=lr,
-            grad_norm=run.norm_sum / (tokens // window_tokens),
-            wps=tokens / seconds,
-        )
-        run.logged_nll, run.logged_tokens = run.train_nll, run.train_tokens
-        run.norm_sum = 0.0
+        figures = run.close_interval(seconds, self.tokens_per_window)
+        first = not self.shown  # the first window this process trains: a line in a log too
+        where = (run.epoch, run.window, self.windows_per_epoch, run.global_step)
+        self.progress.train_point(*where, first, lr=lr, **figures)
         if self.threads:
             self.threads.adjust()  # other work may have started or ended
 
@@ -342,27 +286,16 @@ class Trainer:
 
     def validate(self, stop: StopOnSignal) -> float:
         """Training batch_size and num_steps, dropout off; each rank evaluates its own rows."""
-        config = self.config
+        valid, config = self.corpus.valid[: self.run_state.eval_tokens], self.config
         nll, tokens = evaluate(
-            self.model,
-            self.corpus.valid[: self.run_state.eval_tokens],
-            config.batch_size,
-            config.num_steps,
-            rows=self.rank_rows,
-            should_stop=stop,
+            self.model, valid, config.batch_size, config.num_steps, self.rank_rows, stop
         )
         return perplexity(*self.dist.sum([nll, tokens], self.device))
 
     def test(self, model: LSTMLanguageModel, stop: StopOnSignal) -> float:
         """The table's protocol: batch_size 1 over the whole test stream."""
-        nll, tokens = evaluate(
-            model,
-            self.corpus.test[: self.run_state.eval_tokens],
-            TEST_BATCH_SIZE,
-            TEST_NUM_STEPS,
-            should_stop=stop,
-        )
-        return perplexity(nll, tokens)
+        test = self.corpus.test[: self.run_state.eval_tokens]
+        return perplexity(*evaluate(model, test, TEST_BATCH_SIZE, TEST_NUM_STEPS, None, stop))
 
     def stopping(self, stop: StopOnSignal) -> bool:
         """Has this process, or under torchrun any rank, been asked to stop? Same answer on all."""

@@ -8,8 +8,8 @@ import torch
 from ptblm.adapt import adapted_perplexity, stream_logprobs, tune
 from ptblm.cache import CacheSettings
 from ptblm.dynamic import DynamicSettings
-from ptblm.evaluate import evaluate, perplexity
-from ptblm.model import LSTMLanguageModel
+from ptblm.evaluate import evaluate
+from ptblm.model import LSTMLanguageModel, perplexity
 
 
 def tiny_model(seed=0):

@@ -5,8 +5,8 @@ import torch
 
 from ptblm.data import batchify
 from ptblm.ensemble import average, member_logprobs
-from ptblm.evaluate import evaluate, perplexity
-from ptblm.model import LSTMLanguageModel
+from ptblm.evaluate import evaluate
+from ptblm.model import LSTMLanguageModel, perplexity
 
 VOCAB = 30
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ptblm.config import load_config
-from ptblm.model import LSTMLanguageModel, detach_state, window_loss
+from ptblm.model import LSTMLanguageModel, detach_state, perplexity, window_loss
 
 
 def test_shapes_and_architecture_follow_the_config():
@@ -225,3 +225,9 @@ def test_the_faithful_model_is_bitwise_a_plain_pytorch_model():
         assert len(ours) == len(named)
         for (name, theirs), mine in zip(named, ours):
             assert torch.equal(mine, theirs), f"keep_prob {keep_prob}: {name} differs"
+
+
+def test_perplexity_edge_cases():
+    assert perplexity(2 * math.log(3), 2) == pytest.approx(3.0)
+    assert perplexity(1e6, 1) == math.inf
+    assert math.isnan(perplexity(0.0, 0))

@@ -57,11 +57,14 @@ def test_off_a_terminal_a_line_is_due_every_thirty_seconds(tmp_path, monkeypatch
         assert not shown.wants_figures()  # the line just printed restarts the clock
 
 
-def test_a_log_gets_figures_from_the_first_window_on(tmp_path, monkeypatch):
+@pytest.mark.parametrize("max_steps", [100, 39], ids=["every-5th-window", "every-window"])
+def test_a_log_gets_figures_from_the_first_window_on(tmp_path, monkeypatch, max_steps):
+    """Whether window 1 is a TensorBoard point (runs under 40 windows log every window) or not."""
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     corpus = load_corpus(corpus_dir=make_corpus(tmp_path / "corpus"))
     config = load_config("small", ["vocab_size=40", "hidden_size=8", "num_steps=5", "batch_size=4"])
-    trainer = Trainer(config, corpus, tmp_path / "run", torch.device("cpu"), max_steps=100)
+    trainer = Trainer(config, corpus, tmp_path / "run", torch.device("cpu"), max_steps=max_steps)
+    assert (trainer.log_every == 1) == (max_steps == 39)
     with trainer.progress.open(config, 0):
         trainer.train_epoch(StopOnSignal())
     lines = sys.stdout.getvalue().splitlines()

@@ -6,8 +6,8 @@ import torch
 
 from ptblm.data import build_vocab, tokenize
 from ptblm.errors import DataError
-from ptblm.evaluate import evaluate, perplexity
-from ptblm.model import LSTMLanguageModel
+from ptblm.evaluate import evaluate
+from ptblm.model import LSTMLanguageModel, perplexity
 from ptblm.text import check_text, score_text, split_lines
 
 TRAIN = "the cat sat on the mat\nthe dog sat on the log\n<unk> dog saw a cat\n"
