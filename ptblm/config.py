@@ -100,12 +100,15 @@ def shipped_configs() -> dict[str, Path]:
 
     The top-level configs/ folder is installed as the data package ptblm.configs; when the
     package is imported from a checkout that was not installed, the folder is read directly.
+    That package has no __init__.py (configs/ is for users), so from a wheel it is a namespace
+    package, whose `files()` is no path of its own: its entries are.
     """
     try:
-        folder = Path(str(resources.files("ptblm.configs")))
+        entries = list(resources.files("ptblm.configs").iterdir())
     except ModuleNotFoundError:
-        folder = Path(__file__).resolve().parent.parent / "configs"
-    return {path.stem: path for path in sorted(folder.glob("*.yaml"))}
+        entries = list((Path(__file__).resolve().parent.parent / "configs").iterdir())
+    paths = sorted(Path(str(entry)) for entry in entries if entry.name.endswith(".yaml"))
+    return {path.stem: path for path in paths}
 
 
 def resolve_config_path(name_or_path: str) -> Path:

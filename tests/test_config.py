@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,6 +169,43 @@ def test_every_file_in_configs_is_shipped_and_checked_against_a_table_typed_by_h
     assert {name: Path(path).resolve() for name, path in shipped_configs().items()} == {
         name: path.resolve() for name, path in files.items()
     }
+
+
+def test_the_shipped_configs_are_found_where_a_wheel_installs_them(tmp_path):
+    """A wheel installs configs/ as ptblm/configs/ without an __init__.py (a namespace
+    package, pyproject.toml); `--config small` must work from there, away from the checkout."""
+    site = tmp_path / "site"
+    shutil.copytree(
+        CONFIGS_DIR.parent / "ptblm", site / "ptblm", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copytree(CONFIGS_DIR, site / "ptblm" / "configs")
+    result = subprocess.run(
+        [sys.executable, "-m", "ptblm", "config", "show", "small"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["hidden_size"] == 200
+    listing = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from ptblm.config import shipped_configs as s; print(*s().values())",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    shipped = [Path(path) for path in listing.stdout.split()]
+    assert sorted(path.name for path in shipped) == sorted(
+        path.name for path in CONFIGS_DIR.glob("*.yaml")
+    )
+    assert all(path.parent == site / "ptblm" / "configs" for path in shipped)
 
 
 # --- resolving a config -----------------------------------------------------------------------
