@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from ptblm.cli_options import (
+    DEFAULT_DATA_DIR,
     AsJson,
     Cache,
     CacheLambda,
@@ -89,7 +90,7 @@ def eval_(
             "is carried across lines, as in training and the table's test).",
         ),
     ] = False,
-    data_dir: DataDir = Path("data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     corpus: CorpusDir = None,
     runs_dir: RunsDir = Path("runs"),
     device: Device = "auto",
@@ -158,6 +159,12 @@ def _check_eval_options(adapting, targets, text, split, windows, per_line, reset
         )
     if text is None and (per_line or reset_each_line):
         raise ConfigError("--per-line and --reset-each-line go with --text FILE.")
+    for target in targets or []:
+        if text is None and target.suffix == ".txt" and target.is_file():
+            raise ConfigError(
+                f"{target} is a text file, not a run or checkpoint: score it with "
+                f"ptblm eval --text {target} [RUN_DIR]."
+            )
     if text is not None and (split or any(windows)):
         raise ConfigError(
             "--text scores the file as one stream with batch size 1: drop --split, --batch-size "
@@ -182,6 +189,12 @@ def _eval_split(paths, split, batch_size, num_steps, data_dir, corpus, device, c
         f"{counted(result['tokens'], 'token')} (batch size {batch_size}, {result['seconds']:.1f} s)"
         + ("" if len(paths) > 1 else f" {paths[0]}")
     )
+    if result["run_eval_tokens"] and len(paths) == 1:
+        typer.echo(
+            f"Note: its run validated and tested on the first {result['run_eval_tokens']} "
+            f"tokens of each split (--eval-tokens); this is the whole {split} split.",
+            err=True,
+        )
     _echo_members(result.get("members", []), result.get("published"), split)
 
 

@@ -10,7 +10,6 @@ Two protocols (docs/reference.md, "Evaluation"):
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from ptblm import memory
 from ptblm.config import Config
 from ptblm.data import batchify, windows
 from ptblm.ensemble import average, load_members, member_corpus, member_logprobs
-from ptblm.model import LSTMLanguageModel, token_nll
+from ptblm.model import LSTMLanguageModel, perplexity, token_nll
 from ptblm.published import published_ensemble
 
 TEST_BATCH_SIZE = 1
@@ -89,16 +88,6 @@ def check_window_fits(
     )
 
 
-def perplexity(nll: float, tokens: int) -> float:
-    """exp(mean NLL); inf when that overflows a float (a diverging model), nan for no tokens."""
-    if not tokens:
-        return math.nan
-    try:
-        return math.exp(nll / tokens)
-    except OverflowError:
-        return math.inf
-
-
 def evaluate_checkpoints(
     paths: list[Path],
     split: str = "test",
@@ -142,6 +131,7 @@ def evaluate_checkpoints(
         checkpoint=str(first.path) if len(members) == 1 else [str(m.path) for m in members],
         epochs_completed=first.checkpoint["epoch"],
         global_step=first.checkpoint["global_step"],
+        run_eval_tokens=first.checkpoint.get("eval_tokens"),  # its run's --eval-tokens, if any
         cell=first.model.cell,
         seconds=round(time.perf_counter() - started, 3),
     )

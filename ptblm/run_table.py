@@ -42,6 +42,7 @@ def _from_older_ptblm(run_dir: Path) -> dict[str, Any] | None:
         **{key: metrics.get(key) for key in ("config_name", "test_ppl", "best_test_ppl")},
         **{key: metrics.get(key) for key in ("best_valid_ppl", "train_wps", "wall_seconds")},
         **{key: metrics.get(key) for key in ("max_steps", "cut_short", "variant", "published")},
+        "eval_tokens": metrics.get("eval_tokens"),
         "status": "finished",
         "config": read_config(run_dir),
         "epochs_trained": metrics.get("epochs_trained", metrics.get("epochs")),
@@ -51,7 +52,14 @@ def _from_older_ptblm(run_dir: Path) -> dict[str, Any] | None:
 STATUSES = ("finished", "stopped", "diverged")  # as written; "training" is read from the lock
 NUMBERS = ("epochs_trained", "valid_ppl", "best_valid_ppl", "test_ppl", "best_test_ppl",
            "train_wps", "wall_seconds")  # fmt: skip
-COUNTS = ("epochs_completed", "window", "global_step", "diverged_at_step", "max_steps")
+COUNTS = (
+    "epochs_completed",
+    "window",
+    "global_step",
+    "diverged_at_step",
+    "max_steps",
+    "eval_tokens",
+)
 
 
 def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:
@@ -110,11 +118,13 @@ def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
 
 
 def seed_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Finished runs, full length, grouped by everything in their config but the seed; a group
-    with two seeds or more gets the mean and sample standard deviation of its results."""
+    """Finished runs, full length and tested on whole splits (no --eval-tokens), grouped by
+    everything in their config but the seed; a group with two seeds or more gets the mean and
+    sample standard deviation of its results."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        if row["status"] == "finished" and not row.get("cut_short") and row.get("test_ppl"):
+        comparable = not row.get("cut_short") and not row.get("eval_tokens")
+        if row["status"] == "finished" and comparable and row.get("test_ppl"):
             config = {key: value for key, value in row["config"].items() if key != "seed"}
             key = json.dumps([row.get("config_name"), config], sort_keys=True)
             groups.setdefault(key, []).append(row)
@@ -153,7 +163,9 @@ def _status(row: dict[str, Any]) -> str:
         return f"{SUMMARY_FILE} unreadable"
     if status == "finished" and row.get("cut_short"):
         epochs = row["epochs_trained"]
-        return "finished, cut short" + (f" at epoch {epochs:.2f}" if epochs is not None else "")
+        status += ", cut short" + (f" at epoch {epochs:.2f}" if epochs is not None else "")
+    if status.startswith("finished") and row.get("eval_tokens"):
+        status += f", tested on {row['eval_tokens']} tokens"
     return status
 
 

@@ -150,3 +150,27 @@ def test_eval_json_counts_epochs_as_the_checkpoint_does(two_runs):
     """A finished 2-epoch run: 2 epochs completed, at window 0 (of a third that never starts)."""
     result = eval_json(two_runs, "runs/a")
     assert (result["epochs_completed"], "epoch" in result) == (2, False)
+
+
+def test_eval_of_a_run_tested_on_a_prefix_scores_the_whole_split_and_says_so(tmp_path, two_runs):
+    corpus = make_corpus(tmp_path / "corpus", vocab_size=40)
+    result = ptblm(
+        "train", "-c", "test", "--set", "vocab_size=40", "--max-steps", "3", "--eval-tokens",
+        "100", "--quiet", "--corpus", corpus, "--name", "quick", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "runs/quick/summary.json").read_text())
+    shown = ptblm("eval", "runs/quick", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "first 100 tokens of each split (--eval-tokens); this is the whole test split" in (
+        shown.stderr
+    )
+    scored = eval_json(tmp_path, "runs/quick")
+    model = model_from_file(tmp_path / "runs/quick/best.pt")
+    ids = split_ids(corpus, "test", tmp_path / "runs/quick/best.pt")
+    assert scored["run_eval_tokens"] == 100 and scored["tokens"] == len(ids) - 1
+    assert scored["perplexity"] == pytest.approx(plain_perplexity(model, ids), rel=1e-6)
+    assert scored["perplexity"] != pytest.approx(summary["best_test_ppl"], rel=1e-3)
+    full = ptblm("eval", "runs/a", cwd=two_runs)
+    assert full.returncode == 0 and "--eval-tokens" not in full.stderr
+    assert eval_json(two_runs, "runs/a")["run_eval_tokens"] is None

@@ -106,6 +106,24 @@ def test_runs_that_differ_only_in_their_seed_are_summarised(runs):
     assert f"test {statistics.mean(tests):.2f} +- {statistics.stdev(tests):.2f}" in text
 
 
+def test_runs_validated_on_a_prefix_are_marked_and_not_averaged(runs, tmp_path):
+    """--eval-tokens runs of two seeds do not join (or form) a seed group beside the table."""
+    runs, _ = runs
+    corpus = make_corpus(tmp_path / "corpus")
+    for seed in (1, 2):
+        shutil.copytree(runs / f"done-{seed}", tmp_path / f"done-{seed}")
+        result = train(corpus, tmp_path, f"quick-{seed}", "--seed", seed, "--eval-tokens", 200)
+        assert result.returncode == 0, result.stderr
+    rows, groups = listing(tmp_path)
+    assert rows["quick-1"]["eval_tokens"] == 200
+    assert [group["runs"] for group in groups] == [["done-1", "done-2"]]
+    lines = {
+        line.split()[0]: line for line in ptblm("runs", "--runs-dir", tmp_path).stdout.splitlines()
+    }
+    assert "finished, tested on 200 tokens" in lines["quick-2"]
+    assert "tested on" not in lines["done-2"]
+
+
 def test_listing_never_loads_a_checkpoint(runs, tmp_path):
     """Dozens of large runs list at once: with torch unimportable and 300 MB checkpoints (sparse
     files) that are not torch files at all, the listing is the same."""
