@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import random
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +77,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for garbage, truncation and payloads
+        reason = _load_failure(error) if zipfile.is_zipfile(path) else NOT_A_ZIP
         raise CheckpointError(
-            f"{path} is not a readable ptblm checkpoint ({_load_failure(error)}). Use another "
-            f"checkpoint (best.pt or last.pt of a run)."
+            f"{path} is not a readable ptblm checkpoint ({reason}). Use another checkpoint "
+            f"(best.pt or last.pt of a run)."
         ) from None
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
         raise CheckpointError(f"{path} is a torch file but not a ptblm checkpoint (keys missing).")
@@ -120,6 +122,9 @@ def _check_position(checkpoint: dict[str, Any], config: Config, path: Path) -> N
 _TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
+NOT_A_ZIP = "truncated, or not a torch file: a checkpoint is a zip archive and this file is not one"
+
+
 def _load_failure(error: Exception) -> str:
     """One short line on why torch.load refused a file."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -149,8 +154,11 @@ def model_from_checkpoint(
     try:
         model.load_state_dict(checkpoint["model"])
     except (RuntimeError, TypeError, AttributeError) as error:
+        # torch's message opens with "Error(s) in loading state_dict for ...:"; the tensor is next.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
         raise CheckpointError(
-            f"{path}: its weights do not fit its config ({str(error).splitlines()[0][:200]})."
+            f"{path}: its weights do not fit its config ({cut(reason, 200)})."
         ) from None
     return model
 

@@ -14,6 +14,7 @@ import typer
 
 from ptblm import __version__, cli_eval, cli_generate, cli_train
 from ptblm.cli_options import (
+    DEFAULT_DATA_DIR,
     SHIPPED,
     AsJson,
     DataDir,
@@ -62,7 +63,7 @@ def _main(
 
 
 @app.command(short_help="Fetch the PTB files and verify their checksums.")
-def download(data_dir: DataDir = Path("data")) -> None:
+def download(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
     """Download the three PTB files into DATA_DIR/ptb/ and verify their sha256.
 
     Set PTBLM_DATA_URL to fetch from a mirror (http, https or file URL of the folder).
@@ -97,7 +98,7 @@ def config_list() -> None:
 
 @app.command(short_help="Versions, CPU, GPUs and corpus: what a bug report needs.")
 def info(
-    data_dir: DataDir = Path("data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """What to paste into a bug report: versions, CPU, GPUs, supported precisions, the corpus."""

@@ -13,6 +13,7 @@ from ptblm.config import CELLS, shipped_configs
 from ptblm.errors import ConfigError
 
 SHIPPED = ", ".join(shipped_configs())  # for help texts and messages
+DEFAULT_DATA_DIR = Path("data")
 DataDir = Annotated[
     Path,
     typer.Option("--data-dir", metavar="DIR", help="Where the PTB download is cached (DIR/ptb/)."),

@@ -11,8 +11,17 @@ from typing import Annotated
 
 import typer
 
-from ptblm.cli_options import SHIPPED, CorpusDir, DataDir, Device, Overrides, RunsDir, Threads
-from ptblm.config import PRECISIONS, load_config, resolve_config_path
+from ptblm.cli_options import (
+    DEFAULT_DATA_DIR,
+    SHIPPED,
+    CorpusDir,
+    DataDir,
+    Device,
+    Overrides,
+    RunsDir,
+    Threads,
+)
+from ptblm.config import PRECISIONS, SEED_LIMIT, load_config, resolve_config_path
 from ptblm.errors import ConfigError
 
 
@@ -27,7 +36,7 @@ def train(
         ),
     ] = None,
     overrides: Overrides = None,
-    data_dir: DataDir = Path("data"),
+    data_dir: DataDir = DEFAULT_DATA_DIR,
     corpus: CorpusDir = None,
     runs_dir: RunsDir = Path("runs"),
     name: Annotated[
@@ -38,7 +47,14 @@ def train(
     ] = None,
     device: Device = "auto",
     seed: Annotated[
-        int | None, typer.Option("--seed", metavar="N", help="Same as --set seed=N (default 0).")
+        int | None,
+        typer.Option(
+            "--seed",
+            metavar="N",
+            min=0,
+            max=SEED_LIMIT - 1,
+            help="Same as --set seed=N (default 0).",
+        ),
     ] = None,
     precision: Annotated[
         str | None,
@@ -155,7 +171,7 @@ def _new_trainer(
     from ptblm.run_dir import default_run_name
     from ptblm.train import Trainer
 
-    label = resolve_config_path(config_arg).stem
+    label = config_label(config_arg)
     corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, verbose)
     # The ranks' clocks may straddle a second: rank 0 names the run.
     name = dist.broadcast(name or default_run_name(label))
@@ -166,7 +182,7 @@ def _new_trainer(
         device,
         **limits,
         command=command_line(),
-        limits=limit_flags(**limits),
+        limits=again_flags(data_dir, corpus_dir, **limits),
         threads=threads,
         config_name=label,
         verbose=verbose,
@@ -208,6 +224,21 @@ def command_line() -> str:
     return shlex.join(["ptblm", *sys.argv[1:]])
 
 
-def limit_flags(**limits: int | None) -> str:
-    """The run's limits that its config.yaml does not hold, as flags: ' --max-steps 80'."""
-    return "".join(f" --{key.replace('_', '-')} {value}" for key, value in limits.items() if value)
+def again_flags(data_dir: Path, corpus_dir: Path | None, **limits: int | None) -> str:
+    """What the run's config.yaml does not hold, as the flags that train the same run again:
+    ' --max-steps 80 --corpus my_corpus'."""
+    flags = [f"--{key.replace('_', '-')} {value}" for key, value in limits.items() if value]
+    if corpus_dir is not None:
+        flags.append(f"--corpus {shlex.quote(str(corpus_dir))}")
+    elif Path(data_dir) != DEFAULT_DATA_DIR:
+        flags.append(f"--data-dir {shlex.quote(str(data_dir))}")
+    return "".join(f" {flag}" for flag in flags)
+
+
+def config_label(config_arg: str) -> str:
+    """The name a run is listed under: a shipped config's or a YAML file's, or for another run's
+    config.yaml (its "Train again with" line) that run's own."""
+    from ptblm.run_files import CONFIG_FILE, config_name_of
+
+    path = resolve_config_path(config_arg)
+    return (config_name_of(path.parent) if path.name == CONFIG_FILE else None) or path.stem

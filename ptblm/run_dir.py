@@ -140,7 +140,7 @@ def newest_run(runs_dir: Path) -> Path:
     if not candidates:
         raise CheckpointError(
             f"no run with a checkpoint under {runs_dir}. Train one first (ptblm train --config "
-            f"small), or name a run directory or checkpoint: ptblm eval RUN_DIR."
+            f"small), or name a run directory or checkpoint file."
         )
     return max(candidates, key=lambda path: path.stat().st_mtime).parent
 
@@ -155,6 +155,11 @@ def resolve_checkpoint(target: Path | None, runs_dir: Path) -> Path:
     for name in (BEST, LAST):
         if (run_dir / name).is_file():
             return run_dir / name
+    if (run_dir / CONFIG_FILE).is_file():
+        raise CheckpointError(
+            f"{run_dir} holds no checkpoint yet: a run saves one at the end of each epoch (and "
+            f"every --checkpoint-every N windows), and this one has not."
+        )
     raise CheckpointError(f"{run_dir} holds no {BEST} or {LAST}: it is not a ptblm run directory.")
 
 
@@ -187,7 +192,17 @@ def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config]:
     last = resumable_checkpoint(run_dir)
     if last is None:
         raise CheckpointError(never_saved(run_dir))
-    checkpoint = load_checkpoint(last)
+    try:
+        checkpoint = load_checkpoint(last)
+    except CheckpointError as error:
+        other = ({run_dir / LAST, run_dir / BEST} - {last}).pop()
+        raise CheckpointError(
+            f"{error} A run resumes from the newer of its {LAST} and {BEST}: move {last.name} "
+            f"aside (mv {last} {last}.damaged) to resume from {other.name}, written at the end of "
+            f"the run's best epoch."
+            if other.is_file()
+            else f"{error} The run has no other checkpoint to resume from: start it again."
+        ) from None
     saved = checkpoint_config(checkpoint, last)
     try:
         edited = load_config(str(config_file))

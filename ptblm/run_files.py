@@ -104,8 +104,11 @@ def read_config(run_dir: Path) -> dict[str, Any]:
 
 
 def config_name_of(run_dir: Path) -> str | None:
-    """The --config a run was started with, from the command in config.yaml's header (for a run
-    that never wrote a summary)."""
+    """The --config a run was started with: its summary.json's config_name, or for a run that
+    never wrote one, the --config of the command in its config.yaml's header."""
+    summary = read_json(run_dir / SUMMARY_FILE) or {}
+    if isinstance(summary.get("config_name"), str):
+        return summary["config_name"]
     try:
         command = read_text(run_dir / CONFIG_FILE).splitlines()[1].lstrip("# ").split()
     except (OSError, ValueError, IndexError):

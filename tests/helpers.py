@@ -208,3 +208,25 @@ class HeldRun:
     def finish(self):
         stdout, stderr = self.process.communicate(timeout=120)
         return self.process.returncode, stdout, self.stderr_read + stderr
+
+
+def make_checkpoint(vocab_size=12, **changes) -> dict:
+    """The fewest keys load_checkpoint accepts, for the test config: at step 3 of epoch 1."""
+    from ptblm.checkpoint import CHECKPOINT_FORMAT, rng_state
+    from ptblm.config import load_config
+    from ptblm.model import LSTMLanguageModel
+
+    config = load_config("test", [f"vocab_size={vocab_size}"])
+    model = LSTMLanguageModel.from_config(config)
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "config": config.to_dict(),
+        "vocab": [f"w{i}" for i in range(vocab_size)],
+        "epoch": 0,
+        "window": 3,
+        "global_step": 3,
+        "rng": rng_state(),
+    }
+    checkpoint.update(changes)
+    return checkpoint

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -196,6 +197,30 @@ def test_download_from_a_host_that_never_answers_times_out_on_each_try(tmp_path)
         download.DOWNLOAD_BACKOFF * 2**attempt for attempt in range(download.DOWNLOAD_TRIES - 1)
     )
     assert worst < 60
+
+
+def test_the_config_yaml_header_trains_the_same_run_again(tmp_path):
+    """Its "Train again with" line holds what config.yaml does not (--max-steps, --corpus): run
+    as written, it gives the same numbers, and the new run is listed under the first's config."""
+    make_corpus(tmp_path / "corpus")
+    first = ptblm(
+        "train", "-c", "test", "--set", "vocab_size=40", "--max-steps", "3", "--corpus",
+        "corpus", "--name", "first", "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    header = (tmp_path / "runs/first/config.yaml").read_text().splitlines()[2]
+    command = shlex.split(header.split("Train again with: ")[1])
+    assert command == [
+        "ptblm", "train", "--config", "runs/first/config.yaml", "--max-steps", "3", "--corpus",
+        "corpus",
+    ]  # fmt: skip
+    again = ptblm(*command[1:], "--name", "again", "--quiet", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    first, again = (
+        json.loads((tmp_path / f"runs/{name}/metrics.json").read_text())
+        for name in ("first", "again")
+    )
+    assert (again["test_ppl"], again["config_name"]) == (first["test_ppl"], "test")
 
 
 def test_off_a_terminal_train_prints_plain_progress_lines(tmp_path):

@@ -65,7 +65,7 @@ def test_a_finished_run_cut_off_before_its_summary_gets_it_on_resume(tiny_corpus
     summary = json.loads((runs / "r" / "summary.json").read_text())
     (runs / "r" / "summary.json").unlink()
     header = (runs / "r" / "config.yaml").read_text().splitlines()[2]
-    assert header.endswith("config.yaml --max-steps 3")  # "Train again with": the same run
+    assert "config.yaml --max-steps 3 --corpus" in header  # "Train again with": the same run
     result = ptblm("train", "--resume", runs / "r")
     assert result.returncode == 0 and "has finished already" in result.stdout + result.stderr
     assert "Resuming" not in result.stdout

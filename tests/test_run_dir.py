@@ -2,9 +2,18 @@ import errno
 import os
 
 import pytest
+from helpers import make_checkpoint
 
+from ptblm.checkpoint import save_checkpoint
+from ptblm.config import config_to_yaml, load_config
 from ptblm.errors import CheckpointError
-from ptblm.run_dir import RunDirectory, newest_run, resolve_checkpoint, resumable_checkpoint
+from ptblm.run_dir import (
+    RunDirectory,
+    load_resumable,
+    newest_run,
+    resolve_checkpoint,
+    resumable_checkpoint,
+)
 
 
 def test_resolving_checkpoints(tmp_path):
@@ -23,6 +32,10 @@ def test_resolving_checkpoints(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="not a ptblm run directory"):
         resolve_checkpoint(tmp_path / "empty", tmp_path)
+    (tmp_path / "early").mkdir()  # a run killed (or still training) before its first checkpoint
+    (tmp_path / "early" / "config.yaml").write_text("seed: 0\n")
+    with pytest.raises(CheckpointError, match="holds no checkpoint yet: a run saves one"):
+        resolve_checkpoint(tmp_path / "early", tmp_path)
     with pytest.raises(CheckpointError, match="no such"):
         resolve_checkpoint(tmp_path / "nope", tmp_path)
 
@@ -36,6 +49,23 @@ def test_a_resume_continues_from_best_pt_when_last_pt_could_not_be_written_after
     os.utime(tmp_path / "last.pt", ns=(1, 1))  # best.pt of epoch 2 written, last.pt failed
     os.utime(tmp_path / "best.pt", ns=(2, 2))
     assert resumable_checkpoint(tmp_path) == tmp_path / "best.pt"
+
+
+def test_a_damaged_last_pt_says_how_to_resume_from_best_pt_and_that_works(tmp_path):
+    (tmp_path / "config.yaml").write_text(config_to_yaml(load_config("test", ["vocab_size=12"])))
+    best, last = tmp_path / "best.pt", tmp_path / "last.pt"
+    save_checkpoint(best, make_checkpoint())
+    last.write_bytes(best.read_bytes()[:1000])  # cut off by a crash
+    os.utime(best, ns=(1, 1))
+    with pytest.raises(CheckpointError, match="not a readable ptblm checkpoint") as refused:
+        load_resumable(tmp_path)
+    assert f"(mv {last} {last}.damaged) to resume from best.pt" in str(refused.value)
+    last.rename(tmp_path / "last.pt.damaged")  # as told
+    checkpoint, config = load_resumable(tmp_path)
+    assert (checkpoint["global_step"], config.vocab_size) == (3, 12)
+    best.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no other checkpoint to resume from: start it"):
+        load_resumable(tmp_path)
 
 
 def test_a_lock_that_cannot_be_opened_is_a_checkpoint_error(tmp_path, monkeypatch):
