@@ -6,7 +6,8 @@ little memory to load, yet the value is billions of elements as soon as anything
 it (the "billion laughs"): a config error that quoted such a value took 47 s and 2.9 GB, then
 died. A config never needs an alias, so the loader refuses one where it stands, before anything
 is built. Integers too long to convert and nesting too deep to compose become YAML errors too, so
-every malformed input is reported the same way, in one line.
+every malformed input is reported the same way, in one line; so is a key given twice, which
+PyYAML would let the last value win silently.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ class IntegerTooLong(ConstructorError):
     """An integer with more digits than Python converts."""
 
 
-REFUSED = (AliasError, IntegerTooLong)  # well-formed YAML that a config refuses
+class DuplicateKey(ConstructorError):
+    """A key given twice in one mapping (PyYAML would keep the last value, silently)."""
+
+
+REFUSED = (AliasError, IntegerTooLong, DuplicateKey)  # YAML that a config refuses
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -53,13 +58,29 @@ class _ConfigLoader(yaml.SafeLoader):
                 node.start_mark,
             ) from None
 
+    def construct_mapping(self, node, deep=False):
+        lines: dict[str, list[int]] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                lines.setdefault(key_node.value, []).append(key_node.start_mark.line + 1)
+        twice = {key: found for key, found in lines.items() if len(found) > 1}
+        if twice:
+            listed = "; ".join(
+                f"'{key[:40]}' on lines {', '.join(map(str, found))}"
+                for key, found in twice.items()
+            )
+            raise DuplicateKey(
+                None, None, f"a key given more than once ({listed}): keep one", node.start_mark
+            )
+        return super().construct_mapping(node, deep)
+
 
 _ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
 
 
 def load(text: str) -> Any:
-    """The value of a YAML text; yaml.YAMLError if it is malformed, uses an alias, or nests too
-    deep for the (recursive) composer."""
+    """The value of a YAML text; yaml.YAMLError if it is malformed, uses an alias, repeats a key
+    or nests too deep for the (recursive) composer."""
     try:
         return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
     except RecursionError:

@@ -61,6 +61,11 @@ def test_config_show_prints_the_resolved_config_with_overrides(tmp_path):
     [
         (None, ["--config", "tiny"], ["unknown config 'tiny'", "small"]),
         ("init_scale: [0.1\n", [], ["malformed YAML", "line"]),
+        (
+            "init_scale: 0.1\nlearning_rate: 1\ninit_scale: 0.2\n",
+            [],
+            ["'init_scale' on lines 1, 3", "keep one"],
+        ),
         ("{}", ["--set", "bogus=1"], ["unknown key 'bogus'"]),
         (
             None,
@@ -108,6 +113,7 @@ def test_config_show_prints_the_resolved_config_with_overrides(tmp_path):
     ids=[
         "unknown-name",
         "malformed",
+        "duplicate-key",
         "unknown-key",
         "wrong-type",
         "out-of-range",

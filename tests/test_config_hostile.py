@@ -110,6 +110,11 @@ def test_the_seed_is_what_numpy_can_take():
 
 def test_train_refuses_a_seed_numpy_cannot_take_before_anything_runs(tmp_path):
     corpus = make_corpus(tmp_path / "corpus")
-    result = ptblm("train", "-c", "test", "--seed", 2**32, "--corpus", corpus, cwd=tmp_path)
+    for seed, message in ((2**32, "less than or equal to 4294967295"), (-1, "greater than")):
+        result = ptblm("train", "-c", "test", "--seed", seed, "--corpus", corpus, cwd=tmp_path)
+        assert_clean_failure(result, 2, "'--seed'", message)  # the option the user typed
+    result = ptblm(
+        "train", "-c", "test", "--set", f"seed={2**32}", "--corpus", corpus, cwd=tmp_path
+    )
     assert_clean_failure(result, 2, "'seed' is 4294967296")
     assert not (tmp_path / "runs").exists()
