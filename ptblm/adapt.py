@@ -12,7 +12,6 @@ validation split, never on test.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 from pathlib import Path
@@ -155,7 +154,7 @@ def tune(
         results = []
         for settings in grid(kind, values):
             ppl = run(settings)
-            tried.append({kind.__name__: dataclasses.asdict(settings), "valid_ppl": ppl})
+            tried.append({kind.__name__: settings.as_dict(), "valid_ppl": ppl})
             results.append((ppl, settings))
         return min(results, key=lambda result: result[0])[1]
 
@@ -185,8 +184,8 @@ def evaluate_adapted(
     return {
         "plain_perplexity": plain,
         "perplexity": adapted,
-        "cache": dataclasses.asdict(cache) if cache else None,
-        "dynamic": dataclasses.asdict(dynamic) if dynamic else None,
+        "cache": cache.as_dict() if cache else None,
+        "dynamic": dynamic.as_dict() if dynamic else None,
         "plain_seconds": round(plain_seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -224,29 +223,31 @@ def evaluate_checkpoint_adapted(
     return result
 
 
+def number(value: float) -> str:
+    """A setting as typed: 500, 0.3 (a window of a million stays 1000000, not 1e+06)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def worded(result: dict[str, Any]) -> str:
+    """The settings a result's "cache" and "dynamic" hold, in words: "the cache (window 500, ...)"."""
+    what = []
+    for key, label in (("cache", "the cache"), ("dynamic", "dynamic evaluation")):
+        if result[key]:
+            values = ", ".join(f"{name} {number(value)}" for name, value in result[key].items())
+            what.append(f"{label} ({values})")
+    return " and ".join(what)
+
+
 def describe(result: dict[str, Any]) -> str:
     """The lines `ptblm eval --cache/--dynamic` prints: the grid (with --tune), then the result."""
     lines = []
     for point in result.get("tuned_on_valid") or []:
         (kind, settings), ppl = next(iter(point.items())), point["valid_ppl"]
-        values = ", ".join(f"{key} {value:g}" for key, value in settings.items())
+        values = ", ".join(f"{key} {number(value)}" for key, value in settings.items())
         lines.append(f"  valid {ppl:9.3f}  {kind.removesuffix('Settings').lower()}: {values}")
-    what = []
-    if result["cache"]:
-        cache = result["cache"]
-        what.append(
-            f"the cache (window {cache['window']}, theta {cache['theta']:g}, "
-            f"lambda {cache['lam']:g})"
-        )
-    if result["dynamic"]:
-        dynamic = result["dynamic"]
-        what.append(
-            f"dynamic evaluation (lr {dynamic['lr']:g}, decay {dynamic['decay']:g}, segment "
-            f"{dynamic['segment']})"
-        )
     change = result["perplexity"] / result["plain_perplexity"] - 1
     lines.append(
-        f"{result['split']} perplexity {result['perplexity']:.3f} with {' and '.join(what)}; "
+        f"{result['split']} perplexity {result['perplexity']:.3f} with {worded(result)}; "
         f"plain {result['plain_perplexity']:.3f} ({change:+.1%}), over {counted(result['tokens'], 'token')} "
         f"({result['seconds']:.1f} s; plain {result['plain_seconds']:.1f} s) {result['checkpoint']}"
     )

@@ -17,6 +17,7 @@ products, masked to each position's band of at most `window` earlier keys.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -39,6 +40,10 @@ class CacheSettings:
             problems.append(f"--cache-lambda {self.lam}: must lie in [0, 1]")
         if problems:
             raise ConfigError("; ".join(problems) + ".")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Named as the options name them (--cache-window, --cache-theta, --cache-lambda)."""
+        return {"window": self.window, "theta": self.theta, "lambda": self.lam}
 
 
 class ContinuousCache:

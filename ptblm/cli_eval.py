@@ -277,10 +277,9 @@ def _eval_text(paths, text, per_line, reset_each_line, device, cell, as_json) ->
 
 def _eval_text_adapted(path, text, device, cell, as_json, adapting, data_dir, corpus) -> None:
     """--text with --cache/--dynamic: the plain and the adapted perplexity of the file."""
-    import dataclasses
     import time
 
-    from ptblm.adapt import Adaptation, settle
+    from ptblm.adapt import Adaptation, settle, worded
     from ptblm.checkpoint import vocab_dict
     from ptblm.ensemble import load_members
     from ptblm.text import TextScorer, check_covered, read_lines
@@ -308,8 +307,8 @@ def _eval_text_adapted(path, text, device, cell, as_json, adapting, data_dir, co
         file=str(text),
         checkpoint=str(path),
         plain_perplexity=plain.total["perplexity"],
-        cache=dataclasses.asdict(cache) if cache else None,
-        dynamic=dataclasses.asdict(dynamic) if dynamic else None,
+        cache=cache.as_dict() if cache else None,
+        dynamic=dynamic.as_dict() if dynamic else None,
         tuned_on_valid=tried,
         seconds=round(time.perf_counter() - started, 3),
     )
@@ -319,6 +318,5 @@ def _eval_text_adapted(path, text, device, cell, as_json, adapting, data_dir, co
     change = total["perplexity"] / total["plain_perplexity"] - 1
     typer.echo(
         f"{text}: perplexity {total['perplexity']:.3f}, plain {total['plain_perplexity']:.3f} "
-        f"({change:+.1%}), over {counted(total['tokens'], 'token')}; cache {total['cache']}, dynamic "
-        f"{total['dynamic']}"
+        f"({change:+.1%}), over {counted(total['tokens'], 'token')}, with {worded(total)}"
     )

@@ -14,8 +14,10 @@ stay frozen; lr 0 and decay 0 is exactly the plain evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,6 +41,10 @@ class DynamicSettings:
             problems.append(f"--dynamic-segment {self.segment}: must be an integer >= 1")
         if problems:
             raise ConfigError("; ".join(problems) + ".")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Named as the options name them (--dynamic-lr, --dynamic-decay, --dynamic-segment)."""
+        return dataclasses.asdict(self)
 
 
 class DynamicEvaluation:

@@ -66,7 +66,11 @@ def test_tune_chooses_the_lowest_validation_perplexity_of_its_grid(monkeypatch):
     assert len(tried) == 4 + 2
     cache_points = [t for t in tried if "CacheSettings" in t]
     best = min(cache_points, key=lambda t: t["valid_ppl"])
-    assert best["CacheSettings"] == {"window": cache.window, "theta": cache.theta, "lam": cache.lam}
+    assert best["CacheSettings"] == {
+        "window": cache.window,
+        "theta": cache.theta,
+        "lambda": cache.lam,
+    }
     assert cache.lam == 0.4 and dynamic.lr == 3.0  # a repeating text rewards both
     for point in tried:
         assert math.isfinite(point["valid_ppl"])

@@ -47,6 +47,13 @@ def test_text_adapts_like_the_split_it_holds(home):
     # evaluate() sums each window in fp32 first: the plain numbers agree to fp32 rounding
     assert text["plain_perplexity"] == pytest.approx(split["plain_perplexity"], rel=1e-6)
     assert text["cache"]["window"] == 50 and text["dynamic"]["lr"] == 0.5
+    assert set(text["cache"]) == {"window", "theta", "lambda"}  # as the options name them
+    for args in (["--text", "doc.txt"], []):
+        shown = ptblm("eval", "runs/a", *args, *options, "--cache-lambda", "0.25", cwd=home)
+        assert shown.returncode == 0, shown.stderr
+        assert "the cache (window 50, theta 0.3, lambda 0.25) and dynamic evaluation (lr 0.5, " in (
+            shown.stdout
+        )
 
 
 @pytest.mark.parametrize(
