@@ -136,6 +136,11 @@ class Trainer:
             self.progress.open(self.config, resumed_at_step=run.global_step),
             StopOnSignal(exit_on_second=not self.dist.enabled, announce=announce) as stop,
         ):
+            # Resumed from a best.pt newer than last.pt (whose write failed at the end): last.pt
+            # gets the final weights first, as in every finished run.
+            newest = resumable_checkpoint(self.run_dir.path)
+            if self.dist.any(run.finished and newest != self.run_dir.path / LAST, self.device):
+                self.save(LAST)
             while not run.finished:
                 ended = self.train_epoch(stop)
                 if ended is EpochEnd.INTERRUPTED:

@@ -46,6 +46,10 @@ def test_a_disk_that_fills_during_a_checkpoint_stops_in_one_line_and_resumes(tmp
     assert result.returncode == 0, result.stderr
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 3 and metrics["status"] == "finished"
+    # last.pt holds the final weights, as in any finished run: eval reproduces test_ppl
+    scored = ptblm("eval", run / "last.pt", "--corpus", corpus, "--json")
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["perplexity"] == metrics["test_ppl"]
 
 
 def test_resuming_a_run_on_a_read_only_disk_is_one_line(tiny_corpus_dir, small_disk):
