@@ -220,6 +220,7 @@ def evaluate_checkpoint_adapted(
     ids = corpus.split(split)
     result = evaluate_adapted(member.model, ids, cache, dynamic)
     result.update(split=split, tokens=ids.numel() - 1, checkpoint=str(path), tuned_on_valid=tried)
+    result["run_eval_tokens"] = member.checkpoint.get("eval_tokens")  # its run's --eval-tokens
     return result
 
 

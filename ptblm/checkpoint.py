@@ -122,7 +122,7 @@ def _check_position(checkpoint: dict[str, Any], config: Config, path: Path) -> N
 _TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
-NOT_A_ZIP = "truncated, or not a torch file: a checkpoint is a zip archive and this file is not one"
+NOT_A_ZIP = "truncated, or not a checkpoint: torch.save writes a zip archive and this file is none"
 
 
 def _load_failure(error: Exception) -> str:

@@ -145,6 +145,7 @@ def eval_(
             paths[0], split or "test", data_dir, corpus, torch_device, cell, *adapting
         )
         typer.echo(json_text(result) if as_json else describe(result))
+        _note_eval_tokens(result, split or "test")
         return
     _eval_split(paths, split or "test", batch_size or 1, num_steps, data_dir, corpus,
                 torch_device, cell, as_json)  # fmt: skip
@@ -189,13 +190,18 @@ def _eval_split(paths, split, batch_size, num_steps, data_dir, corpus, device, c
         f"{counted(result['tokens'], 'token')} (batch size {batch_size}, {result['seconds']:.1f} s)"
         + ("" if len(paths) > 1 else f" {paths[0]}")
     )
-    if result["run_eval_tokens"] and len(paths) == 1:
+    _note_eval_tokens(result, split)
+    _echo_members(result.get("members", []), result.get("published"), split)
+
+
+def _note_eval_tokens(result: dict[str, Any], split: str) -> None:
+    """On stderr: a run validated and tested on a prefix (--eval-tokens) printed other numbers."""
+    if result.get("run_eval_tokens") and split != "train":
         typer.echo(
-            f"Note: its run validated and tested on the first {result['run_eval_tokens']} "
-            f"tokens of each split (--eval-tokens); this is the whole {split} split.",
+            f"Note: its run validated and tested on the first {result['run_eval_tokens']} tokens "
+            f"of the valid and test splits (--eval-tokens); this is the whole {split} split.",
             err=True,
         )
-    _echo_members(result.get("members", []), result.get("published"), split)
 
 
 def _adaptation(cache, dynamic, cache_values, dynamic_values, tune):

@@ -48,13 +48,7 @@ def train(
     device: Device = "auto",
     seed: Annotated[
         int | None,
-        typer.Option(
-            "--seed",
-            metavar="N",
-            min=0,
-            max=SEED_LIMIT - 1,
-            help="Same as --set seed=N (default 0).",
-        ),
+        typer.Option("--seed", metavar="N", help="Same as --set seed=N (default 0)."),
     ] = None,
     precision: Annotated[
         str | None,
@@ -106,6 +100,8 @@ def train(
     """Train a model, validate each epoch, test with the table's protocol, save the run."""
     if precision is not None and precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision}: use {', '.join(PRECISIONS)}.")
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"--seed {seed}: use an integer from 0 to {SEED_LIMIT - 1}.")
     overrides = list(overrides or [])
     for key, value in (
         ("seed", seed),
@@ -182,7 +178,7 @@ def _new_trainer(
         device,
         **limits,
         command=command_line(),
-        limits=again_flags(data_dir, corpus_dir, **limits),
+        again=again_flags(data_dir, corpus_dir, **limits),
         threads=threads,
         config_name=label,
         verbose=verbose,

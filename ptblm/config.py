@@ -106,9 +106,10 @@ def shipped_configs() -> dict[str, Path]:
     try:
         entries = list(resources.files("ptblm.configs").iterdir())
     except ModuleNotFoundError:
-        entries = list((Path(__file__).resolve().parent.parent / "configs").iterdir())
+        folder = Path(__file__).resolve().parent.parent / "configs"
+        entries = list(folder.iterdir()) if folder.is_dir() else []
     paths = sorted(Path(str(entry)) for entry in entries if entry.name.endswith(".yaml"))
-    return {path.stem: path for path in paths}
+    return {path.stem: path for path in paths if path.is_file()}  # none from inside a zip
 
 
 def resolve_config_path(name_or_path: str) -> Path:

@@ -117,13 +117,18 @@ def evaluate_checkpoints(
     if len(members) == 1:  # the trainer's own evaluation, to the last bit
         nll, tokens = evaluate(first.model, corpus.split(split), batch_size, num_steps)
         result.update(perplexity=perplexity(nll, tokens), tokens=tokens)
+        result["run_eval_tokens"] = first.checkpoint.get("eval_tokens")  # its run's --eval-tokens
     else:
         data = batchify(corpus.split(split), batch_size).to(device)
         logprobs = member_logprobs([m.model for m in members], data, num_steps, batch_size == 1)
         tokens = logprobs[0].numel()
         result.update(perplexity=perplexity(-average(logprobs).sum().item(), tokens), tokens=tokens)
         result["members"] = [
-            {"checkpoint": str(member.path), "perplexity": perplexity(-lp.sum().item(), tokens)}
+            {
+                "checkpoint": str(member.path),
+                "perplexity": perplexity(-lp.sum().item(), tokens),
+                "run_eval_tokens": member.checkpoint.get("eval_tokens"),
+            }
             for member, lp in zip(members, logprobs, strict=True)
         ]
         result["published"] = published_ensemble([m.config for m in members], split)
@@ -131,7 +136,6 @@ def evaluate_checkpoints(
         checkpoint=str(first.path) if len(members) == 1 else [str(m.path) for m in members],
         epochs_completed=first.checkpoint["epoch"],
         global_step=first.checkpoint["global_step"],
-        run_eval_tokens=first.checkpoint.get("eval_tokens"),  # its run's --eval-tokens, if any
         cell=first.model.cell,
         seconds=round(time.perf_counter() - started, 3),
     )

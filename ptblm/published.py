@@ -101,7 +101,7 @@ def shipped_config_table() -> str:
         return f"~{minutes:.0f} min" if minutes < 120 else f"~{minutes / 60:.0f} h"
 
     shipped = shipped_configs()
-    width = max(len(name) for name in shipped)
+    width = max((len(name) for name in shipped), default=4)
     lines = [
         f"{'name':{width}} {'size':7} {'epochs':>6} {'params':>7} {'test ppl':>8} "
         f"{'CPU (2 cores)':>13} {'GPU':>8}  file"

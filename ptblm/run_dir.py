@@ -43,11 +43,11 @@ class RunDirectory:
         self._lock = None
 
     def create(
-        self, config: Config, command: str, dist: Distributed, device: torch.device, limits=""
+        self, config: Config, command: str, dist: Distributed, device: torch.device, again=""
     ):
         """Rank 0 creates the directory, locks it and writes config.yaml (headed by the command
-        and how to train the same run again, `limits`: flags such as --max-steps that the config
-        does not hold); if that fails, no rank trains on (a collective under torchrun)."""
+        and how to train the same run again, `again`: flags such as --max-steps or --corpus that
+        the config does not hold); if that fails, no rank trains on (a collective under torchrun)."""
         failure = None
         if dist.is_main:
             try:
@@ -56,7 +56,7 @@ class RunDirectory:
                 header = (
                     f"Resolved config of this run (ptblm {__version__}), written by:\n"
                     f"  {command}\n"
-                    f"Train again with: ptblm train --config {self.path / CONFIG_FILE}{limits}"
+                    f"Train again with: ptblm train --config {self.path / CONFIG_FILE}{again}"
                 )
                 text = config_to_yaml(config, header).encode()
                 atomic_write(self.path / CONFIG_FILE, lambda file: file.write(text))
@@ -196,13 +196,19 @@ def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config]:
         checkpoint = load_checkpoint(last)
     except CheckpointError as error:
         other = ({run_dir / LAST, run_dir / BEST} - {last}).pop()
-        raise CheckpointError(
-            f"{error} A run resumes from the newer of its {LAST} and {BEST}: move {last.name} "
-            f"aside (mv {last} {last}.damaged) to resume from {other.name}, written at the end of "
-            f"the run's best epoch."
-            if other.is_file()
-            else f"{error} The run has no other checkpoint to resume from: start it again."
-        ) from None
+        if not other.is_file():
+            hint = "The run has no other checkpoint to resume from: start it again."
+        else:
+            older = (
+                "written at the end of the run's best epoch"
+                if other.name == BEST
+                else "an older one: the run trains again from there and writes best.pt anew"
+            )
+            hint = (
+                f"A run resumes from the newer of its {LAST} and {BEST}: move {last.name} aside "
+                f"(mv {last} {last}.damaged) to resume from {other.name}, {older}."
+            )
+        raise CheckpointError(f"{error} {hint}") from None
     saved = checkpoint_config(checkpoint, last)
     try:
         edited = load_config(str(config_file))

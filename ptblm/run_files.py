@@ -103,9 +103,10 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
-def config_name_of(run_dir: Path) -> str | None:
+def config_name_of(run_dir: Path, depth: int = 0) -> str | None:
     """The --config a run was started with: its summary.json's config_name, or for a run that
-    never wrote one, the --config of the command in its config.yaml's header."""
+    never wrote one, the --config of the command in its config.yaml's header (that run's own
+    name when it is another run's config.yaml, as the "Train again with" line gives)."""
     summary = read_json(run_dir / SUMMARY_FILE) or {}
     if isinstance(summary.get("config_name"), str):
         return summary["config_name"]
@@ -113,6 +114,14 @@ def config_name_of(run_dir: Path) -> str | None:
         command = read_text(run_dir / CONFIG_FILE).splitlines()[1].lstrip("# ").split()
     except (OSError, ValueError, IndexError):
         return None
+    for option, following in zip(command, [*command[1:], ""]):
+        name, equals, value = option.partition("=")
+        if name in ("--config", "-c"):
+            path = Path(value if equals else following)
+            if path.name == CONFIG_FILE and depth < 10:
+                return config_name_of(path.parent, depth + 1) or path.stem
+            return path.stem
+    return None
     for option, value in zip(command, command[1:]):
         if option in ("--config", "-c"):
             return Path(value).stem

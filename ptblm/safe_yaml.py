@@ -18,6 +18,8 @@ import yaml
 from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 
+from ptblm.errors import quote
+
 
 class AliasError(ComposerError):
     """The YAML uses an alias (`*name`)."""
@@ -59,18 +61,19 @@ class _ConfigLoader(yaml.SafeLoader):
             ) from None
 
     def construct_mapping(self, node, deep=False):
-        lines: dict[str, list[int]] = {}
+        marks: dict[Any, list] = {}  # each scalar key's places, by value: `1` and `0x1` are one
         for key_node, _ in node.value:
             if isinstance(key_node, yaml.ScalarNode):
-                lines.setdefault(key_node.value, []).append(key_node.start_mark.line + 1)
-        twice = {key: found for key, found in lines.items() if len(found) > 1}
+                marks.setdefault(self.construct_object(key_node), []).append(key_node.start_mark)
+        twice = {key: found for key, found in marks.items() if len(found) > 1}
         if twice:
             listed = "; ".join(
-                f"'{key[:40]}' on lines {', '.join(map(str, found))}"
+                f"{quote(key)} on lines {', '.join(str(mark.line + 1) for mark in found)}"
                 for key, found in twice.items()
             )
+            repeat = min((found[1] for found in twice.values()), key=lambda mark: mark.index)
             raise DuplicateKey(
-                None, None, f"a key given more than once ({listed}): keep one", node.start_mark
+                None, None, f"a key given more than once ({listed}): keep one", repeat
             )
         return super().construct_mapping(node, deep)
 

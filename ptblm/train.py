@@ -66,7 +66,7 @@ class Trainer:
         max_steps: int | None = None,
         eval_tokens: int | None = None,
         command: str = "",
-        limits: str = "",
+        again: str = "",
         threads: Threads | None = None,
         config_name: str | None = None,
         verbose: bool = True,
@@ -100,7 +100,7 @@ class Trainer:
         self.run_dir = RunDirectory(run_dir)
         if resume is None:
             self.run_state = RunState(config_name, max_steps, eval_tokens)
-            self.run_dir.create(config, command, dist, device, limits)
+            self.run_dir.create(config, command, dist, device, again)
         else:  # everything the checkpoint holds, --max-steps and --eval-tokens included
             self.run_dir.reopen(dist)
             self.run_state, self.step.state = restore_training(

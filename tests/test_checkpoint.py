@@ -78,9 +78,7 @@ def test_a_full_disk_in_torchs_zip_writer_is_the_same_one_line_error(tmp_path, m
 def test_garbage_is_refused(tmp_path, content):
     path = tmp_path / "best.pt"
     path.write_bytes(content)
-    with pytest.raises(
-        CheckpointError, match="not a readable ptblm checkpoint.*this file is not one"
-    ):
+    with pytest.raises(CheckpointError, match="not a readable ptblm checkpoint.*this file is none"):
         load_checkpoint(path)
 
 

@@ -64,7 +64,7 @@ def test_config_show_prints_the_resolved_config_with_overrides(tmp_path):
         (
             "init_scale: 0.1\nlearning_rate: 1\ninit_scale: 0.2\n",
             [],
-            ["'init_scale' on lines 1, 3", "keep one"],
+            ["at line 3", "'init_scale' on lines 1, 3", "keep one"],
         ),
         ("{}", ["--set", "bogus=1"], ["unknown key 'bogus'"]),
         (

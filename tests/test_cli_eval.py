@@ -162,8 +162,9 @@ def test_eval_of_a_run_tested_on_a_prefix_scores_the_whole_split_and_says_so(tmp
     summary = json.loads((tmp_path / "runs/quick/summary.json").read_text())
     shown = ptblm("eval", "runs/quick", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
-    assert "first 100 tokens of each split (--eval-tokens); this is the whole test split" in (
-        shown.stderr
+    assert (
+        "first 100 tokens of the valid and test splits (--eval-tokens); this is the whole test split"
+        in (shown.stderr)
     )
     scored = eval_json(tmp_path, "runs/quick")
     model = model_from_file(tmp_path / "runs/quick/best.pt")
@@ -174,3 +175,12 @@ def test_eval_of_a_run_tested_on_a_prefix_scores_the_whole_split_and_says_so(tmp
     full = ptblm("eval", "runs/a", cwd=two_runs)
     assert full.returncode == 0 and "--eval-tokens" not in full.stderr
     assert eval_json(two_runs, "runs/a")["run_eval_tokens"] is None
+    adapted = ptblm("eval", "runs/quick", "--cache", cwd=tmp_path)
+    assert adapted.returncode == 0 and "(--eval-tokens); this is the whole test split" in (
+        adapted.stderr
+    )
+    assert eval_json(tmp_path, "runs/quick", "--cache")["run_eval_tokens"] == 100
+    trained = ptblm("eval", "runs/quick", "--split", "train", cwd=tmp_path)
+    assert trained.returncode == 0 and "--eval-tokens" not in trained.stderr  # trained on it all
+    ensemble = eval_json(tmp_path, "runs/quick", "runs/quick/last.pt")
+    assert [member["run_eval_tokens"] for member in ensemble["members"]] == [100, 100]

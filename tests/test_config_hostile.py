@@ -110,9 +110,9 @@ def test_the_seed_is_what_numpy_can_take():
 
 def test_train_refuses_a_seed_numpy_cannot_take_before_anything_runs(tmp_path):
     corpus = make_corpus(tmp_path / "corpus")
-    for seed, message in ((2**32, "less than or equal to 4294967295"), (-1, "greater than")):
+    for seed in (2**32, -1):
         result = ptblm("train", "-c", "test", "--seed", seed, "--corpus", corpus, cwd=tmp_path)
-        assert_clean_failure(result, 2, "'--seed'", message)  # the option the user typed
+        assert_clean_failure(result, 2, f"--seed {seed}: use an integer from 0 to 4294967295")
     result = ptblm(
         "train", "-c", "test", "--set", f"seed={2**32}", "--corpus", corpus, cwd=tmp_path
     )

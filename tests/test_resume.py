@@ -137,6 +137,26 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, reference):
     assert {path.name: path.read_bytes() for path in run.iterdir()} == before
 
 
+def test_a_finished_run_whose_last_pt_was_lost_gets_it_back_on_resume(tmp_path, reference):
+    """Its final last.pt not written (a full disk: test_cli_faults.py) and the test not run:
+    resumed from best.pt, the run writes last.pt before testing, so last.pt holds the weights
+    test_ppl was measured on, as in every finished run."""
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(reference, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_test_ppl"] == metrics["test_ppl"]  # best.pt: the final weights
+    for name in ("last.pt", "metrics.json", "summary.json"):
+        (run / name).unlink()
+    result = ptblm("train", "--resume", run, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run / "metrics.json").read_text())["test_ppl"] == metrics["test_ppl"]
+    scored = ptblm("eval", run / "last.pt", "--json")
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["perplexity"] == metrics["test_ppl"]
+
+
 def test_resume_refuses_an_edited_config(tmp_path, reference):
     import shutil
 

@@ -66,6 +66,12 @@ def test_a_damaged_last_pt_says_how_to_resume_from_best_pt_and_that_works(tmp_pa
     best.write_bytes(b"")
     with pytest.raises(CheckpointError, match="no other checkpoint to resume from: start it"):
         load_resumable(tmp_path)
+    (tmp_path / "last.pt.damaged").rename(last)
+    save_checkpoint(last, make_checkpoint())
+    os.utime(last, ns=(1, 1))  # the damaged best.pt is the newer one
+    with pytest.raises(CheckpointError) as refused:
+        load_resumable(tmp_path)
+    assert f"(mv {best} {best}.damaged) to resume from last.pt, an older one" in str(refused.value)
 
 
 def test_a_lock_that_cannot_be_opened_is_a_checkpoint_error(tmp_path, monkeypatch):

@@ -1,0 +1,37 @@
+import json
+
+from ptblm.run_files import config_name_of
+
+
+def run(folder, command, summary=None):
+    """A run directory as `ptblm train` leaves it: config.yaml headed by its command line."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(
+        f"# Resolved config of this run (ptblm 0.1.0), written by:\n#   {command}\nseed: 0\n"
+    )
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_the_config_name_of_a_run(tmp_path):
+    assert (
+        config_name_of(run(tmp_path / "a", "ptblm train --config small --max-steps 3")) == "small"
+    )
+    assert (
+        config_name_of(run(tmp_path / "b", "ptblm train --max-steps 3 -c my/tiny.yaml")) == "tiny"
+    )
+    assert config_name_of(run(tmp_path / "c", "ptblm train --config=medium")) == "medium"
+    named = run(tmp_path / "d", "ptblm train --config x.yaml", summary={"config_name": "large"})
+    assert config_name_of(named) == "large"  # summary.json says, when there is one
+    assert config_name_of(run(tmp_path / "e", "ptblm train --resume runs/x")) is None
+    assert config_name_of(tmp_path / "nothing") is None
+
+
+def test_a_run_started_from_another_runs_config_yaml_takes_that_runs_name(tmp_path):
+    first = run(tmp_path / "first", "ptblm train --config small")
+    second = run(tmp_path / "second", f"ptblm train --config {first / 'config.yaml'}")
+    third = run(tmp_path / "third", f"ptblm train --config {second / 'config.yaml'}")
+    assert config_name_of(third) == "small"  # neither wrote a summary.json yet
+    loop = run(tmp_path / "loop", f"ptblm train --config {tmp_path / 'loop' / 'config.yaml'}")
+    assert config_name_of(loop) == "config"  # a header naming itself ends, with the file's stem
