@@ -224,6 +224,51 @@ def evaluate_checkpoint_adapted(
     return result
 
 
+def score_text_adapted(
+    path: Path,
+    text: Path,
+    data_dir: Path,
+    corpus_dir: Path | None,
+    device: torch.device,
+    cell: str | None,
+    cache: CacheSettings | None,
+    dynamic: DynamicSettings | None,
+    tuning: bool,
+) -> dict[str, Any]:
+    """`ptblm eval RUN --text FILE --cache/--dynamic [--tune]`: the file's plain and adapted
+    perplexity (its lines one stream, the state carried), as a JSON-ready result."""
+    from ptblm.checkpoint import vocab_dict
+    from ptblm.ensemble import load_members, member_corpus
+    from ptblm.text import TextScorer, check_covered, read_lines
+
+    (member,) = load_members([path], device, cell)
+    valid = lambda: member_corpus(member, data_dir, corpus_dir).valid  # noqa: E731 (--tune only)
+    cache, dynamic, tried = settle(member.model, valid, cache, dynamic, tuning)
+    vocab = vocab_dict(member.checkpoint["vocab"])
+    check_covered(read_lines(text), vocab)
+    plain = TextScorer([member.model], vocab, device=device)
+    for _ in plain.rows(read_lines(text)):
+        pass
+    started = time.perf_counter()
+    adaptation = Adaptation(member.model, cache, dynamic)
+    try:
+        scorer = TextScorer([member.model], vocab, device=device, adaptation=adaptation)
+        for _ in scorer.rows(read_lines(text)):
+            pass
+    finally:
+        adaptation.close()
+    return {
+        **scorer.total,
+        "file": str(text),
+        "checkpoint": str(path),
+        "plain_perplexity": plain.total["perplexity"],
+        "cache": cache.as_dict() if cache else None,
+        "dynamic": dynamic.as_dict() if dynamic else None,
+        "tuned_on_valid": tried,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
 def number(value: float) -> str:
     """A setting as typed: 500, 0.3 (a window of a million stays 1000000, not 1e+06)."""
     return str(value) if isinstance(value, int) else f"{value:g}"

@@ -283,41 +283,9 @@ def _eval_text(paths, text, per_line, reset_each_line, device, cell, as_json) ->
 
 def _eval_text_adapted(path, text, device, cell, as_json, adapting, data_dir, corpus) -> None:
     """--text with --cache/--dynamic: the plain and the adapted perplexity of the file."""
-    import time
+    from ptblm.adapt import score_text_adapted, worded
 
-    from ptblm.adapt import Adaptation, settle, worded
-    from ptblm.checkpoint import vocab_dict
-    from ptblm.ensemble import load_members
-    from ptblm.text import TextScorer, check_covered, read_lines
-
-    (member,) = load_members([path], device, cell)
-    from ptblm.ensemble import member_corpus
-
-    valid = lambda: member_corpus(member, data_dir, corpus).valid  # noqa: E731 (only if --tune)
-    cache, dynamic, tried = settle(member.model, valid, *adapting)
-    vocab = vocab_dict(member.checkpoint["vocab"])
-    check_covered(read_lines(text), vocab)
-    plain = TextScorer([member.model], vocab, device=device)
-    for _ in plain.rows(read_lines(text)):
-        pass
-    started = time.perf_counter()
-    adaptation = Adaptation(member.model, cache, dynamic)
-    try:
-        scorer = TextScorer([member.model], vocab, device=device, adaptation=adaptation)
-        for _ in scorer.rows(read_lines(text)):
-            pass
-    finally:
-        adaptation.close()
-    total = scorer.total
-    total.update(
-        file=str(text),
-        checkpoint=str(path),
-        plain_perplexity=plain.total["perplexity"],
-        cache=cache.as_dict() if cache else None,
-        dynamic=dynamic.as_dict() if dynamic else None,
-        tuned_on_valid=tried,
-        seconds=round(time.perf_counter() - started, 3),
-    )
+    total = score_text_adapted(path, text, data_dir, corpus, device, cell, *adapting)
     if as_json:
         typer.echo(json_text(total))
         return
