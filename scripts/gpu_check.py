@@ -114,7 +114,10 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--runs", nargs="*", default=["medium", "large"])
-    parser.add_argument("--runs-dir", type=Path, help="default: /dev/shm/ptblm-runs, else OUT/runs")
+    parser.add_argument(
+        "--runs-dir", type=Path,
+        help="default: /dev/shm/ptblm-runs-TIMESTAMP (a new one each time), else OUT/runs",
+    )  # fmt: skip
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, help="cut each run short (a dry run)")
@@ -132,7 +135,9 @@ def main() -> None:
     if args.runs_dir is None:
         shm = Path("/dev/shm")
         fast = shm.is_dir() and shutil.disk_usage(shm).free > 4 * 2**30
-        args.runs_dir = shm / "ptblm-runs" if fast else out / "runs"
+        # A run directory left by an earlier check would refuse the run's name: a new folder.
+        fresh = f"ptblm-runs-{time.strftime('%Y%m%d-%H%M%S')}"
+        args.runs_dir = shm / fresh if fast else out / "runs"
     args.runs_dir = args.runs_dir.resolve()
     args.data_dir = args.data_dir.resolve()
     started = time.perf_counter()
