@@ -122,7 +122,3 @@ def config_name_of(run_dir: Path, depth: int = 0) -> str | None:
                 return config_name_of(path.parent, depth + 1) or path.stem
             return path.stem
     return None
-    for option, value in zip(command, command[1:]):
-        if option in ("--config", "-c"):
-            return Path(value).stem
-    return None
