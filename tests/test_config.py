@@ -133,7 +133,8 @@ VARIANTS = {
     "large-variational-tied": (
         "large",
         {"tie_weights": True, "dropout_mode": "variational", "embedding_dropout": 0.3,
-         "weight_drop": 0.3, "weight_decay": 1e-7, "keep_prob": 0.5, "max_epoch": 10},
+         "weight_drop": 0.3, "weight_decay": 1e-7, "keep_prob": 0.5,
+         "max_epoch": 11},  # Gal's script: lr 1.0 through epoch 11 (`if epoch > 10` after it)
     ),
 }  # fmt: skip
 
