@@ -276,17 +276,13 @@ class Trainer:
                 step = run.global_step + 1
                 self.run_dir.write_summary(self.summary("diverged", diverged_at_step=step))
         saved = resumable_checkpoint(self.run_dir.path)
+        kept = f"The last checkpoint, {saved}, is intact." if saved else "No checkpoint was saved."
+        fp32 = ", or use --precision fp32" if self.config.precision != "fp32" else ""
         return DivergenceError(
-            f"training diverged at step {run.global_step + 1} (epoch {run.epoch + 1}, "
-            f"window {run.window + 1}, learning rate {lr:g}): loss per token "
-            f"{diverged.mean_nll:g}, gradient norm {diverged.grad_norm:g}. "
-            + (
-                f"The last checkpoint, {saved}, is intact. "
-                if saved
-                else "No checkpoint was saved. "
-            )
-            + "Lower learning_rate or max_grad_norm (--set learning_rate=...)"
-            + (", or use --precision fp32." if self.config.precision != "fp32" else ".")
+            f"training diverged at step {run.global_step + 1} (epoch {run.epoch + 1}, window "
+            f"{run.window + 1}, learning rate {lr:g}): loss per token {diverged.mean_nll:g}, "
+            f"gradient norm {diverged.grad_norm:g}. {kept} Lower learning_rate or max_grad_norm "
+            f"(--set learning_rate=...){fp32}."
         )
 
     def validate(self, stop: StopOnSignal) -> float:
