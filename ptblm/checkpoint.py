@@ -40,10 +40,8 @@ from ptblm.config import Config, build_config
 from ptblm.data import Corpus
 from ptblm.distributed import Distributed
 from ptblm.errors import CheckpointError, ConfigError, cut, quote
-from ptblm.model import LSTMLanguageModel
+from ptblm.model import LSTMLanguageModel, State
 from ptblm.run_state import RunState
-
-LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, rows, hidden_size)
 
 CHECKPOINT_FORMAT = 1
 REQUIRED_KEYS = ("format", "model", "config", "vocab", "epoch", "window", "global_step")
@@ -231,7 +229,7 @@ def training_checkpoint(
     scaler: torch.amp.GradScaler | None,
     config: Config,
     corpus: Corpus,
-    carried: LSTMState | None,
+    carried: State | None,
     dist: Distributed,
     device: torch.device,
 ) -> dict[str, Any]:
@@ -269,7 +267,7 @@ def restore_training(
     windows_per_epoch: int,
     dist: Distributed,
     device: torch.device,
-) -> tuple[RunState, LSTMState | None]:
+) -> tuple[RunState, State | None]:
     """Load a training checkpoint into a freshly built model, optimizer and scaler, and every
     generator; return the run's state and this rank's rows of the carried LSTM state."""
     # A finished run only tests (rank 0): any process count may do that, or say it is done.

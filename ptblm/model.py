@@ -34,7 +34,7 @@ from ptblm.config import Config
 from ptblm.dropout import SequenceDropout, drop_connect, drop_rows
 from ptblm.memory import check_model_fits
 
-__all__ = ["LSTMLanguageModel", "State", "detach_state", "token_nll", "window_loss"]
+__all__ = ["LSTMLanguageModel", "State", "detach_state", "perplexity", "token_nll", "window_loss"]
 
 
 class LSTMLanguageModel(nn.Module):

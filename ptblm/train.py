@@ -43,7 +43,7 @@ from ptblm.results import hparams, run_metrics
 from ptblm.run_dir import RunDirectory, resumable_checkpoint
 from ptblm.run_files import BEST, LAST
 from ptblm.run_state import RunState
-from ptblm.runtime import Threads, check_precision, configure_tf32, seed_everything
+from ptblm.runtime import Threads, configure_tf32, seed_everything
 from ptblm.signals import StopOnSignal
 from ptblm.step import Diverged, make_step
 
@@ -76,7 +76,6 @@ class Trainer:
         self.config, self.corpus, self.device, self.dist = config, corpus, device, dist
         self.threads = threads  # None: as the caller left torch (the CLI adapts them to load)
         check_corpus_fits(config, corpus, dist.world_size, eval_tokens)
-        check_precision(config.precision, device)
         if device.type == "cuda":
             configure_tf32(config.allow_tf32)
 
@@ -136,10 +135,11 @@ class Trainer:
             self.progress.open(self.config, resumed_at_step=run.global_step),
             StopOnSignal(exit_on_second=not self.dist.enabled, announce=announce) as stop,
         ):
-            # Resumed from a best.pt newer than last.pt (whose write failed at the end): last.pt
-            # gets the final weights first, as in every finished run.
+            # Resumed from a best.pt newer than last.pt (whose write failed): last.pt is written
+            # from it first, so that it is again the run's latest state (after training, the
+            # weights test_ppl is measured on).
             newest = resumable_checkpoint(self.run_dir.path)
-            if self.dist.any(run.finished and newest != self.run_dir.path / LAST, self.device):
+            if self.dist.any(newest not in (None, self.run_dir.path / LAST), self.device):
                 self.save(LAST)
             while not run.finished:
                 ended = self.train_epoch(stop)
