@@ -15,6 +15,11 @@
 6. waits for the runs; copies each run's metrics.json, summary.json, config.yaml and TensorBoard
    events to OUT/results/<config>-seed<N>-cuda/, and prints a short table last.
 
+With --runs-only, steps 2, 3 and 5 are left out and the runs start at once: a full large run
+trains for about 13 minutes at the 66k words/s measured on an H200, so it needs a lease of its
+own (`--runs large --runs-only`, started under setsid; the graphed step was checked equal to the
+eager one on the H200 in earlier sessions).
+
 OUT/DONE is written at the very end. DIR must hold ptb/ with the three PTB files (verified like
 a download). Try it on the CPU with tiny sizes first:
 
@@ -75,6 +80,30 @@ def environment(out: Path, device: str) -> None:
     print(text, flush=True)
 
 
+def checks(args, out: Path, pytest: list[str]) -> bool:
+    """The graph check and the benchmark, before the runs; returns whether the runs may use the
+    graphed step."""
+    graph = True
+    if args.device != "cpu":
+        code = sh([*pytest, "-m", "cuda", "-k", "graphed_step_equals", "tests/test_cuda.py"],
+                  out / "graph_check.txt", timeout=180)  # fmt: skip
+        graph = code == 0
+        print(f"graphed step {'equals' if graph else 'DOES NOT equal'} the eager step", flush=True)
+    bench = [sys.executable, "scripts/bench.py", "--device", args.device, "--precisions", "fp32",
+             "--configs", *args.bench_configs, "--rounds", "2"]  # fmt: skip
+    sh([*bench, "--windows", str(args.bench_windows)], out / "bench.txt", timeout=300)
+    if args.probe:
+        sh([sys.executable, "scripts/gpu_probe.py", "--device", args.device, "--config",
+            *args.bench_configs], out / "probe.txt", timeout=180)  # fmt: skip
+        windows = ["--windows", str(args.bench_windows)]
+        sh([*bench, *windows, "--precisions", "bf16", "fp16"], out / "bench_amp.txt", timeout=300)
+        sh([*bench, *windows, "--set", "allow_tf32=true"], out / "bench_tf32.txt", timeout=300)
+    elif args.device != "cpu":
+        sh([*bench, "--windows", str(max(args.bench_windows // 2, 1)), "--set", "cuda_graph=false"],
+           out / "bench_eager.txt", timeout=300)  # fmt: skip
+    return graph
+
+
 def start_run(name: str, args, out: Path, graph: bool) -> tuple[str, subprocess.Popen]:
     run_name = f"{name}-seed{args.seed}-{args.device.split(':')[0]}"
     command = [
@@ -129,6 +158,10 @@ def main() -> None:
         help="also profile the bench configs' step, show what bf16 means for cuDNN's LSTM, and "
         "bench them in bf16, fp16 and TF32 (instead of the eager bench)",
     )  # fmt: skip
+    parser.add_argument(
+        "--runs-only", action="store_true",
+        help="start the runs at once: no graph check, no benchmark, no cuda tests beside them",
+    )  # fmt: skip
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -146,27 +179,9 @@ def main() -> None:
     pytest = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider"]
 
     environment(out, args.device)
-    graph = True
-    if args.device != "cpu":
-        code = sh([*pytest, "-m", "cuda", "-k", "graphed_step_equals", "tests/test_cuda.py"],
-                  out / "graph_check.txt", timeout=180)  # fmt: skip
-        graph = code == 0
-        print(f"graphed step {'equals' if graph else 'DOES NOT equal'} the eager step", flush=True)
-    bench = [sys.executable, "scripts/bench.py", "--device", args.device, "--precisions", "fp32",
-             "--configs", *args.bench_configs, "--rounds", "2"]  # fmt: skip
-    sh([*bench, "--windows", str(args.bench_windows)], out / "bench.txt", timeout=300)
-    if args.probe:
-        sh([sys.executable, "scripts/gpu_probe.py", "--device", args.device, "--config",
-            *args.bench_configs], out / "probe.txt", timeout=180)  # fmt: skip
-        windows = ["--windows", str(args.bench_windows)]
-        sh([*bench, *windows, "--precisions", "bf16", "fp16"], out / "bench_amp.txt", timeout=300)
-        sh([*bench, *windows, "--set", "allow_tf32=true"], out / "bench_tf32.txt", timeout=300)
-    elif args.device != "cpu":
-        sh([*bench, "--windows", str(max(args.bench_windows // 2, 1)), "--set", "cuda_graph=false"],
-           out / "bench_eager.txt", timeout=300)  # fmt: skip
-
+    graph = args.runs_only or checks(args, out, pytest)
     runs = [start_run(name, args, out, graph) for name in args.runs]
-    if args.device != "cpu":
+    if args.device != "cpu" and not args.runs_only:
         sh([*pytest, "-m", "cuda", "tests/test_cuda.py"], out / "tests.txt", args.tests_timeout)
     results = {}
     for run_name, process in runs:
