@@ -67,9 +67,8 @@ def _meminfo_available() -> int | None:
         return None
 
 
-def _cgroup_room() -> int | None:
+def _cgroup_room(folder: Path = Path("/sys/fs/cgroup")) -> int | None:
     """What a container's memory limit (cgroup v2) leaves; MemAvailable shows the host's."""
-    folder = Path("/sys/fs/cgroup")
     try:
         limit = (folder / "memory.max").read_text().strip()
         if limit == "max":

@@ -11,6 +11,7 @@ import os
 import platform
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,6 +152,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict[str, Any]:
+    """Every random generator a run uses, as tensors and plain data (weights_only-loadable)."""
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [
+            numpy_state[0],
+            torch.from_numpy(numpy_state[1].astype(np.int64)),
+            *numpy_state[2:],
+        ],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
@@ -165,11 +191,11 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def busy_elsewhere() -> int:
+def busy_elsewhere(proc: str = "/proc") -> int:
     """Threads of other processes running on a core right now (Linux /proc; 0 elsewhere)."""
     own, busy = os.getpid(), 0
-    for stat in glob.glob("/proc/[0-9]*/task/[0-9]*/stat"):
-        if int(stat.split("/")[2]) == own:
+    for stat in glob.glob(f"{glob.escape(proc)}/[0-9]*/task/[0-9]*/stat"):
+        if int(Path(stat).parts[-4]) == own:
             continue
         try:
             with open(stat) as file:

@@ -165,9 +165,10 @@ def serve_dir():
 
 class SmallDisks:
     """`small_disk(megabytes)` -> a folder on a tmpfs of that size, to fill a disk for real;
-    `small_disk.remount(folder, "size=20m")` or `(folder, "ro")` changes it. Needs root (as in
-    CI); where mounting is refused the test skips, and stand-ins that fail writes in-process
-    (test_checkpoint.py, test_run_dir.py) cover the same code on every machine."""
+    `small_disk.remount(folder, "size=20m")` or `(folder, "ro")` changes it. Needs root (as CI
+    has): where mounting is refused the test fails in CI and skips elsewhere; stand-ins that fail
+    writes in-process (test_checkpoint.py, test_run_dir.py) cover the same code on every
+    machine."""
 
     def __init__(self, root: Path):
         self.root, self.mounted = root, []
@@ -187,10 +188,14 @@ class SmallDisks:
         command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)]
         try:
             result = subprocess.run(command, capture_output=True, text=True)
+            refused = result.stderr.strip() if result.returncode else None
         except OSError as error:
-            pytest.skip(f"cannot mount a tmpfs here ({error})")
-        if result.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+            refused = str(error)
+        if refused is not None:
+            why = f"cannot mount a tmpfs here ({refused}): run the tests as root"
+            if in_ci():
+                pytest.fail(why)
+            pytest.skip(why)
 
     def close(self) -> None:
         for folder in reversed(self.mounted):

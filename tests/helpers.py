@@ -8,6 +8,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,17 +57,28 @@ def make_corpus(folder: Path, vocab_size: int = 40, sentences: int = 300, seed: 
 
 
 def ptblm(*args, cwd=None, env=None, timeout=300) -> subprocess.CompletedProcess:
-    """Run `python -m ptblm ARGS` as a user would; PTBLM_DATA_URL only if `env` sets it."""
+    """Run `python -m ptblm ARGS` as a user would; PTBLM_DATA_URL only if `env` sets it.
+
+    Without `cwd` it runs in an empty folder of its own and must leave it empty: a command that
+    wrote to a default place (./runs, ./data) where the test gave it another would otherwise
+    write into the checkout, unseen."""
     environment = {key: value for key, value in os.environ.items() if key != "PTBLM_DATA_URL"}
     environment.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "ptblm", *map(str, args)],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    # Importable from any folder, installed or not (the GPU machine runs the checkout as it is).
+    paths = [environment.get("PYTHONPATH"), str(Path(__file__).resolve().parents[1])]
+    environment["PYTHONPATH"] = os.pathsep.join(path for path in paths if path)
+    with tempfile.TemporaryDirectory(prefix="ptblm-cwd-") as own:
+        result = subprocess.run(
+            [sys.executable, "-m", "ptblm", *map(str, args)],
+            cwd=cwd or own,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        left = sorted(path.name for path in Path(own).iterdir())
+    assert cwd or not left, f"ptblm {' '.join(map(str, args))} wrote {left} into its working folder"
+    return result
 
 
 def assert_clean_failure(result, code, *fragments) -> None:
@@ -212,9 +224,10 @@ class HeldRun:
 
 def make_checkpoint(vocab_size=12, **changes) -> dict:
     """The fewest keys load_checkpoint accepts, for the test config: at step 3 of epoch 1."""
-    from ptblm.checkpoint import CHECKPOINT_FORMAT, rng_state
+    from ptblm.checkpoint import CHECKPOINT_FORMAT
     from ptblm.config import load_config
     from ptblm.model import LSTMLanguageModel
+    from ptblm.runtime import rng_state
 
     config = load_config("test", [f"vocab_size={vocab_size}"])
     model = LSTMLanguageModel.from_config(config)

@@ -3,7 +3,8 @@ a position in training (epoch, window, global_step) that is typed and in range."
 
 from __future__ import annotations
 
-import os
+import random
+import shutil
 
 import pytest
 import torch
@@ -31,7 +32,7 @@ def crafted(**changes):
 
 @pytest.mark.parametrize(
     "content",
-    [os.urandom(4096), b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01cposix\nsystem\n"],
+    [random.Random(0).randbytes(4096), b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01cposix\nsystem\n"],
     ids=["random", "pickle-opcodes"],
 )
 def test_a_garbage_file_gets_one_short_reason_without_torchs_paragraph(tmp_path, content):
@@ -68,20 +69,54 @@ def test_a_position_in_training_of_the_wrong_type_or_range_is_refused(tmp_path, 
     assert len(str(raised.value)) < 300
 
 
-def test_a_window_beyond_the_epoch_is_not_resumed(tmp_path):
-    """`"window": 10**9` loads (an integer >= 0), but no epoch of this corpus has that many
-    windows: resuming it ran on silently. Resume now refuses it."""
-    corpus = make_corpus(tmp_path / "corpus", vocab_size=40)
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A run cut short after 3 windows (mid-epoch: its last.pt carries the LSTM state)."""
+    home = tmp_path_factory.mktemp("stopped")
+    corpus = make_corpus(home / "corpus", vocab_size=40)
     settings = ["--set", "vocab_size=40", "--set", "hidden_size=8", "--set", "max_max_epoch=2"]
     result = ptblm(
         "train", "-c", "test", *settings, "--max-steps", "3", "--corpus", corpus,
-        "--name", "r", "--quiet", cwd=tmp_path,
+        "--name", "r", "--quiet", cwd=home,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    last = tmp_path / "runs" / "r" / "last.pt"
-    checkpoint = torch.load(last, weights_only=True)
-    assert 0 < checkpoint["window"] < 10**9
-    checkpoint.update(window=10**9, finished=False)
-    torch.save(checkpoint, last)
-    result = ptblm("train", "--resume", tmp_path / "runs" / "r", cwd=tmp_path)
-    assert_clean_failure(result, 1, "cannot be resumed (window 1000000000 of an epoch of")
+    return home / "runs" / "r"
+
+
+def without(key):
+    def damage(checkpoint):
+        del checkpoint[key]
+
+    return damage
+
+
+def widen_the_state(checkpoint):
+    checkpoint["state"] = [torch.cat([t, t], dim=2) for t in checkpoint["state"]]
+
+
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        # Loads (an integer >= 0), but no epoch of this corpus has that many windows: resuming
+        # it ran on silently.
+        (lambda c: c.update(window=10**9), "(window 1000000000 of an epoch of"),
+        # configs/test.yaml: 1 layer, batch_size 20; hidden_size 8, widened to 16
+        (widen_the_state, "(carried state of shape (1, 20, 16))"),
+        (without("optimizer"), "(missing 'optimizer')"),
+        (without("rng"), "(missing 'rng')"),
+    ],
+)
+def test_a_checkpoint_that_loads_but_cannot_continue_is_not_resumed(
+    stopped_run, tmp_path, damage, fragment
+):
+    run = shutil.copytree(stopped_run, tmp_path / "r")
+    checkpoint = torch.load(run / "last.pt", weights_only=True)
+    assert 0 < checkpoint["window"] and checkpoint["state"] is not None
+    checkpoint["finished"] = False
+    damage(checkpoint)
+    torch.save(checkpoint, run / "last.pt")
+    before = (run / "last.pt").read_bytes()
+    result = ptblm("train", "--resume", run, cwd=tmp_path)
+    assert_clean_failure(result, 1, f"{run / 'last.pt'} cannot be resumed {fragment}")
+    assert "Start a new run." in result.stderr
+    assert (run / "last.pt").read_bytes() == before  # refused before anything was written

@@ -140,10 +140,22 @@ def test_bad_text_files_are_refused(two_runs, content, code, message):
         (["--per-line"], "go with --text"),
         (["--text", "x.txt", "--split", "valid"], "drop --split"),
         (["--split", "dev"], "--split dev: use test, valid or train"),
+        (["--reset-each-line"], "--per-line and --reset-each-line go with --text FILE."),
+        (["--text", "x.txt", "--batch-size", "4"], "drop --split, --batch-size and --num-steps"),
+        (["--text", "x.txt", "--num-steps", "4"], "drop --split, --batch-size and --num-steps"),
     ],
 )
 def test_eval_option_misuse_exits_2(two_runs, args, message):
     assert_clean_failure(ptblm("eval", "runs/a", *args, cwd=two_runs), 2, message)
+
+
+def test_a_text_file_given_as_the_run_points_at_text(two_runs):
+    (two_runs / "notes.txt").write_text("the cat\n")
+    result = ptblm("eval", "notes.txt", cwd=two_runs)
+    assert_clean_failure(
+        result, 2, "notes.txt is a text file, not a run or checkpoint: score it with "
+        "ptblm eval --text notes.txt [RUN_DIR]."
+    )  # fmt: skip
 
 
 def test_eval_json_counts_epochs_as_the_checkpoint_does(two_runs):

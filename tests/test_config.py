@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
+from helpers import assert_clean_failure, make_corpus, ptblm
 
 from ptblm.config import Config, config_to_yaml, learning_rate_at, load_config, shipped_configs
 from ptblm.errors import ConfigError
@@ -432,3 +435,26 @@ def test_config_to_yaml_round_trips_changed_fields_and_header(tmp_path):
     # Every changed field comes back, and the header, a key-like line included, is a comment.
     assert load_config(str(path)) == config != load_config("large")
     assert "# second line: not a key" in text.splitlines()
+
+
+def test_the_seed_is_what_numpy_can_take():
+    """numpy's np.random.seed takes 0 <= seed < 2**32; train seeds it with config.seed."""
+    with pytest.raises(ValueError):
+        np.random.seed(2**32)
+    largest = load_config("small", [f"seed={2**32 - 1}"]).seed
+    np.random.RandomState(largest)  # the range np.random.seed takes; the global ones untouched
+    torch.Generator().manual_seed(largest)
+    with pytest.raises(ConfigError, match=r"'seed' is 4294967296; allowed: an integer from 0 to"):
+        load_config("small", [f"seed={2**32}"])
+
+
+def test_train_refuses_a_seed_numpy_cannot_take_before_anything_runs(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    for seed in (2**32, -1):
+        result = ptblm("train", "-c", "test", "--seed", seed, "--corpus", corpus, cwd=tmp_path)
+        assert_clean_failure(result, 2, f"--seed {seed}: use an integer from 0 to 4294967295")
+    result = ptblm(
+        "train", "-c", "test", "--set", f"seed={2**32}", "--corpus", corpus, cwd=tmp_path
+    )
+    assert_clean_failure(result, 2, "'seed' is 4294967296")
+    assert not (tmp_path / "runs").exists()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import shutil
 import stat
-import time
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers import PTB_BYTES, PTB_SHA256, PTB_TOKENS, dead_url, sha256
@@ -99,11 +102,15 @@ def test_download_with_wrong_checksum_saves_nothing(tmp_path, mirror, serve_dir,
 
 
 def test_download_from_dead_port(tmp_path, fast_download):
+    """A refused connection may be passing: asked DOWNLOAD_TRIES times, with the pause doubled
+    each time, then given up with the way to fetch the files by hand."""
     fast_download.setenv("PTBLM_DATA_URL", dead_url())
-    start = time.perf_counter()
+    fast_download.setattr(download, "DOWNLOAD_BACKOFF", 1.5)
+    pauses = []
+    fast_download.setattr(download, "time", SimpleNamespace(sleep=pauses.append))
     with pytest.raises(DataError) as excinfo:
         download_ptb(tmp_path / "data", progress=False)
-    assert time.perf_counter() - start < 30  # a dead port answers at once: no waiting on timeouts
+    assert download.DOWNLOAD_TRIES == 3 and pauses == [1.5, 3.0]  # for the first file only
     message = str(excinfo.value)
     assert "by hand" in message
     assert str(tmp_path / "data" / "ptb") in message
@@ -124,6 +131,58 @@ def test_download_404(tmp_path, serve_dir, fast_download):
     assert "ptb.train.txt" in str(excinfo.value)
     assert os.listdir(tmp_path / "data" / "ptb") == []
     assert serve_dir.requests(url) == ["/ptb.train.txt"]  # a 404 is not asked again
+
+
+class FlakyHandler(http.server.SimpleHTTPRequestHandler):
+    """Answers each file's first request with `status`, then serves it."""
+
+    def __init__(self, *args, status: int, asked: list[str], **kwargs):
+        self.status, self.asked = status, asked
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self):  # noqa: N802 (the stdlib's name)
+        first = self.path not in self.asked
+        self.asked.append(self.path)
+        if first:
+            self.send_error(self.status)
+        else:
+            super().do_GET()
+
+    def log_message(self, format, *args):  # noqa: A002 (the stdlib's signature)
+        pass
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_a_busy_server_is_asked_again(tmp_path, mirror, fast_download, status):
+    """5xx and 429 (too many requests) pass; a 404 does not (test_download_404)."""
+    asked: list[str] = []
+    handler = functools.partial(FlakyHandler, directory=str(mirror), status=status, asked=asked)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        fast_download.setenv("PTBLM_DATA_URL", f"http://127.0.0.1:{server.server_address[1]}")
+        folder = download_ptb(tmp_path / "data", progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert sorted(asked) == sorted(f"/{name}" for name in PTB_SHA256 for _ in range(2))
+    for name, digest in PTB_SHA256.items():
+        assert sha256(folder / name) == digest
+    assert leftovers(folder) == []
+
+
+def test_a_stale_temporary_file_of_a_killed_download_is_removed(tmp_path, mirror, serve_dir,
+                                                                fast_download):  # fmt: skip
+    folder = tmp_path / "data" / "ptb"
+    folder.mkdir(parents=True)
+    stale = folder / ".ptb.train.txt.a1b2c3.tmp"  # as atomic_write names its temporary file
+    stale.write_bytes(b"half a download")
+    fast_download.setenv("PTBLM_DATA_URL", serve_dir(mirror))
+    download_ptb(tmp_path / "data", progress=False)
+    assert not stale.exists()
+    assert sorted(os.listdir(folder)) == sorted(PTB_SHA256)
 
 
 def test_download_from_file_url(tmp_path, ptb_dir, fast_download):

@@ -55,4 +55,5 @@ def test_an_ensemble_of_one_model_is_that_model():
 def test_an_ensemble_is_never_worse_than_its_members_on_average():
     """Jensen: the averaged distribution's log-loss is at most the members' mean log-loss."""
     logprobs = member_logprobs([model(1), model(2)], batchify(stream(), 1), 50, partial=True)
-    assert -average(logprobs).sum() <= -logprobs.sum(dim=(1, 2)).mean()
+    # Strictly: the members differ (a geometric mean of the members would reach equality).
+    assert -average(logprobs).sum() < -logprobs.sum(dim=(1, 2)).mean()

@@ -3,6 +3,8 @@ a model too big for the machine, eval windows whose logits cannot fit."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from helpers import assert_clean_failure, make_corpus, ptblm
@@ -51,15 +53,42 @@ def test_the_host_has_memory_available():
     assert free is not None and 0 < free
 
 
-def test_a_model_too_big_for_the_machine_is_refused_before_allocating():
+def test_a_container_limit_leaves_what_it_has_not_used(tmp_path):
+    (tmp_path / "memory.max").write_text("8000000000\n")
+    (tmp_path / "memory.current").write_text("3000000000\n")
+    assert memory._cgroup_room(tmp_path) == 5_000_000_000
+    (tmp_path / "memory.max").write_text("max\n")  # no limit: the host's figure counts
+    assert memory._cgroup_room(tmp_path) is None
+    (tmp_path / "memory.max").write_text("garbage\n")
+    assert memory._cgroup_room(tmp_path) is None
+    assert memory._cgroup_room(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize(
+    "count, text",
+    [
+        (64_100_000_000_000, "64.1 TB"),
+        (1_234_000_000_000_000, "1,234.0 TB"),
+        (14_000_000_000, "14.0 GB"),
+        (812_300_000, "812.3 MB"),
+        (96_000, "96.0 KB"),
+        (0, "0.0 KB"),
+    ],
+)
+def test_sizes_read_as_a_person_writes_them(count, text):
+    assert memory.size(count) == text
+
+
+def test_a_model_too_big_for_the_machine_is_refused_before_allocating(monkeypatch):
     """hidden_size 1,000,000: 64 TB of parameters. Allocating was a traceback (or the OOM
     killer); now one line with both numbers."""
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": 8_000_000_000)
     config = load_config("small", ["hidden_size=1000000"])
     with pytest.raises(ConfigError) as raised:
         LSTMLanguageModel.from_config(config)
     message = str(raised.value)
     assert "hidden_size 1000000" in message and "16,020,016,010,000 parameters" in message
-    assert "needs about 64.1 TB; this machine has" in message and "GB available" in message
+    assert "needs about 64.1 TB; this machine has 8.0 GB available." in message
     assert "Use a smaller hidden_size" in message
 
 
@@ -72,7 +101,10 @@ def test_the_limit_is_what_the_machine_has(monkeypatch):
     monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": needed - 1)
     with pytest.raises(ConfigError) as raised:
         LSTMLanguageModel.from_config(config)
-    assert f"needs about {memory.size(needed)}; this machine has" in str(raised.value)
+    assert re.search(
+        r"needs about [\d.,]+ [KMGT]B; this machine has [\d.,]+ [KMGT]B available",
+        str(raised.value),
+    )
 
 
 def test_training_needs_the_gradients_and_a_window_too(monkeypatch):

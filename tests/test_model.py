@@ -43,6 +43,7 @@ def test_every_parameter_starts_uniform_within_init_scale_and_one_bias_per_gate(
 
 
 def test_dropout_only_in_training_mode():
+    torch.manual_seed(0)
     model = LSTMLanguageModel(
         vocab_size=30, hidden_size=16, num_layers=2, keep_prob=0.5, init_scale=0.1
     )

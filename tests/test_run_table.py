@@ -8,6 +8,8 @@ import statistics
 import pytest
 from helpers import HeldRun, assert_clean_failure, make_corpus, ptblm
 
+from ptblm.run_table import read_runs, render, seed_groups
+
 SETTINGS = [
     "--set", "vocab_size=40", "--set", "hidden_size=16", "--set", "max_max_epoch=2", "--quiet",
 ]  # fmt: skip
@@ -187,4 +189,32 @@ def test_no_runs_directory_is_an_empty_table_for_scripts_and_a_message_for_peopl
     assert result.returncode == 0 and json.loads(result.stdout) == {"runs": [], "seed_groups": []}
     assert_clean_failure(
         ptblm("runs", "--runs-dir", tmp_path / "none"), 1, "no such runs directory"
+    )
+
+
+def test_a_seed_group_stands_beside_the_published_row(tmp_path):
+    """Two finished small runs (summary.json written by hand), seeds 1 and 2."""
+    published = {"config": "small", "train": 40.8, "valid": 119.98, "test": 115.91}
+    for seed, test in ((1, 114.0), (2, 116.0)):
+        run = tmp_path / f"small-{seed}"
+        run.mkdir()
+        (run / "config.yaml").write_text(f"seed: {seed}\n")
+        summary = {
+            "status": "finished",
+            "config_name": "small",
+            "config": {"seed": seed, "hidden_size": 200, "precision": "fp32"},
+            "variant": {"tie_weights": True},
+            "published": published,
+            "epochs_trained": 13.0,
+            "best_valid_ppl": test + 4,
+            "test_ppl": test,
+            "best_test_ppl": test + 0.5,
+        }
+        (run / "summary.json").write_text(json.dumps(summary))
+    rows = read_runs(tmp_path)
+    text = render(rows, seed_groups(rows), tmp_path)
+    assert text.splitlines()[-1] == (
+        "small over 2 runs (seeds 1, 2): best valid 119.00 +- 1.41, test 115.00 +- 1.41, "
+        "best.pt test 115.50 +- 1.41; published small: valid 119.98, test 115.91 "
+        "(these runs' model adds tie_weights: True)"
     )

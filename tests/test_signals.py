@@ -1,0 +1,56 @@
+"""Ctrl-C and SIGTERM during a run: the first asks the loop to stop, a second Ctrl-C leaves at
+once (not under torchrun), more SIGTERMs are ignored, and the handlers are given back after."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from ptblm.signals import StopOnSignal
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_the_first_signal_asks_the_loop_to_stop(signum, code):
+    before = signal.getsignal(signum)
+    with StopOnSignal() as stop:
+        assert not stop()
+        signal.raise_signal(signum)
+        assert stop() and stop.name == signal.Signals(signum).name and stop.exit_code == code
+    assert signal.getsignal(signum) is before
+
+
+def test_more_sigterms_are_ignored():
+    """A preempting scheduler may send SIGTERM several times: the run still stops cleanly."""
+    with StopOnSignal() as stop:
+        for _ in range(3):
+            signal.raise_signal(signal.SIGTERM)
+        assert stop.name == "SIGTERM" and stop.exit_code == 143
+
+
+def test_under_torchrun_a_second_ctrl_c_does_not_quit():
+    """torchrun forwards the terminal's Ctrl-C: each worker hears it twice within milliseconds."""
+    with StopOnSignal(exit_on_second=False) as stop:
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        assert stop.name == "SIGINT"
+
+
+def test_a_second_ctrl_c_quits_at_once_with_130():
+    script = (
+        "import signal, sys, time\n"
+        "from ptblm.signals import StopOnSignal\n"
+        "with StopOnSignal(announce=True) as stop:\n"
+        "    signal.raise_signal(signal.SIGINT)\n"
+        "    print('asked to stop', stop(), flush=True)\n"
+        "    signal.raise_signal(signal.SIGINT)\n"
+        "    print('still here', flush=True)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    assert result.returncode == 130
+    assert result.stdout == "asked to stop True\n"
+    assert "SIGINT: stopping after this window (Ctrl-C again to quit at once)..." in result.stderr
