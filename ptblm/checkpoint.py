@@ -5,6 +5,7 @@ A checkpoint (best.pt, last.pt) holds:
     model, optimizer    state dicts; scaler: the fp16 GradScaler's state dict (None otherwise)
     config, config_name the Config as a dict, and the name it was started with
     vocab               the words in id order; corpus_dir: a --corpus directory (None for PTB)
+    splits_sha256       each split's Corpus.fingerprints: a resume is refused another text
     state               the carried LSTM (h, c) of all batch rows for the next window (None at an
                         epoch boundary)
     max_steps           the run's --max-steps limit (None for none)
@@ -25,13 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import random
 import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ptblm import __version__
@@ -42,6 +41,7 @@ from ptblm.distributed import Distributed
 from ptblm.errors import CheckpointError, ConfigError, cut, quote
 from ptblm.model import LSTMLanguageModel, State
 from ptblm.run_state import RunState
+from ptblm.runtime import rng_state, set_rng_state
 
 CHECKPOINT_FORMAT = 1
 REQUIRED_KEYS = ("format", "model", "config", "vocab", "epoch", "window", "global_step")
@@ -187,6 +187,20 @@ def check_vocabulary(checkpoint: dict[str, Any], corpus: Corpus, path: Path) -> 
         )
 
 
+def check_same_text(checkpoint: dict[str, Any], corpus: Corpus, path: Path) -> None:
+    """A resumed run trains, validates and tests on the text it started with (one with the same
+    vocabulary but other valid or test text mixed two sets in one run's history)."""
+    check_vocabulary(checkpoint, corpus, path)
+    saved = checkpoint.get("splits_sha256")  # absent from checkpoints of older versions
+    changed = [name for name, digest in corpus.fingerprints.items()
+               if isinstance(saved, dict) and saved.get(name, digest) != digest]  # fmt: skip
+    if changed:
+        raise CheckpointError(
+            f"the {' and '.join(changed)} text in {corpus.folder} is not what {path} was trained "
+            f"with: resume it with the corpus it started with (--corpus DIR or --data-dir DIR)."
+        )
+
+
 def vocab_list(vocab: dict[str, int]) -> list[str]:
     """word -> id mapping as the list of words in id order (plain data for the checkpoint)."""
     return sorted(vocab, key=vocab.__getitem__)
@@ -195,31 +209,6 @@ def vocab_list(vocab: dict[str, int]) -> list[str]:
 def vocab_dict(words: list[str]) -> dict[str, int]:
     """The checkpoint's word list back to the word -> id mapping."""
     return {word: index for index, word in enumerate(words)}
-
-
-def rng_state() -> dict[str, Any]:
-    """Every random generator a run uses, as tensors and plain data (weights_only-loadable)."""
-    numpy_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [
-            numpy_state[0],
-            torch.from_numpy(numpy_state[1].astype(np.int64)),
-            *numpy_state[2:],
-        ],
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
 
 
 def training_checkpoint(
@@ -249,6 +238,7 @@ def training_checkpoint(
         "config": config.to_dict(),
         "vocab": vocab_list(corpus.vocab),
         "corpus_dir": str(corpus.folder.resolve()) if corpus.custom else None,
+        "splits_sha256": corpus.fingerprints,
         "state": carried,
         "world_size": dist.world_size,
         "rng": rng_state(),

@@ -187,7 +187,7 @@ def _new_trainer(
 
 
 def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose, threads):
-    from ptblm.checkpoint import check_vocabulary, corpus_dir_for
+    from ptblm.checkpoint import check_same_text, corpus_dir_for
     from ptblm.data import load_corpus_on_all_ranks
     from ptblm.run_dir import load_resumable
     from ptblm.run_files import LAST
@@ -196,7 +196,7 @@ def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose, 
     checkpoint, saved = load_resumable(run_dir)
     corpus_dir = corpus_dir_for(checkpoint, corpus_dir)
     corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, verbose)
-    check_vocabulary(checkpoint, corpus, run_dir / LAST)
+    check_same_text(checkpoint, corpus, run_dir / LAST)
     trainer = Trainer(
         saved,
         corpus,

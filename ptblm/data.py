@@ -11,6 +11,8 @@ Everything here is exactly docs/reference.md's "Data" and "Batching":
 from __future__ import annotations
 
 import collections
+import functools
+import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -98,6 +100,12 @@ class Corpus:
 
     def split(self, name: str) -> torch.Tensor:
         return getattr(self, name)
+
+    @functools.cached_property
+    def fingerprints(self) -> dict[str, str]:
+        """sha256 of each split's ids: a resumed run must see the very text it started with."""
+        return {name: hashlib.sha256(self.split(name).numpy().tobytes()).hexdigest()
+                for name in SPLITS}  # fmt: skip
 
 
 def load_corpus(

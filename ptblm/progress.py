@@ -157,3 +157,8 @@ class Progress:
     def say(self, text: str) -> None:
         if self.verbose:
             tqdm.write(text, file=sys.stdout)
+
+    def warn(self, text: str) -> None:
+        """On stderr, --quiet or not (rank 0 only)."""
+        if self.enabled:
+            tqdm.write(f"warning: {text}", file=sys.stderr)

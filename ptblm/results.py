@@ -95,8 +95,10 @@ def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
             f"{'published':>10} {published['train']:8.2f} {published['valid']:8.2f} "
             f"{published['test']:8.2f}   (the tutorial's {published['config']} row{beside})"
         )
+    untested = metrics.get("best_untested")
+    tested = "not tested (missing or damaged)" if untested else f"test {ppl('best_test_ppl', 0)}"
     lines.append(
-        f"best.pt: valid {ppl('best_valid_ppl', 0)}, test {ppl('best_test_ppl', 0)}.  "
+        f"best.pt: valid {ppl('best_valid_ppl', 0)}, {tested}.  "
         f"Run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})"
     )
     return "\n".join(lines)

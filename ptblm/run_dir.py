@@ -76,12 +76,19 @@ class RunDirectory:
         if dist.any(failure is not None, device):
             raise failure or DataError("rank 0 could not create the run directory.")
 
-    def reopen(self, dist: Distributed) -> None:
-        """Take over an existing run (resume): lock it, and remove the temp file that a process
-        killed while saving left behind (never the checkpoint itself)."""
+    def reopen(self, dist: Distributed, device: torch.device) -> None:
+        """Take over an existing run (resume): rank 0 locks it and removes the temp file that a
+        process killed while saving left behind (never the checkpoint itself); if that fails, no
+        rank trains on (a collective under torchrun)."""
+        failure = None
         if dist.is_main:
-            self.lock()
-            remove_stale_temp_files(self.path)
+            try:
+                self.lock()
+                remove_stale_temp_files(self.path)
+            except CheckpointError as error:
+                failure = error
+        if dist.any(failure is not None, device):
+            raise failure or CheckpointError("rank 0 could not take over the run directory.")
 
     def lock(self) -> None:
         """One process trains a run directory at a time (a second --resume is refused)."""
@@ -172,11 +179,27 @@ def never_saved(run_dir: Path) -> str:
 
 
 def resumable_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint a resume continues from: last.pt, or best.pt where that is newer (best.pt
-    is written first at an epoch's end and holds the same full training state, so a run whose
-    last.pt could not be written there loses nothing); None where the run has neither."""
-    saved = [path for path in (run_dir / LAST, run_dir / BEST) if path.is_file()]
-    return max(saved, key=lambda path: path.stat().st_mtime_ns, default=None)
+    """The checkpoint a resume continues from: last.pt, or best.pt where that is further in
+    training (best.pt is written first at an epoch's end and holds the same full training state,
+    so a run whose last.pt could not be written there loses nothing); None where the run has
+    neither. Their global_step decides, not their times, which a copy (cp -r) changes; where one
+    cannot be read, the newer file is taken, so that the resume names the damaged one."""
+    last, best = run_dir / LAST, run_dir / BEST
+    if not (last.is_file() and best.is_file()):
+        return last if last.is_file() else best if best.is_file() else None
+    steps = _global_step(last), _global_step(best)
+    if None in steps:
+        return max((last, best), key=lambda path: path.stat().st_mtime_ns)
+    return best if steps[1] > steps[0] else last
+
+
+def _global_step(path: Path) -> int | None:
+    """A checkpoint's global_step, its tensors left on disk (None where it cannot be read)."""
+    try:
+        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+    except Exception:  # damaged or not a checkpoint: load_checkpoint says why, when it is loaded
+        return None
+    return step if type(step) is int else None
 
 
 def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config]:
@@ -205,7 +228,7 @@ def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config]:
                 else "an older one: the run trains again from there and writes best.pt anew"
             )
             hint = (
-                f"A run resumes from the newer of its {LAST} and {BEST}: move {last.name} aside "
+                f"A run resumes from the later of its {LAST} and {BEST}: move {last.name} aside "
                 f"(mv {last} {last}.damaged) to resume from {other.name}, {older}."
             )
         raise CheckpointError(f"{error} {hint}") from None

@@ -101,18 +101,11 @@ class Trainer:
             self.run_state = RunState(config_name, max_steps, eval_tokens)
             self.run_dir.create(config, command, dist, device, again)
         else:  # everything the checkpoint holds, --max-steps and --eval-tokens included
-            self.run_dir.reopen(dist)
+            self.run_dir.reopen(dist, device)
             self.run_state, self.step.state = restore_training(
-                resume,
-                self.run_dir.path / LAST,
-                self.model,
-                self.optimizer,
-                self.step.scaler,
-                self.rank_rows,
-                self.windows_per_epoch,
-                dist,
-                device,
-            )
+                resume, self.run_dir.path / LAST, self.model, self.optimizer, self.step.scaler,
+                self.rank_rows, self.windows_per_epoch, dist, device,
+            )  # fmt: skip
         self.progress = Progress(self.run_dir.path, enabled=dist.is_main, verbose=verbose)
         total = self.windows_per_epoch * config.max_max_epoch
         self.log_every = log_every(self.run_state.max_steps or total)
@@ -135,12 +128,20 @@ class Trainer:
             self.progress.open(self.config, resumed_at_step=run.global_step),
             StopOnSignal(exit_on_second=not self.dist.enabled, announce=announce) as stop,
         ):
-            # Resumed from a best.pt newer than last.pt (whose write failed): last.pt is written
-            # from it first, so that it is again the run's latest state (after training, the
-            # weights test_ppl is measured on).
+            # Resumed from a best.pt further on than last.pt (whose write failed): last.pt is
+            # written from it first, so that it is again the run's latest state (after training,
+            # the weights test_ppl is measured on).
             newest = resumable_checkpoint(self.run_dir.path)
             if self.dist.any(newest not in (None, self.run_dir.path / LAST), self.device):
                 self.save(LAST)
+            if self.dist.is_main and not run.finished and 0 <= run.best_step < run.global_step:
+                try:  # tested only after training: said now, while it can be put back
+                    self.best_model()
+                except CheckpointError as error:
+                    self.progress.warn(
+                        f"{error} Put it back before training ends (or a later epoch that "
+                        f"validates better writes it anew), or the run finishes without testing it."
+                    )
             while not run.finished:
                 ended = self.train_epoch(stop)
                 if ended is EpochEnd.INTERRUPTED:
@@ -155,16 +156,14 @@ class Trainer:
 
             self.progress.say("Testing (batch size 1, the whole test stream)...")
             test_ppl = self.test(self.model, stop)
-            if run.best_step == run.global_step:
-                best_test_ppl = test_ppl  # best.pt holds these very weights
-            else:
-                best = self.run_dir.path / BEST
-                best_model = model_from_checkpoint(load_checkpoint(best), best).to(self.device)
-                best_test_ppl = self.test(best_model, stop)
+            best_test_ppl = self.test_best(test_ppl, stop)
             if stop():
                 raise self.interrupted(stop)  # last.pt is final: resuming only tests again
             self.progress.scalar("test/ppl", test_ppl, run.global_step)
-            summary = self.summary("finished", test_ppl=test_ppl, best_test_ppl=best_test_ppl)
+            untested = {"best_untested": True} if best_test_ppl is None else {}
+            summary = self.summary(
+                "finished", test_ppl=test_ppl, best_test_ppl=best_test_ppl, **untested
+            )
             metrics = run_metrics(summary, run, self.device, self.threads, self.dist.world_size)
             self.progress.hparams(hparams(self.config, run))
         self.run_dir.write_metrics(metrics)
@@ -285,6 +284,22 @@ class Trainer:
             f"(--set learning_rate=...){fp32}."
         )
 
+    def best_model(self) -> LSTMLanguageModel:
+        """best.pt's model (a CheckpointError where it is missing or damaged)."""
+        best = self.run_dir.path / BEST
+        return model_from_checkpoint(load_checkpoint(best), best).to(self.device)
+
+    def test_best(self, test_ppl: float, stop: StopOnSignal) -> float | None:
+        """best.pt's test perplexity; None, with a warning, where best.pt is missing or damaged:
+        the run finishes without it rather than not at all."""
+        if self.run_state.best_step == self.run_state.global_step:
+            return test_ppl  # best.pt holds these very weights
+        try:
+            return self.test(self.best_model(), stop)
+        except CheckpointError as error:
+            self.progress.warn(f"{error} The run finishes without testing it.")
+            return None
+
     def validate(self, stop: StopOnSignal) -> float:
         """Training batch_size and num_steps, dropout off; each rank evaluates its own rows."""
         valid, config = self.corpus.valid[: self.run_state.eval_tokens], self.config
@@ -299,10 +314,12 @@ class Trainer:
         return perplexity(*evaluate(model, test, TEST_BATCH_SIZE, TEST_NUM_STEPS, None, stop))
 
     def stopping(self, stop: StopOnSignal) -> bool:
-        """Has this process, or under torchrun any rank, been asked to stop? Same answer on all."""
-        if self.dist.any(stop(), self.device) and not stop():
+        """Has this process, or under torchrun any rank, been asked to stop? Same answer on all:
+        the agreed one (a signal that lands during the all-reduce counts at the next window)."""
+        agreed = self.dist.any(stop(), self.device)
+        if agreed and not stop():
             stop.received = signal.SIGTERM  # another rank was signalled: stop together
-        return stop()
+        return agreed
 
     def interrupted(self, stop: StopOnSignal) -> Interrupted:
         run = self.run_state
@@ -323,16 +340,9 @@ class Trainer:
         self.run_state.wall_seconds = self.wall_seconds()
         self.progress.flush()
         checkpoint = training_checkpoint(
-            self.run_state,
-            self.model,
-            self.optimizer,
-            self.step.scaler,
-            self.config,
-            self.corpus,
-            self.step.state,
-            self.dist,
-            self.device,
-        )
+            self.run_state, self.model, self.optimizer, self.step.scaler, self.config,
+            self.corpus, self.step.state, self.dist, self.device,
+        )  # fmt: skip
         if self.dist.is_main:
             save_checkpoint(self.run_dir.path / name, checkpoint)
             self.run_dir.write_summary(self.summary("stopped"))  # `ptblm runs` reads it

@@ -1,5 +1,6 @@
 """Multi-process training under torchrun: 2 CPU processes (gloo on 127.0.0.1) against one."""
 
+import fcntl
 import json
 import os
 import re
@@ -30,34 +31,40 @@ def corpus(tmp_path_factory):
     return make_corpus(tmp_path_factory.mktemp("corpus"), sentences=400)
 
 
-def test_two_processes_train_the_same_model_as_one(tmp_path, corpus):
-    single = ptblm("train", *SETTINGS, "--corpus", corpus, "--runs-dir", tmp_path, "--name", "one")
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus):
+    """The same run, uninterrupted, by one process ("one") and by two ("two")."""
+    runs = tmp_path_factory.mktemp("runs")
+    single = ptblm("train", *SETTINGS, "--corpus", corpus, "--runs-dir", runs, "--name", "one")
     assert single.returncode == 0, single.stderr
-    double = torchrun(
-        "train", *SETTINGS, "--corpus", corpus, "--runs-dir", tmp_path, "--name", "two"
-    )
+    double = torchrun("train", *SETTINGS, "--corpus", corpus, "--runs-dir", runs, "--name", "two")
     assert double.returncode == 0, double.stderr
-    one = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
-    two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
+    return runs, double
+
+
+def test_two_processes_train_the_same_model_as_one(trained):
+    runs, double = trained
+    one = torch.load(runs / "one" / "last.pt", weights_only=True)
+    two = torch.load(runs / "two" / "last.pt", weights_only=True)
     assert two["global_step"] == one["global_step"] == 48
     for name, tensor in one["model"].items():
         torch.testing.assert_close(two["model"][name], tensor, rtol=1e-4, atol=1e-5)
     # The carried state of all rows is saved, in the single process's row order.
     for ours, theirs in zip(two["state"], one["state"]):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
-    metrics_one = json.loads((tmp_path / "one" / "metrics.json").read_text())
-    metrics_two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    metrics_one = json.loads((runs / "one" / "metrics.json").read_text())
+    metrics_two = json.loads((runs / "two" / "metrics.json").read_text())
     for key in ("train_ppl", "valid_ppl", "test_ppl"):
         assert metrics_two[key] == pytest.approx(metrics_one[key], rel=1e-4), key
     assert metrics_two["world_size"] == 2
     # One set of logs and checkpoints: only rank 0 writes.
-    assert len(list((tmp_path / "two").glob("events.out.tfevents.*"))) == 1
-    assert sorted(p.name for p in (tmp_path / "two").iterdir() if p.name[0] not in "e.") == [
+    assert len(list((runs / "two").glob("events.out.tfevents.*"))) == 1
+    assert sorted(p.name for p in (runs / "two").iterdir() if p.name[0] not in "e.") == [
         "best.pt", "config.yaml", "last.pt", "metrics.json", "summary.json",
     ]  # fmt: skip
     assert double.stdout.count("Epoch 1:") == 1  # only rank 0 prints
     # Finished: any process count may ask, and hears that it is done.
-    again = ptblm("train", "--resume", tmp_path / "two")
+    again = ptblm("train", "--resume", runs / "two")
     assert again.returncode == 0, again.stderr
     assert "has finished already" in again.stdout
 
@@ -86,10 +93,11 @@ def first_failure(stderr: str) -> str:
     return stderr.split("Root Cause (first observed failure):")[1]
 
 
-def test_sigterm_on_one_rank_stops_every_rank_after_the_same_window(tmp_path, corpus):
+def test_sigterm_on_one_rank_stops_every_rank_after_the_same_window(tmp_path, corpus, trained):
     """A scheduler that preempts one worker: rank 1 gets SIGTERM while it holds before window
     6; rank 0, never signalled, stops after the same window, last.pt holds all rows, and rank 0
-    says how to resume. A single process may not resume it."""
+    says how to resume. A single process may not resume it; two resume it to the very weights
+    of the uninterrupted two-process run."""
     args = ["train", *SETTINGS, "--quiet", "--corpus", corpus, "--runs-dir", tmp_path]
     args += ["--name", "preempted"]
     run = HeldRun(corpus, tmp_path, "preempted", "step:5", args=args, processes=2, hold_rank=1)
@@ -114,3 +122,20 @@ def test_sigterm_on_one_rank_stops_every_rank_after_the_same_window(tmp_path, co
         result, 1, "trained by 2 process(es); resume it with as many (torchrun --nproc_per_node)"
     )
     assert (tmp_path / "preempted" / "last.pt").read_bytes() == before
+    with open(tmp_path / "preempted" / ".lock") as held:  # as another ptblm training it would
+        fcntl.flock(held, fcntl.LOCK_EX)
+        refused = torchrun("train", "--resume", tmp_path / "preempted")
+    assert refused.returncode == 1 and "exitcode  : 1 " in first_failure(refused.stderr)
+    assert refused.stderr.count("another ptblm process is training") == 1, refused.stderr
+    assert "Connection closed" not in refused.stderr and "ptblm/" not in refused.stderr
+    assert (tmp_path / "preempted" / "last.pt").read_bytes() == before
+    resumed = torchrun("train", "--resume", tmp_path / "preempted")
+    assert resumed.returncode == 0, resumed.stderr
+    ours = torch.load(tmp_path / "preempted" / "last.pt", weights_only=True)
+    theirs = torch.load(trained[0] / "two" / "last.pt", weights_only=True)
+    assert ours["global_step"] == theirs["global_step"] == 48
+    for name, tensor in theirs["model"].items():
+        assert torch.equal(ours["model"][name], tensor), name
+    ours = json.loads((tmp_path / "preempted" / "metrics.json").read_text())
+    theirs = json.loads((trained[0] / "two" / "metrics.json").read_text())
+    assert (ours["valid_ppl"], ours["test_ppl"]) == (theirs["valid_ppl"], theirs["test_ppl"])

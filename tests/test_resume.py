@@ -5,7 +5,7 @@ the random generators matter for the bitwise comparisons.
 """
 
 import json
-import os
+import random
 import signal
 
 import pytest
@@ -186,8 +186,30 @@ def test_resume_and_eval_refuse_another_vocabulary(tmp_path, reference):
     assert_clean_failure(result, 1, "another vocabulary")
 
 
+def test_resume_refuses_other_text_of_the_same_vocabulary_and_takes_a_moved_copy(
+    tmp_path, reference, corpus
+):
+    """Other valid and test text, every word of it known: the resumed run validated, chose
+    best.pt and tested on two different sets without a word. A copy of the corpus elsewhere (a
+    moved folder) is the same text, and is taken."""
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"):
+        (moved / name).write_bytes((corpus / name).read_bytes())
+    result = ptblm("train", "--resume", reference, "--corpus", moved)
+    assert result.returncode == 0, result.stderr
+    assert "has finished already" in result.stdout
+    valid = (moved / "ptb.valid.txt").read_text().splitlines()
+    (moved / "ptb.valid.txt").write_text("\n".join(reversed(valid)) + "\n")  # the same words
+    result = ptblm("train", "--resume", reference, "--corpus", moved)
+    assert_clean_failure(
+        result, 1, f"the valid text in {moved} is not what {reference / 'last.pt'} was trained "
+        "with: resume it with the corpus it started with (--corpus DIR or --data-dir DIR)."
+    )  # fmt: skip
+
+
 def test_eval_of_a_garbage_checkpoint_fails_cleanly(tmp_path, corpus):
-    (tmp_path / "best.pt").write_bytes(os.urandom(1000))
+    (tmp_path / "best.pt").write_bytes(random.Random(0).randbytes(1000))
     result = ptblm("eval", tmp_path / "best.pt", "--corpus", corpus)
     assert_clean_failure(result, 1, "not a readable ptblm checkpoint")
 

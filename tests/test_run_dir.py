@@ -41,14 +41,28 @@ def test_resolving_checkpoints(tmp_path):
 
 
 def test_a_resume_continues_from_best_pt_when_last_pt_could_not_be_written_after_it(tmp_path):
+    best, last = tmp_path / "best.pt", tmp_path / "last.pt"
     assert resumable_checkpoint(tmp_path) is None
-    (tmp_path / "last.pt").write_bytes(b"epoch 1")
-    (tmp_path / "best.pt").write_bytes(b"epoch 1")
-    os.utime(tmp_path / "best.pt", ns=(1, 1))
-    assert resumable_checkpoint(tmp_path) == tmp_path / "last.pt"
-    os.utime(tmp_path / "last.pt", ns=(1, 1))  # best.pt of epoch 2 written, last.pt failed
-    os.utime(tmp_path / "best.pt", ns=(2, 2))
-    assert resumable_checkpoint(tmp_path) == tmp_path / "best.pt"
+    save_checkpoint(best, make_checkpoint(epoch=1, window=0, global_step=40))
+    assert resumable_checkpoint(tmp_path) == best
+    save_checkpoint(last, make_checkpoint(epoch=1, window=0, global_step=40))
+    assert resumable_checkpoint(tmp_path) == last  # the same epoch's end: last.pt
+    save_checkpoint(last, make_checkpoint(epoch=1, window=10, global_step=50))
+    assert resumable_checkpoint(tmp_path) == last
+    # best.pt of epoch 2 written, then last.pt's write failed: last.pt is still epoch 1's.
+    save_checkpoint(best, make_checkpoint(epoch=2, window=0, global_step=80))
+    assert resumable_checkpoint(tmp_path) == best
+
+
+def test_a_copied_run_resumes_from_the_checkpoint_further_in_training(tmp_path):
+    """cp -r gives the files new times in whatever order it copies them: a finished run whose
+    best epoch came early, copied so that best.pt looks newer, resumed from best.pt and trained
+    its last epochs again."""
+    best, last = tmp_path / "best.pt", tmp_path / "last.pt"
+    save_checkpoint(last, make_checkpoint(epoch=3, window=0, global_step=120, finished=True))
+    save_checkpoint(best, make_checkpoint(epoch=2, window=0, global_step=80))
+    os.utime(last, ns=(1, 1))
+    assert resumable_checkpoint(tmp_path) == last
 
 
 def test_a_damaged_last_pt_says_how_to_resume_from_best_pt_and_that_works(tmp_path):

@@ -1,5 +1,6 @@
 import math
 import signal
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from helpers import (
 from ptblm.config import load_config
 from ptblm.data import load_corpus
 from ptblm.errors import ConfigError, DivergenceError, Interrupted
+from ptblm.results import format_summary
 from ptblm.run_dir import load_resumable
 from ptblm.signals import StopOnSignal
 from ptblm.step import EagerStep
@@ -60,15 +62,16 @@ def sigterm_after(monkeypatch, windows):
     monkeypatch.setattr(EagerStep, "__call__", stepping)
 
 
-def interrupt_then_resume(monkeypatch, trainer, windows):
-    """Run `trainer` until a SIGTERM after `windows` windows stops it, then resume its run
-    directory as `ptblm train --resume` does (its checkpoint and config); the resumed run's
-    metrics and Trainer."""
+def interrupt_then_resume(monkeypatch, trainer, windows, meanwhile=lambda run_dir: None):
+    """Run `trainer` until a SIGTERM after `windows` windows stops it, call `meanwhile(run_dir)`,
+    then resume its run directory as `ptblm train --resume` does (its checkpoint and config); the
+    resumed run's metrics and Trainer."""
     with monkeypatch.context() as patch, pytest.raises(Interrupted) as stopped:
         sigterm_after(patch, windows)
         trainer.run()
     assert stopped.value.exit_code == 143
     trainer.run_dir._lock.close()  # as the stopped process would at its exit
+    meanwhile(trainer.run_dir.path)
     checkpoint, config = load_resumable(trainer.run_dir.path)
     assert checkpoint["global_step"] == windows and not checkpoint["finished"]
     resumed = Trainer(
@@ -179,6 +182,28 @@ def test_bf16_trains_where_the_cpu_has_it_and_is_refused_where_not(corpus, tmp_p
     # Lower precision, so not the same numbers, but the same training.
     assert metrics["train_ppl"] != fp32_metrics["train_ppl"]
     assert metrics["train_ppl"] == pytest.approx(fp32_metrics["train_ppl"], rel=0.05)
+
+
+def test_bf16_trains_with_fp32_weights_on_every_cpu(corpus, tmp_path, monkeypatch):
+    """The bf16 training path itself, on whichever CPU runs the suite: the CPU is taken to have
+    native bf16 (an AVX2-only one computes it slowly, which 5 windows of a hidden_size 8 model
+    can afford), with the reference cell so that oneDNN's fused bf16 LSTM is not needed."""
+    import ptblm.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    bf16 = make_trainer(corpus, tmp_path / "bf16", "precision=bf16", "cell=reference", max_steps=5)
+    fp32 = make_trainer(corpus, tmp_path / "fp32", "cell=reference", max_steps=5)
+    metrics, fp32_metrics = bf16.run(), fp32.run()
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+    saved = torch.load(tmp_path / "bf16" / "last.pt", weights_only=True)
+    assert all(t.dtype == torch.float32 for t in saved["model"].values())
+    assert metrics["precision"] == "bf16" and fp32_metrics["precision"] == "fp32"
+    assert metrics["train_ppl"] != fp32_metrics["train_ppl"]  # bf16 products did run
+    assert metrics["train_ppl"] == pytest.approx(fp32_metrics["train_ppl"], rel=0.05)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="no native bf16.*use --precision fp32"):
+        make_trainer(corpus, tmp_path / "refused", "precision=bf16", max_steps=5)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_best_pt_keeps_the_lowest_validation_and_is_tested_as_such(corpus, tmp_path, monkeypatch):
@@ -332,3 +357,49 @@ def test_a_signal_during_validation_or_the_test_pass_ends_it_after_one_window(tm
     stopped = StopOnSignal()
     stopped.received = signal.SIGTERM
     assert windows_of(validate, stopped) == 1 and windows_of(test, stopped) == 1
+
+
+def test_every_rank_stops_on_the_answer_the_ranks_agreed_on():
+    """A SIGTERM that lands on one rank while it waits in the all-reduce is heard after the call
+    returns: that rank must still act on the agreed "no" (acting on its own "yes" left it saving
+    alone while the others trained on, and both hung), and say "yes" at the next window."""
+    stop = StopOnSignal()
+
+    def others_said_no_while_the_signal_landed(flag, device):
+        stop.received = signal.SIGTERM
+        return False
+
+    trainer = SimpleNamespace(device=torch.device("cpu"))
+    trainer.dist = SimpleNamespace(any=others_said_no_while_the_signal_landed)
+    assert Trainer.stopping(trainer, stop) is False
+    trainer.dist = SimpleNamespace(any=lambda flag, device: flag)
+    assert Trainer.stopping(trainer, stop) is True
+    # Signalled elsewhere only: this rank stops too, as if it had had a SIGTERM.
+    elsewhere = StopOnSignal()
+    trainer.dist = SimpleNamespace(any=lambda flag, device: True)
+    assert Trainer.stopping(trainer, elsewhere) is True and elsewhere.name == "SIGTERM"
+
+
+def test_a_lost_best_pt_is_said_at_resume_and_the_run_still_finishes(
+    corpus, tmp_path, monkeypatch, capsys
+):
+    """best.pt is tested only after training: a missing one was found only then, and the run
+    could never finish. Now it is said at the resume, and the run finishes without it."""
+    by_epoch = {0: 40.0, 1: 50.0, 2: 60.0}  # epoch 1 stays the best: best.pt is never rewritten
+    monkeypatch.setattr(Trainer, "validate", lambda self, stop: by_epoch[self.run_state.epoch])
+    trainer = make_trainer(corpus, tmp_path / "run", "max_epoch=1", "max_max_epoch=3")
+    lose = lambda run_dir: (run_dir / "best.pt").unlink()  # noqa: E731
+    windows = trainer.windows_per_epoch + 2
+    metrics, _ = interrupt_then_resume(monkeypatch, trainer, windows, meanwhile=lose)
+    best = tmp_path / "run" / "best.pt"
+    said = capsys.readouterr().err
+    assert said.count(f"warning: {best}: no such checkpoint file.") == 2  # at resume, at the end
+    assert "Put it back before training ends" in said
+    assert metrics["status"] == "finished" and metrics["best_valid_ppl"] == 40.0
+    assert metrics["best_test_ppl"] is None and metrics["best_untested"] is True
+    assert math.isfinite(metrics["test_ppl"])
+    assert (
+        format_summary(metrics, tmp_path / "run")
+        .splitlines()[-1]
+        .startswith("best.pt: valid 40.00, not tested (missing or damaged).  ")
+    )
