@@ -7,6 +7,7 @@ the final name, never a part of one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -54,6 +55,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 def remove_stale_temp_files(folder: Path) -> None:
-    """Remove the temp files that a process killed while writing left in `folder`."""
+    """Remove the temp files that a process killed while writing left in `folder`, where it may
+    (a folder made read-only keeps them: they harm nothing but space)."""
     for stale in Path(folder).glob(f".*{TEMP_SUFFIX}"):
-        stale.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            stale.unlink(missing_ok=True)

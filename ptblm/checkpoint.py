@@ -286,7 +286,7 @@ def restore_training(
             torch.set_rng_state(rngs[dist.rank])
             if device.type == "cuda":
                 torch.cuda.set_rng_state(rngs[dist.world_size + dist.rank], device)
-    except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as error:
+    except (KeyError, IndexError, ValueError, TypeError, RuntimeError, AttributeError) as error:
         detail = f"missing {error}" if isinstance(error, KeyError) else str(error).splitlines()[0]
         raise CheckpointError(
             f"{path} cannot be resumed ({detail[:200]}): it is damaged or was written by another "

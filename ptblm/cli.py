@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import sys
@@ -144,7 +146,19 @@ def usage_error(error: Exception) -> str | None:
     return f"error: {error.format_message()}{where}"
 
 
+def stdout_failed(error: OSError) -> bool:
+    """Was `error` a failed write of the output? Library code turns the errors of the files it
+    writes into ptblm's own, which name the file; a write to stdout names none."""
+    return error.filename is None and error.errno in (
+        errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG,
+    )  # fmt: skip
+
+
 def main() -> None:
+    # A path or name of bytes that are not UTF-8 (`--name $'a\xffb'`) is shown escaped, not a
+    # UnicodeEncodeError; stderr does so already.
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         code = app(prog_name="ptblm", standalone_mode=False)
     except PtblmError as error:
@@ -164,6 +178,15 @@ def main() -> None:
             sys.stderr.flush()
             os._exit(error.exit_code)
         sys.exit(error.exit_code)
+    except OSError as error:
+        if not stdout_failed(error):
+            raise
+        from ptblm.progress import silence_stdout
+
+        silence_stdout()  # and so no error again at exit, when Python flushes it
+        if error.errno != errno.EPIPE:  # a full disk; EPIPE: the reader left (| head), fine
+            print(f"error: cannot write the output ({error.strerror}).", file=sys.stderr)
+            sys.exit(1)
     except Exception as error:
         if type(error).__name__ == "NoArgsIsHelpError":  # `ptblm` or `ptblm config` alone
             print(error.ctx.get_help(), file=sys.stderr)

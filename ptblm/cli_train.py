@@ -111,6 +111,11 @@ def train(
         if value is not None:
             overrides.append(f"{key}={value}")
     _check_train_options(config, overrides, resume, name, max_steps, eval_tokens)
+    for option, value in (("--runs-dir", runs_dir), ("--name", name), ("--resume", resume)):
+        if value is not None and not is_utf8(str(value)):
+            # TensorBoard names its event file as text: it cannot write under other bytes.
+            shown = str(value).encode(errors="backslashreplace").decode()
+            raise ConfigError(f"{option} {shown}: a run's path must be UTF-8 text; rename it.")
     # Checked before torch is imported (seconds): a typo is reported at once.
     new_config = load_config(config, overrides) if resume is None else None
     from ptblm.distributed import init_distributed, shutdown
@@ -141,6 +146,15 @@ def train(
         shutdown(dist)
     if metrics is not None:
         typer.echo(format_summary(metrics, trainer.run_dir.path))
+
+
+def is_utf8(text: str) -> bool:
+    """False for a name of bytes that are not UTF-8 (Python holds them as surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_train_options(config, overrides, resume, name, max_steps, eval_tokens) -> None:

@@ -149,6 +149,9 @@ def _check_value(name: str, value: Any, where: str) -> tuple[Any, str | None]:
     )
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max (no torch import here)
+
+
 def _range_problems(values: dict[str, Any], sources: dict[str, str]) -> list[str]:
     """Range checks on values that passed the type check (those absent from `values` are skipped)."""
     problems = []
@@ -159,8 +162,10 @@ def _range_problems(values: dict[str, Any], sources: dict[str, str]) -> list[str
                 f"{sources[name]}: '{name}' is {quote(values[name])}; allowed: {allowed}"
             )
 
-    for name in ("init_scale", "learning_rate", "max_grad_norm"):
-        need(name, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+    # The weights and the learning rate are float32: a larger number overflowed deep in torch.
+    need("init_scale", lambda v: 0 < v <= FLOAT32_MAX / 2, "a number > 0 and <= 1.7e+38")
+    for name in ("learning_rate", "max_grad_norm"):
+        need(name, lambda v: 0 < v <= FLOAT32_MAX, "a number > 0 and <= 3.4e+38 (float32)")
     for name in ("num_layers", "num_steps", "hidden_size", "max_max_epoch", "batch_size"):
         need(name, lambda v: v >= 1, "an integer >= 1")
     need("vocab_size", lambda v: v >= 2, "an integer >= 2")
@@ -172,11 +177,11 @@ def _range_problems(values: dict[str, Any], sources: dict[str, str]) -> list[str
     need("precision", lambda v: v in PRECISIONS, " | ".join(PRECISIONS))
     need("checkpoint_every", lambda v: v >= 0, "an integer >= 0 (0: end of epoch only)")
     need("cell", lambda v: v in CELLS, " | ".join(CELLS))
-    need("forget_bias", math.isfinite, "a finite number")
+    need("forget_bias", lambda v: abs(v) <= FLOAT32_MAX, "a number from -3.4e+38 to 3.4e+38")
     need("dropout_mode", lambda v: v in DROPOUT_MODES, " | ".join(DROPOUT_MODES))
     for name in ("embedding_dropout", "weight_drop", "recurrent_dropout"):
         need(name, lambda v: 0 <= v < 1, "a probability in [0, 1)")
-    need("weight_decay", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+    need("weight_decay", lambda v: 0 <= v <= FLOAT32_MAX, "a number >= 0 and <= 3.4e+38")
     if values.get("recurrent_dropout") and values.get("cell") == "fused":
         problems.append(
             f"{sources['recurrent_dropout']}: 'recurrent_dropout' needs cell: reference (the fused "

@@ -22,7 +22,7 @@ import torch
 
 from ptblm.config import Config
 from ptblm.distributed import Distributed
-from ptblm.download import SPLITS, download_ptb
+from ptblm.download import SPLITS, download_ptb, open_regular_file
 from ptblm.errors import ConfigError, DataError, counted
 
 EOS = "<eos>"
@@ -64,7 +64,8 @@ def unreadable(path: Path, error: OSError | UnicodeDecodeError, offset: int = 0)
 def read_split(path: Path) -> list[str]:
     """The tokens of one corpus file; DataError if missing, unreadable, not UTF-8 or empty."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        with open_regular_file(path) as file:
+            text = file.read().decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise unreadable(path, error) from None
     words = tokenize(text)

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import http.client
 import os
+import stat
 import sys
 import time
 import urllib.error
@@ -34,9 +35,19 @@ DOWNLOAD_BACKOFF = 1.0  # seconds before the 2nd try, doubled for each further o
 _MEGABYTES = 6  # the three files together: 5.95 MB, what --data-dir needs free
 
 
+def open_regular_file(path: Path) -> BinaryIO:
+    """A corpus file opened for reading, through symbolic links, but never a directory, FIFO or
+    device (reading a FIFO waits for a writer forever): OSError "not a regular file" there."""
+    handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(handle).st_mode):
+        os.close(handle)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return os.fdopen(handle, "rb")
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
+    with open_regular_file(path) as file:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -48,10 +59,12 @@ def corpus_status(data_dir: str | os.PathLike) -> dict[str, str]:
     status = {}
     for name, expected in SHA256.items():
         path = folder / name
-        if not path.is_file():
-            status[name] = "missing"
-        else:
+        try:
             status[name] = "verified" if sha256_of(path) == expected else "wrong sha256"
+        except FileNotFoundError:
+            status[name] = "missing"
+        except OSError as error:
+            status[name] = error.strerror or "unreadable"
     return status
 
 
@@ -76,6 +89,11 @@ def _stream(url: str, file: BinaryIO, expected_sha256: str, target: Path, show_b
             leave=False,
         ) as bar:
             for block in iter(lambda: response.read(1 << 16), b""):
+                if file.tell() + len(block) > _MEGABYTES * 10**6:  # no PTB file is this long
+                    raise DataError(
+                        f"{url} sends more than {_MEGABYTES} MB: that is not the PTB file. "
+                        f"Nothing was saved. {_manual_hint(target.parent)}"
+                    )
                 file.write(block)
                 digest.update(block)
                 bar.update(len(block))
@@ -144,7 +162,13 @@ def download_ptb(data_dir: str | os.PathLike = "data", progress: bool = True) ->
     for name, expected in SHA256.items():
         path = folder / name
         if path.exists():
-            actual = sha256_of(path)
+            try:
+                actual = sha256_of(path)
+            except OSError as error:
+                raise DataError(
+                    f"cannot read {path} ({error.strerror}): remove it, and ptblm downloads the "
+                    f"file again."
+                ) from None
             if actual != expected:
                 raise DataError(
                     f"{path} has sha256 {actual}, expected {expected}: it is not the PTB file. "

@@ -15,7 +15,6 @@ stay frozen; lr 0 and decay 0 is exactly the plain evaluation.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +32,8 @@ class DynamicSettings:
 
     def __post_init__(self):
         problems = []
-        if not (math.isfinite(self.lr) and self.lr >= 0):
-            problems.append(f"--dynamic-lr {self.lr}: must be a finite number >= 0")
+        if not 0 <= self.lr <= torch.finfo(torch.float32).max:  # the weights' type
+            problems.append(f"--dynamic-lr {self.lr}: must be a number >= 0 and <= 3.4e+38")
         if not 0 <= self.decay <= 1:
             problems.append(f"--dynamic-decay {self.decay}: must lie in [0, 1]")
         if isinstance(self.segment, bool) or not isinstance(self.segment, int) or self.segment < 1:

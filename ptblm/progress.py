@@ -15,8 +15,10 @@ no-op. `verbose=False` (--quiet) keeps TensorBoard but prints nothing.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,14 @@ LOG_EVERY = 50  # training windows between two TensorBoard points, at most
 POINTS_AT_LEAST = 20  # ...but a short run still gets this many points on each curve
 LINES_PER_EPOCH = 10
 LINE_SECONDS = 30  # off a terminal, a plain line at least this often
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so that no later print (nor Python's flush at exit) fails."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def log_every(total_windows: int) -> int:
@@ -59,12 +69,22 @@ class Progress:
         from torch.utils.tensorboard import SummaryWriter  # slow to import: only when training
 
         purge_step = resumed_at_step + 1 if resumed_at_step else None
-        with SummaryWriter(str(self.run_dir), purge_step=purge_step) as self.writer:
+        writer = self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
+        hook = threading.excepthook
+        # The writer's thread hands its write errors to the next write here, which warns once.
+        threading.excepthook = lambda args: (
+            None if issubclass(args.exc_type, OSError) else hook(args)
+        )
+        try:
             if not resumed_at_step:
                 text = config_to_yaml(config).replace("\n", "\n    ")
-                self.writer.add_text("config", "    " + text)
+                self._log(lambda writer: writer.add_text("config", "    " + text))
             yield self
-        self.writer = None
+        finally:
+            self.writer = None
+            with contextlib.suppress(OSError):  # said already, where a write failed
+                writer.close()
+            threading.excepthook = hook
 
     @contextlib.contextmanager
     def epoch(self, epoch: int, epochs: int, windows: int, done: int, stop: int):
@@ -95,9 +115,10 @@ class Progress:
         """One TensorBoard point (loss, ppl, lr, grad_norm, wps) at `step`, then the bar's figures,
         or a plain line when a tenth of the epoch has passed since the last one (or it is the
         `first` window this process trains)."""
-        if self.writer:
-            for name, value in scalars.items():
-                self.writer.add_scalar(f"train/{name}", value, step)
+        for name, value in scalars.items():
+            self._log(lambda writer, tag=f"train/{name}", value=value: writer.add_scalar(
+                tag, value, step
+            ))  # fmt: skip
         if not self.bar.disable or first or window >= self._next_line or window == windows:
             self.show(epoch, window, windows, **scalars)
 
@@ -119,22 +140,33 @@ class Progress:
                 figures = {"loss": f"{scalars['loss']:.3f}", **figures}
             self.bar.set_postfix(figures)
             return
-        print(
+        self.say(
             f"epoch {epoch + 1} {window / windows:.3f} perplexity: {ppl:.3f} "
-            f"speed: {wps:.0f} wps lr: {lr:g}",
-            flush=True,
+            f"speed: {wps:.0f} wps lr: {lr:g}"
         )
         self._last_line = time.monotonic()
         self._next_line = (window // self._line_every + 1) * self._line_every
 
     def scalar(self, name: str, value: float, step: int) -> None:
-        if self.writer:
-            self.writer.add_scalar(name, value, step)
+        self._log(lambda writer: writer.add_scalar(name, value, step))
 
     def flush(self) -> None:
         """What TensorBoard shows reaches the disk (with each checkpoint)."""
-        if self.writer:
-            self.writer.flush()
+        self._log(lambda writer: writer.flush())
+
+    def _log(self, write) -> None:
+        """A TensorBoard write. Where it fails (a full disk), a warning and no TensorBoard from
+        then on: the run's checkpoints matter more than its curves."""
+        if not self.writer:
+            return
+        try:
+            write(self.writer)
+        except OSError as error:
+            self.writer = None
+            self.warn(
+                f"TensorBoard events could not be written in {self.run_dir} ({error.strerror}): "
+                f"training goes on without them."
+            )
 
     def hparams(self, values: dict[str, Any]) -> None:
         """The HParams tab entry, written into the run itself (SummaryWriter.add_hparams would
@@ -150,15 +182,27 @@ class Progress:
             for name, value in values.items()
         ]
         metrics = [api.Metric(tag) for tag in ("test/ppl", "valid/ppl", "train/ppl")]
-        file_writer = self.writer._get_file_writer()
-        file_writer.add_summary(api.hparams_config_pb(hparams=columns, metrics=metrics))
-        file_writer.add_summary(api.hparams_pb(values))
+        config = api.hparams_config_pb(hparams=columns, metrics=metrics)
+        for summary in (config, api.hparams_pb(values)):
+            self._log(
+                lambda writer, summary=summary: writer._get_file_writer().add_summary(summary)
+            )
 
     def say(self, text: str) -> None:
-        if self.verbose:
+        """A line on stdout. Where stdout is gone (`| head` has exited, > /dev/full), the run goes
+        on without printing: its epochs are worth more than its log."""
+        if not self.verbose:
+            return
+        try:
             tqdm.write(text, file=sys.stdout)
+            sys.stdout.flush()
+        except OSError as error:
+            self.verbose = False
+            silence_stdout()
+            self.warn(f"standard output failed ({error.strerror}): training goes on, unprinted.")
 
     def warn(self, text: str) -> None:
         """On stderr, --quiet or not (rank 0 only)."""
         if self.enabled:
-            tqdm.write(f"warning: {text}", file=sys.stderr)
+            with contextlib.suppress(OSError):
+                tqdm.write(f"warning: {text}", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -48,17 +49,19 @@ class RunDirectory:
         """Rank 0 creates the directory, locks it and writes config.yaml (headed by the command
         and how to train the same run again, `again`: flags such as --max-steps or --corpus that
         the config does not hold); if that fails, no rank trains on (a collective under torchrun)."""
-        failure = None
+        failure, made = None, False
         if dist.is_main:
             try:
                 self.path.mkdir(parents=True, exist_ok=False)
+                made = True
                 self.lock()
                 header = (
                     f"Resolved config of this run (ptblm {__version__}), written by:\n"
                     f"  {command}\n"
                     f"Train again with: ptblm train --config {self.path / CONFIG_FILE}{again}"
                 )
-                text = config_to_yaml(config, header).encode()
+                # Comments only may hold a path that is not UTF-8: escaped, the file stays UTF-8.
+                text = config_to_yaml(config, header).encode(errors="backslashreplace")
                 atomic_write(self.path / CONFIG_FILE, lambda file: file.write(text))
             except FileExistsError:
                 if resumable_checkpoint(self.path) is None:
@@ -73,6 +76,14 @@ class RunDirectory:
                     f"cannot create the run directory {self.path} ({error.strerror}). "
                     f"Choose a writable one with --runs-dir DIR."
                 )
+            except CheckpointError:  # its .lock cannot be made (the inodes of a disk are used up)
+                failure = DataError(
+                    f"cannot create the run directory {self.path} (its {LOCK_FILE} cannot be "
+                    f"made). Choose a writable one with --runs-dir DIR."
+                )
+            if failure is not None and made:  # no half-made run to trip over when run again
+                self.unlock()
+                shutil.rmtree(self.path, ignore_errors=True)
         if dist.any(failure is not None, device):
             raise failure or DataError("rank 0 could not create the run directory.")
 
@@ -115,6 +126,11 @@ class RunDirectory:
             f"another ptblm process is training {self.path}; wait for it or stop it first."
         )
 
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # and with it the lock
+            self._lock = None
+
     def read_metrics(self) -> dict[str, Any] | None:
         return read_json(self.path / METRICS_FILE)
 
@@ -143,7 +159,11 @@ class RunDirectory:
 
 def newest_run(runs_dir: Path) -> Path:
     """The run directory under runs_dir whose checkpoint was written last."""
-    candidates = [path for path in Path(runs_dir).glob("*/*.pt") if path.name in (BEST, LAST)]
+    candidates = [
+        path
+        for path in Path(runs_dir).glob("*/*.pt")
+        if path.name in (BEST, LAST) and path.is_file()  # not a dangling link
+    ]
     if not candidates:
         raise CheckpointError(
             f"no run with a checkpoint under {runs_dir}. Train one first (ptblm train --config "

@@ -219,6 +219,12 @@ class Threads:
     def __init__(self, requested: int | None = None):
         self.requested = requested
         self.adaptive = requested is None and "OMP_NUM_THREADS" not in os.environ
+        if requested is not None and requested > (cores := cpu_count()):
+            # More threads than cores only wait on one another (and by the thousand, crash).
+            raise ConfigError(
+                f"--threads {requested}: this process may run on {counted(cores, 'core')}; use "
+                f"1 to {cores}."
+            )
         if requested is not None:
             torch.set_num_threads(requested)
         self.adjust()

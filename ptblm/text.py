@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ptblm.data import EOS, unreadable
+from ptblm.download import open_regular_file
 from ptblm.ensemble import average, member_logprobs
 from ptblm.errors import DataError, quote
 from ptblm.evaluate import TEST_NUM_STEPS
@@ -44,7 +45,7 @@ def check_text(path: Path) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset, has_words = 0, False
     try:
-        with open(path, "rb") as file:
+        with open_regular_file(path) as file:  # never a FIFO, which would wait forever
             while True:
                 chunk = file.read(CHUNK_BYTES)
                 if b"\0" in chunk:

@@ -124,9 +124,9 @@ class Trainer:
             self.run_dir.complete_summary(metrics)  # if a full disk or a kill cut it off
             return metrics
         announce = self.dist.is_main and self.progress.verbose
-        with (
-            self.progress.open(self.config, resumed_at_step=run.global_step),
+        with (  # signals first: TensorBoard's import takes a while
             StopOnSignal(exit_on_second=not self.dist.enabled, announce=announce) as stop,
+            self.progress.open(self.config, resumed_at_step=run.global_step),
         ):
             # Resumed from a best.pt further on than last.pt (whose write failed): last.pt is
             # written from it first, so that it is again the run's latest state (after training,
@@ -175,7 +175,7 @@ class Trainer:
         run = self.run_state
         lr = self.optimizer.param_groups[0]["lr"]
         self.progress.scalar("valid/ppl", valid_ppl, run.global_step)
-        self.progress.say(
+        said = (
             f"Epoch {run.epoch + 1}: learning rate {lr:g}, train perplexity "
             f"{run.train_ppl():.3f}, valid perplexity {valid_ppl:.3f}"
         )
@@ -188,6 +188,7 @@ class Trainer:
         if best:
             self.save(BEST)
         self.save(LAST)
+        self.progress.say(said)  # after the saves: nothing printing does can cost the epoch
 
     # --- one epoch -------------------------------------------------------------------------
 

@@ -104,6 +104,7 @@ def widen_the_state(checkpoint):
         (widen_the_state, "(carried state of shape (1, 20, 16))"),
         (without("optimizer"), "(missing 'optimizer')"),
         (without("rng"), "(missing 'rng')"),
+        (lambda c: c.update(optimizer="sgd"), "('str' object has no attribute"),
     ],
 )
 def test_a_checkpoint_that_loads_but_cannot_continue_is_not_resumed(

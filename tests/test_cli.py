@@ -509,3 +509,16 @@ def test_the_messages_name_what_the_user_typed(tmp_path):
     assert "--set" not in result.stderr
     shown = ptblm("config", "show", "small", "--set", "learning_rate=0.5")
     assert "# ptblm config show small --set learning_rate=0.5" in shown.stdout
+
+
+def test_a_path_of_bytes_that_are_not_utf8_is_shown_escaped_or_refused(tmp_path):
+    """`--name $'a\\xffb'` was a UnicodeEncodeError traceback, after the run directory was made."""
+    corpus = make_corpus(tmp_path / "corpus")
+    name = os.fsdecode(b"a\xffb")
+    result = ptblm("train", "-c", "test", "--corpus", corpus, "--name", name, cwd=tmp_path)
+    assert_clean_failure(result, 2, "--name a\\udcffb: a run's path must be UTF-8 text")
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / os.fsdecode(b"t\xff.yaml")).write_bytes((REPO / "configs/test.yaml").read_bytes())
+    shown = ptblm("config", "show", os.fsdecode(b"t\xff.yaml"), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("# ptblm config show 't\\udcff.yaml'\n")

@@ -71,6 +71,7 @@ def test_text_adapts_like_the_split_it_holds(home):
         (["--cache", "--cache-lambda", "1.5"], "--cache-lambda 1.5"),
         (["--cache", "--cache-theta", "-1"], "--cache-theta -1"),
         (["--dynamic", "--dynamic-lr", "-0.1"], "--dynamic-lr -0.1"),
+        (["--dynamic", "--dynamic-lr", "1e39"], "--dynamic-lr 1e+39: must be a number >= 0 and <="),
         (["--dynamic", "--dynamic-decay", "2"], "--dynamic-decay 2"),
         (["--dynamic", "--dynamic-segment", "0"], "--dynamic-segment 0"),
         (["--cache-window", "10"], "go with --cache"),

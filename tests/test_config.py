@@ -317,6 +317,11 @@ def test_wrong_type_in_file(tmp_path, field, value):
         ("max_grad_norm=.inf", "max_grad_norm"),
         ("batch_size=-3", "batch_size"),
         ("checkpoint_every=-1", "checkpoint_every"),
+        # Beyond float32, which the weights and the learning rate are: a traceback from torch.
+        ("learning_rate=1e39", "learning_rate"),
+        ("weight_decay=1e39", "weight_decay"),
+        ("forget_bias=-1e39", "forget_bias"),
+        ("init_scale=2e38", "init_scale"),  # uniform_(-a, a) needs 2a in float32
     ],
 )
 def test_out_of_range_override(override, field):
@@ -458,3 +463,22 @@ def test_train_refuses_a_seed_numpy_cannot_take_before_anything_runs(tmp_path):
     )
     assert_clean_failure(result, 2, "'seed' is 4294967296")
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_largest_float_values_accepted_still_build_and_train(tmp_path):
+    """The bounds are float32's own: at them torch still builds the model and steps SGD."""
+    import torch
+
+    from ptblm.model import LSTMLanguageModel
+
+    overrides = ["init_scale=1.7e38", "learning_rate=3.4e38", "weight_decay=3.4e38",
+                 "forget_bias=-3.4e38", "vocab_size=12", "hidden_size=4"]  # fmt: skip
+    config = load_config("test", overrides)
+    model = LSTMLanguageModel.from_config(config)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    logits, _ = model(ids, model.initial_state(2))
+    logits.float().sum().backward()
+    optimizer.step()  # inf or nan weights, but no exception: the divergence guard's to catch

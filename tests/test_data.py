@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from types import SimpleNamespace
 
@@ -285,7 +286,14 @@ def test_corpus_files_and_texts_to_score_are_refused_in_the_same_words(tmp_path)
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes(b"the caf\xe9 <eos>\n")
     missing = tmp_path / "missing.txt"
-    for path, reason in ((latin1, "is not UTF-8 text (byte 7"), (missing, "no such file")):
+    fifo = tmp_path / "fifo.txt"
+    os.mkfifo(fifo)  # read as a file, it waited for a writer forever
+    for path, reason in (
+        (latin1, "is not UTF-8 text (byte 7"),
+        (missing, "no such file"),
+        (fifo, "(not a regular file)"),
+        (tmp_path, "(not a regular file)"),
+    ):
         with pytest.raises(DataError, match=re.escape(reason)) as corpus_error:
             read_split(path)
         with pytest.raises(DataError) as text_error:

@@ -282,3 +282,55 @@ def test_a_full_disk_stops_at_once(tmp_path, ptb_dir, fast_download):
     assert "--data-dir" in message and "by hand" not in message
     assert tries == ["ptb.train.txt"]  # one try, not three
     assert os.listdir(folder) == []
+
+
+def test_a_data_file_that_is_not_a_regular_file_is_named(tmp_path, fast_download):
+    """A directory (or FIFO, or device) where a PTB file belongs: a traceback (IsADirectoryError)
+    or, for a FIFO, a wait forever."""
+    folder = tmp_path / "data" / "ptb"
+    (folder / "ptb.train.txt").mkdir(parents=True)
+    os.mkfifo(folder / "ptb.valid.txt")
+    fast_download.setenv("PTBLM_DATA_URL", dead_url())
+    with pytest.raises(DataError) as excinfo:
+        download_ptb(tmp_path / "data", progress=False)
+    assert str(excinfo.value) == (
+        f"cannot read {folder / 'ptb.train.txt'} (not a regular file): remove it, and ptblm "
+        f"downloads the file again."
+    )
+    status = download.corpus_status(tmp_path / "data")
+    assert status == {
+        "ptb.train.txt": "not a regular file",
+        "ptb.valid.txt": "not a regular file",
+        "ptb.test.txt": "missing",
+    }
+
+
+def test_temporary_files_that_cannot_be_removed_do_not_stop_verified_files(
+    tmp_path, mirror, fast_download, monkeypatch
+):
+    folder = tmp_path / "data" / "ptb"
+    folder.mkdir(parents=True)
+    for name in PTB_SHA256:
+        shutil.copyfile(mirror / name, folder / name)
+    (folder / ".ptb.train.txt.x1.tmp").write_bytes(b"half")
+    unlink = Path.unlink
+
+    def read_only(path, missing_ok=False):
+        if path.name.endswith(".tmp"):
+            raise PermissionError(13, "Permission denied", str(path))
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    fast_download.setenv("PTBLM_DATA_URL", dead_url())  # never asked: the files are verified
+    assert download_ptb(tmp_path / "data", progress=False) == folder
+
+
+def test_a_mirror_that_sends_more_than_a_ptb_file_is_cut_off(tmp_path, serve_dir, fast_download):
+    """An endless or oversized body filled the disk before the checksum could refuse it."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "ptb.train.txt").write_bytes(b"word " * 1_300_000)  # 6.5 MB
+    fast_download.setenv("PTBLM_DATA_URL", serve_dir(site))
+    with pytest.raises(DataError, match=r"ptb\.train\.txt sends more than 6 MB: that is not the"):
+        download_ptb(tmp_path / "data", progress=False)
+    assert os.listdir(tmp_path / "data" / "ptb") == []

@@ -70,3 +70,58 @@ def test_a_log_gets_figures_from_the_first_window_on(tmp_path, monkeypatch, max_
     lines = sys.stdout.getvalue().splitlines()
     windows = trainer.windows_per_epoch
     assert lines[0].startswith(f"epoch 1 {1 / windows:.3f} perplexity:")  # after window 1
+
+
+def test_a_tensorboard_write_that_fails_is_said_once_and_training_goes_on(
+    tmp_path, monkeypatch, capsys
+):
+    """A disk full of events: a traceback from add_scalar ended the run mid-epoch."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    calls = []
+
+    def full(self, *args, **kwargs):
+        calls.append(args)
+        raise OSError(28, "No space left on device")
+
+    shown = Progress(tmp_path, verbose=False)
+    with shown.open(load_config("test"), resumed_at_step=0):
+        monkeypatch.setattr(SummaryWriter, "add_scalar", full)
+        shown.scalar("valid/ppl", 100.0, 1)
+        shown.scalar("valid/ppl", 90.0, 2)  # TensorBoard is off by now: not tried again
+        shown.flush()
+    assert len(calls) == 1
+    said = capsys.readouterr().err
+    assert said == (
+        f"warning: TensorBoard events could not be written in {tmp_path} (No space left on "
+        f"device): training goes on without them.\n"
+    )
+
+
+def test_a_closed_or_full_stdout_costs_no_epoch(tmp_path):
+    """`ptblm train ... | head` or `> /dev/full`: the first failed print ended the run before its
+    first checkpoint (exit 1, nothing on stderr). Now training goes on, unprinted."""
+    import json
+    import subprocess
+
+    corpus = make_corpus(tmp_path / "corpus")
+    args = [sys.executable, "-m", "ptblm", "train", "-c", "test", "--set", "vocab_size=40",
+            "--set", "max_max_epoch=2", "--corpus", str(corpus)]  # fmt: skip
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [*args, "--name", "full"], stdout=full, stderr=subprocess.PIPE, cwd=tmp_path,
+            text=True, timeout=300,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "warning: standard output failed (No space left on device): training goes on, " in (
+        result.stderr
+    )
+    reader_gone = subprocess.Popen(
+        [*args, "--name", "pipe"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path
+    )
+    reader_gone.stdout.close()  # as `| head` does once it has its lines
+    _, stderr = reader_gone.communicate(timeout=300)
+    assert reader_gone.returncode == 0, stderr
+    for name in ("full", "pipe"):
+        metrics = json.loads((tmp_path / "runs" / name / "metrics.json").read_text())
+        assert metrics["status"] == "finished" and metrics["epochs"] == 2

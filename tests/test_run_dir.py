@@ -6,7 +6,7 @@ from helpers import make_checkpoint
 
 from ptblm.checkpoint import save_checkpoint
 from ptblm.config import config_to_yaml, load_config
-from ptblm.errors import CheckpointError
+from ptblm.errors import CheckpointError, DataError
 from ptblm.run_dir import (
     RunDirectory,
     load_resumable,
@@ -29,6 +29,9 @@ def test_resolving_checkpoints(tmp_path):
     (new / "best.pt").write_bytes(b"x")
     assert resolve_checkpoint(new, tmp_path) == new / "best.pt"
     assert resolve_checkpoint(old / "best.pt", tmp_path) == old / "best.pt"
+    (tmp_path / "dangling").mkdir()
+    (tmp_path / "dangling" / "last.pt").symlink_to(tmp_path / "gone.pt")
+    assert resolve_checkpoint(None, tmp_path) == new / "best.pt"  # not a FileNotFoundError
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="not a ptblm run directory"):
         resolve_checkpoint(tmp_path / "empty", tmp_path)
@@ -97,3 +100,29 @@ def test_a_lock_that_cannot_be_opened_is_a_checkpoint_error(tmp_path, monkeypatc
     monkeypatch.setattr(os, "open", read_only)
     with pytest.raises(CheckpointError, match="cannot lock .*Read-only file system.*writable"):
         RunDirectory(tmp_path).lock()
+
+
+@pytest.mark.parametrize(
+    "failure", [CheckpointError("cannot lock"), OSError(28, "No space left on device")]
+)
+def test_a_run_directory_that_cannot_be_made_whole_is_not_left_half_made(
+    tmp_path, monkeypatch, failure
+):
+    """Out of inodes, its .lock or config.yaml could not be made: the directory stayed behind,
+    and the same --name then said "holds no checkpoint... rm -r"."""
+    import torch
+
+    from ptblm.distributed import SINGLE_PROCESS
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    run = RunDirectory(tmp_path / "runs" / "x")
+    if isinstance(failure, CheckpointError):
+        monkeypatch.setattr(RunDirectory, "lock", fail)
+    else:  # config.yaml, after the lock was taken
+        monkeypatch.setattr("ptblm.run_dir.atomic_write", fail)
+    config = load_config("test")
+    with pytest.raises(DataError, match=r"cannot create the run directory .*--runs-dir DIR\."):
+        run.create(config, "ptblm train", SINGLE_PROCESS, torch.device("cpu"))
+    assert list((tmp_path / "runs").iterdir()) == []

@@ -151,6 +151,10 @@ def test_threads_take_the_cores_other_work_leaves_free(monkeypatch, torch_thread
     assert torch.get_num_threads() == 2 and fixed.describe() == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert not runtime.Threads().adaptive  # the user's OMP_NUM_THREADS is theirs
+    runtime.Threads(4)  # every core: taken
+    # 100,000 threads segfaulted, 20,000 failed to start: more than the cores is refused.
+    with pytest.raises(ConfigError, match="--threads 5: this process may run on 4 cores; use 1"):
+        runtime.Threads(5)
 
 
 def test_busy_elsewhere_counts_the_running_threads_of_other_processes(tmp_path):
