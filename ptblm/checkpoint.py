@@ -59,7 +59,7 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
             reason += f"; {free / 2**20:.1f} MB free there"
         raise CheckpointError(
             f"could not write {path} ({reason}); the previous checkpoint there, if any, is "
-            f"intact. Free some space or choose another --runs-dir, then resume."
+            f"intact. Free some space or choose another --runs-dir."
         ) from None
 
 

@@ -345,7 +345,16 @@ class Trainer:
             self.corpus, self.step.state, self.dist, self.device,
         )  # fmt: skip
         if self.dist.is_main:
-            save_checkpoint(self.run_dir.path / name, checkpoint)
+            try:
+                save_checkpoint(self.run_dir.path / name, checkpoint)
+            except CheckpointError as error:
+                run = self.run_dir.path
+                then = (
+                    f"Then continue with: ptblm train --resume {run}"
+                    if resumable_checkpoint(run)
+                    else f"The run has no checkpoint yet: start it again (rm -r {run} first)."
+                )
+                raise CheckpointError(f"{error} {then}") from None
             self.run_dir.write_summary(self.summary("stopped"))  # `ptblm runs` reads it
 
     def summary(self, status: str, **results: Any) -> dict[str, Any]:

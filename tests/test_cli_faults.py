@@ -35,8 +35,8 @@ def test_a_disk_that_fills_during_a_checkpoint_stops_in_one_line_and_resumes(tmp
     runs = small_disk(2)
     result = train(corpus, runs, "r", "--max-steps", 3, settings=SMALL)
     assert_clean_failure(result, 1, "could not write", "last.pt", "MB free", "Free some space")
-    one_line(result)
     run = runs / "r"
+    assert one_line(result).endswith(f"Then continue with: ptblm train --resume {run}")
     assert (run / "best.pt").is_file() and not (run / "last.pt").exists()
     assert not list(run.glob(".*.tmp"))  # the cut-off temp file is gone
     listed = ptblm("runs", "--runs-dir", runs, "--json")
@@ -50,6 +50,17 @@ def test_a_disk_that_fills_during_a_checkpoint_stops_in_one_line_and_resumes(tmp
     scored = ptblm("eval", run / "last.pt", "--corpus", corpus, "--json")
     assert scored.returncode == 0, scored.stderr
     assert json.loads(scored.stdout)["perplexity"] == metrics["test_ppl"]
+
+
+def test_a_disk_too_full_for_the_first_checkpoint_says_to_start_again(tmp_path, small_disk):
+    """Nothing saved: "then resume" led to "holds no checkpoint"."""
+    corpus = make_corpus(tmp_path / "corpus", vocab_size=2000, sentences=3000)
+    runs = small_disk(0.3)
+    result = train(corpus, runs, "r", "--max-steps", 3, settings=SMALL)
+    assert_clean_failure(result, 1, "could not write", "best.pt", "MB free")
+    assert result.stderr.strip().endswith(
+        f"The run has no checkpoint yet: start it again (rm -r {runs / 'r'} first)."
+    )
 
 
 def test_resuming_a_run_on_a_read_only_disk_is_one_line(tiny_corpus_dir, small_disk):
