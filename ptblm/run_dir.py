@@ -20,7 +20,7 @@ from ptblm.atomic import atomic_write, remove_stale_temp_files
 from ptblm.checkpoint import checkpoint_config, load_checkpoint
 from ptblm.config import Config, config_to_yaml, load_config
 from ptblm.distributed import Distributed
-from ptblm.errors import CheckpointError, ConfigError, DataError
+from ptblm.errors import CheckpointError, ConfigError, DataError, RankFailed
 from ptblm.results import METRICS_ONLY
 from ptblm.run_files import (
     BEST,
@@ -85,7 +85,7 @@ class RunDirectory:
                 self.unlock()
                 shutil.rmtree(self.path, ignore_errors=True)
         if dist.any(failure is not None, device):
-            raise failure or DataError("rank 0 could not create the run directory.")
+            raise failure or RankFailed("rank 0 could not create the run directory.")
 
     def reopen(self, dist: Distributed, device: torch.device) -> None:
         """Take over an existing run (resume): rank 0 locks it and removes the temp file that a
@@ -99,7 +99,7 @@ class RunDirectory:
             except CheckpointError as error:
                 failure = error
         if dist.any(failure is not None, device):
-            raise failure or CheckpointError("rank 0 could not take over the run directory.")
+            raise failure or RankFailed("rank 0 could not take over the run directory.")
 
     def lock(self) -> None:
         """One process trains a run directory at a time (a second --resume is refused)."""
@@ -202,24 +202,27 @@ def resumable_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint a resume continues from: last.pt, or best.pt where that is further in
     training (best.pt is written first at an epoch's end and holds the same full training state,
     so a run whose last.pt could not be written there loses nothing); None where the run has
-    neither. Their global_step decides, not their times, which a copy (cp -r) changes; where one
+    neither. Their step and epoch decide, not their times, which a copy (cp -r) changes; where one
     cannot be read, the newer file is taken, so that the resume names the damaged one."""
     last, best = run_dir / LAST, run_dir / BEST
     if not (last.is_file() and best.is_file()):
         return last if last.is_file() else best if best.is_file() else None
-    steps = _global_step(last), _global_step(best)
-    if None in steps:
+    where = _position(last), _position(best)
+    if None in where:
         return max((last, best), key=lambda path: path.stat().st_mtime_ns)
-    return best if steps[1] > steps[0] else last
+    # A tie in steps: best.pt of an epoch's end is further than a last.pt saved in its
+    # validation (the epoch still to end); in a tie in both, last.pt.
+    return best if where[1] > where[0] else last
 
 
-def _global_step(path: Path) -> int | None:
-    """A checkpoint's global_step, its tensors left on disk (None where it cannot be read)."""
+def _position(path: Path) -> tuple[int, int] | None:
+    """A checkpoint's (global_step, epoch), its tensors left on disk (None where unreadable)."""
     try:
-        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        where = checkpoint["global_step"], checkpoint["epoch"]
     except Exception:  # damaged or not a checkpoint: load_checkpoint says why, when it is loaded
         return None
-    return step if type(step) is int else None
+    return where if all(type(number) is int for number in where) else None
 
 
 def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config]:

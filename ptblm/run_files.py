@@ -15,6 +15,7 @@ never blocking, and a JSON file is written strict (no inf or NaN).
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -50,15 +51,17 @@ def strict(data: Any) -> Any:
     return data
 
 
-def open_regular(path: Path, flags: int = os.O_RDONLY) -> int:
-    """os.open for a file of a run directory, which may have come from someone else: never
-    through a symbolic link (a `.lock` linked to a file of the user's would be written), never
-    blocking on a FIFO or device (`ptblm runs` would hang). OSError unless a regular file."""
-    nofollow = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    handle = os.open(path, flags | nofollow | getattr(os, "O_CLOEXEC", 0), 0o666)
+def open_regular(path: Path, flags: int = os.O_RDONLY, follow: bool = False) -> int:
+    """os.open for a file that may have come from someone else: never blocking on a FIFO or
+    device (reading a FIFO waits for a writer forever: `ptblm runs` or a corpus would hang), and
+    for a file of a run directory never through a symbolic link (a `.lock` linked to a file of
+    the user's would be written); `follow` for corpus files, which a user may well link. OSError
+    "not a regular file" unless it is one."""
+    never = getattr(os, "O_NONBLOCK", 0) | (0 if follow else getattr(os, "O_NOFOLLOW", 0))
+    handle = os.open(path, flags | never | getattr(os, "O_CLOEXEC", 0), 0o666)
     if not stat.S_ISREG(os.fstat(handle).st_mode):
         os.close(handle)
-        raise OSError(f"{path} is not a regular file")
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
     return handle
 
 

@@ -286,9 +286,9 @@ class Trainer:
         )
 
     def best_model(self) -> LSTMLanguageModel:
-        """best.pt's model (a CheckpointError where it is missing or damaged)."""
+        """best.pt's model, on the CPU (a CheckpointError where it is missing or damaged)."""
         best = self.run_dir.path / BEST
-        return model_from_checkpoint(load_checkpoint(best), best).to(self.device)
+        return model_from_checkpoint(load_checkpoint(best), best)
 
     def test_best(self, test_ppl: float, stop: StopOnSignal) -> float | None:
         """best.pt's test perplexity; None, with a warning, where best.pt is missing or damaged:
@@ -296,7 +296,7 @@ class Trainer:
         if self.run_state.best_step == self.run_state.global_step:
             return test_ppl  # best.pt holds these very weights
         try:
-            return self.test(self.best_model(), stop)
+            return self.test(self.best_model().to(self.device), stop)
         except CheckpointError as error:
             self.progress.warn(f"{error} The run finishes without testing it.")
             return None

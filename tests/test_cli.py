@@ -522,3 +522,10 @@ def test_a_path_of_bytes_that_are_not_utf8_is_shown_escaped_or_refused(tmp_path)
     shown = ptblm("config", "show", os.fsdecode(b"t\xff.yaml"), cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("# ptblm config show 't\\udcff.yaml'\n")
+    # A run named after that file, without --name.
+    result = ptblm("train", "-c", os.fsdecode(b"t\xff.yaml"), "--corpus", corpus, cwd=tmp_path)
+    assert_clean_failure(
+        result, 2, "--config t\\udcff: a run's path must be UTF-8 text; the run is named after "
+        "it: give it a --name."
+    )  # fmt: skip
+    assert not (tmp_path / "runs").exists()

@@ -127,6 +127,7 @@ def test_sigterm_on_one_rank_stops_every_rank_after_the_same_window(tmp_path, co
         refused = torchrun("train", "--resume", tmp_path / "preempted")
     assert refused.returncode == 1 and "exitcode  : 1 " in first_failure(refused.stderr)
     assert refused.stderr.count("another ptblm process is training") == 1, refused.stderr
+    assert "error (rank 1)" not in refused.stderr  # rank 0 has said it
     assert "Connection closed" not in refused.stderr and "ptblm/" not in refused.stderr
     assert (tmp_path / "preempted" / "last.pt").read_bytes() == before
     resumed = torchrun("train", "--resume", tmp_path / "preempted")

@@ -75,8 +75,9 @@ def test_a_log_gets_figures_from_the_first_window_on(tmp_path, monkeypatch, max_
 def test_a_tensorboard_write_that_fails_is_said_once_and_training_goes_on(
     tmp_path, monkeypatch, capsys
 ):
-    """A disk full of events: a traceback from add_scalar ended the run mid-epoch."""
-    from torch.utils.tensorboard import SummaryWriter
+    """A disk full of events: the writer's thread died with a traceback, and the next add_scalar
+    raised its error and ended the run mid-epoch."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
 
     calls = []
 
@@ -84,13 +85,18 @@ def test_a_tensorboard_write_that_fails_is_said_once_and_training_goes_on(
         calls.append(args)
         raise OSError(28, "No space left on device")
 
+    import threading
+
+    died = []  # what a thread's death would have printed as "Exception in thread ..."
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_type))
     shown = Progress(tmp_path, verbose=False)
     with shown.open(load_config("test"), resumed_at_step=0):
-        monkeypatch.setattr(SummaryWriter, "add_scalar", full)
+        monkeypatch.setattr(RecordWriter, "write", full)  # in the writer's own thread
         shown.scalar("valid/ppl", 100.0, 1)
+        shown.flush()  # hands the thread's error over
         shown.scalar("valid/ppl", 90.0, 2)  # TensorBoard is off by now: not tried again
         shown.flush()
-    assert len(calls) == 1
+    assert len(calls) == 1 and died == []
     said = capsys.readouterr().err
     assert said == (
         f"warning: TensorBoard events could not be written in {tmp_path} (No space left on "
@@ -116,12 +122,31 @@ def test_a_closed_or_full_stdout_costs_no_epoch(tmp_path):
     assert "warning: standard output failed (No space left on device): training goes on, " in (
         result.stderr
     )
-    reader_gone = subprocess.Popen(
-        [*args, "--name", "pipe"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path
-    )
-    reader_gone.stdout.close()  # as `| head` does once it has its lines
-    _, stderr = reader_gone.communicate(timeout=300)
-    assert reader_gone.returncode == 0, stderr
-    for name in ("full", "pipe"):
+
+    def reader_gone(*more):
+        process = subprocess.Popen(
+            [*args, *more], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path
+        )
+        process.stdout.close()  # as `| head` does once it has its lines
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+
+    reader_gone("--name", "pipe")
+    reader_gone("--name", "quiet", "--quiet")  # only the final summary, which fails too
+    # Resumed into a closed pipe ("Resuming ..." is its first line): a run cut at 40 windows,
+    # its limit lifted so that its last.pt is what a run stopped there would have saved.
+    reader_gone("--name", "resumed", "--max-steps", "40")
+    stopped = tmp_path / "runs" / "resumed"
+    (stopped / "metrics.json").unlink()
+    checkpoint = torch.load(stopped / "last.pt", weights_only=True)
+    checkpoint.update(max_steps=None, finished=False)
+    torch.save(checkpoint, stopped / "last.pt")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ptblm", "train", "--resume", str(stopped)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+    )  # fmt: skip
+    process.stdout.close()
+    assert process.wait(timeout=300) == 0, process.stderr.read()
+    for name in ("full", "pipe", "quiet", "resumed"):
         metrics = json.loads((tmp_path / "runs" / name / "metrics.json").read_text())
-        assert metrics["status"] == "finished" and metrics["epochs"] == 2
+        assert metrics["status"] == "finished" and not metrics["cut_short"], name

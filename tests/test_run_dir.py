@@ -55,6 +55,9 @@ def test_a_resume_continues_from_best_pt_when_last_pt_could_not_be_written_after
     # best.pt of epoch 2 written, then last.pt's write failed: last.pt is still epoch 1's.
     save_checkpoint(best, make_checkpoint(epoch=2, window=0, global_step=80))
     assert resumable_checkpoint(tmp_path) == best
+    # ...or last.pt was saved by a stop during epoch 2's validation: the same step, an epoch less.
+    save_checkpoint(last, make_checkpoint(epoch=1, window=40, global_step=80))
+    assert resumable_checkpoint(tmp_path) == best
 
 
 def test_a_copied_run_resumes_from_the_checkpoint_further_in_training(tmp_path):
