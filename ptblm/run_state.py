@@ -12,12 +12,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ptblm.config import Config, model_variant
+from ptblm.errors import quote
 from ptblm.model import perplexity
 from ptblm.published import published_row
 from ptblm.run_files import strict
 
 # Fields a checkpoint of an older ptblm may lack, and what they meant then.
 OPTIONAL = {"config_name": None, "max_steps": None, "eval_tokens": None}
+
+
+def _fits(entry: dataclasses.Field, value: Any) -> bool:
+    """Is `value` of the kind the field's default is (a limit: None or an integer >= 1)?"""
+    if entry.name in OPTIONAL:
+        kind = str if entry.name == "config_name" else int
+        return value is None or (type(value) is kind and (kind is str or value >= 1))
+    default = entry.default_factory() if entry.default is dataclasses.MISSING else entry.default
+    if isinstance(default, list):
+        return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+    if isinstance(default, float):
+        return type(value) in (int, float)
+    return type(value) is type(default)
 
 
 @dataclass
@@ -57,6 +71,10 @@ class RunState:
         names = [entry.name for entry in dataclasses.fields(cls) if entry.name not in OPTIONAL]
         values = {name: checkpoint[name] for name in names}
         values.update({name: checkpoint.get(name, default) for name, default in OPTIONAL.items()})
+        for name, value in values.items():
+            if not _fits(cls.__dataclass_fields__[name], value):
+                # a damaged or crafted file: it failed deep inside training, or ran on silently
+                raise ValueError(f"its {name} is {quote(value)}")
         return cls(**values)
 
     def start_epoch(self) -> None:

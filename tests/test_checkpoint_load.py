@@ -105,6 +105,12 @@ def widen_the_state(checkpoint):
         (without("optimizer"), "(missing 'optimizer')"),
         (without("rng"), "(missing 'rng')"),
         (lambda c: c.update(optimizer="sgd"), "('str' object has no attribute"),
+        # RunState's fields, which failed deep inside training or ran on silently
+        (lambda c: c.update(history="x"), "(its history is 'x')"),
+        (lambda c: c.update(best_valid_ppl="low"), "(its best_valid_ppl is 'low')"),
+        (lambda c: c.update(eval_tokens=-5), "(its eval_tokens is -5)"),
+        (lambda c: c.update(max_steps=True), "(its max_steps is True)"),
+        (lambda c: c.update(finished=1), "(its finished is 1)"),
     ],
 )
 def test_a_checkpoint_that_loads_but_cannot_continue_is_not_resumed(
