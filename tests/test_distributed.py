@@ -128,7 +128,8 @@ def test_sigterm_on_one_rank_stops_every_rank_after_the_same_window(tmp_path, co
     assert refused.returncode == 1 and "exitcode  : 1 " in first_failure(refused.stderr)
     assert refused.stderr.count("another ptblm process is training") == 1, refused.stderr
     assert "error (rank 1)" not in refused.stderr  # rank 0 has said it
-    assert "Connection closed" not in refused.stderr and "ptblm/" not in refused.stderr
+    assert "Connection closed" not in refused.stderr  # rank 1's crash in the next collective
+    assert re.search(r"ptblm/\w+\.py", refused.stderr) is None  # no traceback through ptblm
     assert (tmp_path / "preempted" / "last.pt").read_bytes() == before
     resumed = torchrun("train", "--resume", tmp_path / "preempted")
     assert resumed.returncode == 0, resumed.stderr
