@@ -38,7 +38,7 @@ from ptblm.atomic import atomic_write
 from ptblm.config import Config, build_config
 from ptblm.data import Corpus
 from ptblm.distributed import Distributed
-from ptblm.errors import CheckpointError, ConfigError, cut, quote
+from ptblm.errors import CheckpointError, ConfigError, DataError, cut, quote
 from ptblm.model import LSTMLanguageModel, State
 from ptblm.run_state import RunState
 from ptblm.runtime import rng_state, set_rng_state
@@ -173,8 +173,14 @@ def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> Config:
 def corpus_dir_for(checkpoint: dict[str, Any], given: Path | None) -> Path | None:
     """The corpus directory to use with a checkpoint: the one given, else the one it was trained
     on (recorded when that was not PTB); None: PTB."""
-    if given is None and checkpoint.get("corpus_dir"):
-        return Path(checkpoint["corpus_dir"])
+    recorded = checkpoint.get("corpus_dir")
+    if given is None and isinstance(recorded, str) and recorded:
+        if not Path(recorded).is_dir():
+            raise DataError(
+                f"the corpus this model was trained on, {recorded}, is no longer there: pass "
+                f"--corpus DIR with it (or a copy)."
+            )
+        return Path(recorded)
     return given
 
 

@@ -129,3 +129,15 @@ def test_a_torch_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     torch.save({"weight": torch.zeros(2)}, path)
     with pytest.raises(CheckpointError, match="not a ptblm checkpoint"):
         load_checkpoint(path)
+
+
+def test_a_moved_corpus_is_named_with_the_way_to_pass_it(tmp_path):
+    from ptblm.checkpoint import corpus_dir_for
+    from ptblm.errors import DataError
+
+    (tmp_path / "mine").mkdir()
+    assert corpus_dir_for({"corpus_dir": str(tmp_path / "mine")}, None) == tmp_path / "mine"
+    assert corpus_dir_for({"corpus_dir": str(tmp_path / "mine")}, tmp_path / "x") == tmp_path / "x"
+    assert corpus_dir_for({"corpus_dir": None}, None) is None  # PTB
+    with pytest.raises(DataError, match=r"gone, is no longer there: pass --corpus DIR with it"):
+        corpus_dir_for({"corpus_dir": str(tmp_path / "gone")}, None)

@@ -482,3 +482,8 @@ def test_the_largest_float_values_accepted_still_build_and_train(tmp_path):
     logits, _ = model(ids, model.initial_state(2))
     logits.float().sum().backward()
     optimizer.step()  # inf or nan weights, but no exception: the divergence guard's to catch
+
+
+def test_a_directory_given_as_the_config_says_so(tmp_path):
+    with pytest.raises(ConfigError, match=r"is a directory: give a config's YAML file"):
+        load_config(str(tmp_path))
