@@ -119,9 +119,7 @@ class Progress:
         or a plain line when a tenth of the epoch has passed since the last one (or it is the
         `first` window this process trains)."""
         for name, value in scalars.items():
-            self._log(lambda writer, tag=f"train/{name}", value=value: writer.add_scalar(
-                tag, value, step
-            ))  # fmt: skip
+            self.scalar(f"train/{name}", value, step)
         if not self.bar.disable or first or window >= self._next_line or window == windows:
             self.show(epoch, window, windows, **scalars)
 
