@@ -197,9 +197,12 @@ def check_same_text(checkpoint: dict[str, Any], corpus: Corpus, path: Path) -> N
     """A resumed run trains, validates and tests on the text it started with (one with the same
     vocabulary but other valid or test text mixed two sets in one run's history)."""
     check_vocabulary(checkpoint, corpus, path)
-    saved = checkpoint.get("splits_sha256")  # absent from checkpoints of older versions
-    changed = [name for name, digest in corpus.fingerprints.items()
-               if isinstance(saved, dict) and saved.get(name, digest) != digest]  # fmt: skip
+    saved = checkpoint.get("splits_sha256")
+    if not isinstance(saved, dict):  # a checkpoint of an older version
+        return
+    changed = [
+        name for name, digest in corpus.fingerprints.items() if saved.get(name, digest) != digest
+    ]
     if changed:
         raise CheckpointError(
             f"the {' and '.join(changed)} text in {corpus.folder} is not what {path} was trained "

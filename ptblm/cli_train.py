@@ -207,13 +207,13 @@ def _new_trainer(
 def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose, threads):
     from ptblm.checkpoint import check_same_text, corpus_dir_for
     from ptblm.data import load_corpus_on_all_ranks
-    from ptblm.run_dir import load_resumable, resumable_checkpoint
+    from ptblm.run_dir import load_resumable
     from ptblm.train import Trainer
 
-    checkpoint, saved = load_resumable(run_dir)
+    checkpoint, saved, path = load_resumable(run_dir)
     corpus_dir = corpus_dir_for(checkpoint, corpus_dir)
     corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, verbose)
-    check_same_text(checkpoint, corpus, resumable_checkpoint(run_dir))
+    check_same_text(checkpoint, corpus, path)
     trainer = Trainer(
         saved,
         corpus,

@@ -225,10 +225,10 @@ def _position(path: Path) -> tuple[int, int] | None:
     return where if all(type(number) is int for number in where) else None
 
 
-def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config]:
-    """The checkpoint of a run that may be resumed (resumable_checkpoint), and its config. A run
-    continues with the config it started with: a config.yaml edited since is refused, naming the
-    keys that differ."""
+def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config, Path]:
+    """The checkpoint of a run that may be resumed (resumable_checkpoint), its config and its
+    path. A run continues with the config it started with: a config.yaml edited since is refused,
+    naming the keys that differ."""
     config_file = run_dir / CONFIG_FILE
     if not run_dir.is_dir() or not config_file.is_file():
         raise CheckpointError(
@@ -271,4 +271,4 @@ def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config]:
             f"continues with the config it started with: restore {CONFIG_FILE}, or start a new "
             f"run with ptblm train --config {config_file}."
         )
-    return checkpoint, saved
+    return checkpoint, saved, last

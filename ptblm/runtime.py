@@ -195,7 +195,7 @@ def busy_elsewhere(proc: str = "/proc") -> int:
     """Threads of other processes running on a core right now (Linux /proc; 0 elsewhere)."""
     own, busy = os.getpid(), 0
     for stat in glob.glob(f"{glob.escape(proc)}/[0-9]*/task/[0-9]*/stat"):
-        if int(Path(stat).parts[-4]) == own:
+        if int(stat.split("/")[-4]) == own:  # .../PID/task/TID/stat
             continue
         try:
             with open(stat) as file:

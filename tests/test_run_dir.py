@@ -81,7 +81,7 @@ def test_a_damaged_last_pt_says_how_to_resume_from_best_pt_and_that_works(tmp_pa
         load_resumable(tmp_path)
     assert f"(mv {last} {last}.damaged) to resume from best.pt" in str(refused.value)
     last.rename(tmp_path / "last.pt.damaged")  # as told
-    checkpoint, config = load_resumable(tmp_path)
+    checkpoint, config, _ = load_resumable(tmp_path)
     assert (checkpoint["global_step"], config.vocab_size) == (3, 12)
     best.write_bytes(b"")
     with pytest.raises(CheckpointError, match="no other checkpoint to resume from: start it"):
