@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -170,14 +170,7 @@ def main() -> None:
             print(f"error: {error}", file=sys.stderr)
         elif not isinstance(error, (ConfigError, RankFailed)):  # rank 0 says those
             print(f"error (rank {rank}): {error}", file=sys.stderr)
-        if isinstance(error, Interrupted) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # A torchrun worker stopped by a signal has saved and left the process group, but
-            # a communication thread of torch's may still be alive at interpreter exit, where
-            # C++ aborts (SIGABRT, about one stop in ten): leave without that teardown.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(error.exit_code)
-        sys.exit(error.exit_code)
+        leave(error.exit_code)
     except OSError as error:
         if not stdout_failed(error):
             raise
@@ -198,4 +191,16 @@ def main() -> None:
             raise
         print(message, file=sys.stderr)
         sys.exit(2)
-    sys.exit(code if isinstance(code, int) else 0)
+    leave(code if isinstance(code, int) else 0)
+
+
+def leave(code: int) -> NoReturn:
+    """Exit with `code`. A torchrun worker has left its process group by then, but a
+    communication thread of torch's may still be alive at interpreter exit, where C++ aborts
+    (SIGABRT, about one exit in ten: after a stop, a refused --resume, or a finished run alike):
+    it leaves without that teardown."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
