@@ -97,6 +97,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     ):
         raise CheckpointError(f"{path}: its vocabulary does not match its config's vocab_size.")
     _check_position(checkpoint, config, path)
+    weights = checkpoint["model"]
+    for name, tensor in weights.items() if isinstance(weights, dict) else ():
+        # The divergence guard never lets a non-finite weight be saved: the file was changed.
+        if isinstance(tensor, torch.Tensor) and not torch.isfinite(tensor).all():
+            raise CheckpointError(
+                f"{path} is damaged: its {cut(str(name), 60)} holds NaN or infinite values, "
+                f"which training never saves. Use another checkpoint (best.pt or last.pt of a run)."
+            )
     return checkpoint
 
 

@@ -144,6 +144,8 @@ def download_ptb(data_dir: str | os.PathLike = "data", progress: bool = True) ->
     With `progress`, a bar per file on a terminal and a line per file on stderr.
     """
     folder = Path(data_dir) / "ptb"
+    # The folders this call makes, deepest first: removed again if nothing lands in them.
+    made = [path for path in (folder, *folder.parents) if not path.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -151,6 +153,18 @@ def download_ptb(data_dir: str | os.PathLike = "data", progress: bool = True) ->
             f"cannot create the data directory {folder} ({error.strerror}). "
             f"Choose a writable one with --data-dir DIR."
         ) from None
+    try:
+        return _download_into(folder, progress)
+    except BaseException:
+        for path in made:
+            try:
+                path.rmdir()  # only while empty: a verified file is never removed
+            except OSError:
+                break
+        raise
+
+
+def _download_into(folder: Path, progress: bool) -> Path:
     base = os.environ.get(URL_ENV, "").strip() or DEFAULT_URL
     remove_stale_temp_files(folder)  # left by a download killed with -9
     fetched = []

@@ -69,6 +69,22 @@ def test_a_position_in_training_of_the_wrong_type_or_range_is_refused(tmp_path, 
     assert len(str(raised.value)) < 300
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_that_are_not_finite_are_refused(tmp_path, value):
+    """Evaluated, such a file printed "test perplexity nan" and exit 0."""
+    checkpoint = crafted()
+    name = "embedding.weight"
+    checkpoint["model"][name][3, 1] = value
+    path = tmp_path / "best.pt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError) as raised:
+        load_checkpoint(path)
+    assert f"is damaged: its {name} holds NaN or infinite values" in str(raised.value)
+    checkpoint["model"][name][3, 1] = 0.0
+    torch.save(checkpoint, path)
+    assert load_checkpoint(path)["model"][name][3, 1] == 0.0
+
+
 @pytest.fixture(scope="module")
 def stopped_run(tmp_path_factory):
     """A run cut short after 3 windows (mid-epoch: its last.pt carries the LSTM state)."""
