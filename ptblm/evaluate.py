@@ -65,6 +65,13 @@ def evaluate(
     return nll.item(), tokens
 
 
+def test_perplexity(
+    model: LSTMLanguageModel, ids: torch.Tensor, should_stop: Callable[[], bool] = lambda: False
+) -> float:
+    """The table's number: batch_size 1 over the whole stream `ids` (1-D int64)."""
+    return perplexity(*evaluate(model, ids, TEST_BATCH_SIZE, TEST_NUM_STEPS, None, should_stop))
+
+
 def check_window_fits(
     tokens: int, batch_size: int, num_steps: int, config: Config, device: torch.device
 ) -> None:

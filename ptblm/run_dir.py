@@ -1,7 +1,7 @@
 """The run directory (its files: run_files.py): creating and locking it, writing its JSON
 files, and finding runs and their checkpoints again (for --resume, eval and generate).
 
-Under torchrun only rank 0 creates, locks and writes it.
+Under torchrun only rank 0 creates, locks and writes it, checkpoints included.
 """
 
 from __future__ import annotations
@@ -17,10 +17,16 @@ import torch
 
 from ptblm import __version__
 from ptblm.atomic import atomic_write, remove_stale_temp_files
-from ptblm.checkpoint import checkpoint_config, load_checkpoint
+from ptblm.checkpoint import (
+    checkpoint_config,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from ptblm.config import Config, config_to_yaml, load_config
 from ptblm.distributed import Distributed
 from ptblm.errors import CheckpointError, ConfigError, DataError, RankFailed
+from ptblm.model import LSTMLanguageModel
 from ptblm.results import METRICS_ONLY
 from ptblm.run_files import (
     BEST,
@@ -130,6 +136,22 @@ class RunDirectory:
         if self._lock is not None:
             self._lock.close()  # and with it the lock
             self._lock = None
+
+    def save_checkpoint(self, name: str, checkpoint: dict[str, Any]) -> None:
+        """Write best.pt or last.pt atomically; a failure says how the run goes on."""
+        try:
+            save_checkpoint(self.path / name, checkpoint)
+        except CheckpointError as error:
+            then = (
+                f"Then continue with: ptblm train --resume {self.path}"
+                if resumable_checkpoint(self.path)
+                else f"The run has no checkpoint yet: start it again (rm -r {self.path} first)."
+            )
+            raise CheckpointError(f"{error} {then}") from None
+
+    def best_model(self) -> LSTMLanguageModel:
+        """best.pt's model, on the CPU (a CheckpointError where it is missing or damaged)."""
+        return model_from_checkpoint(load_checkpoint(self.path / BEST), self.path / BEST)
 
     def read_metrics(self) -> dict[str, Any] | None:
         return read_json(self.path / METRICS_FILE)

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from ptblm.distributed import Distributed
 
 
 class StopOnSignal:
@@ -47,6 +53,15 @@ class StopOnSignal:
 
     def __call__(self) -> bool:
         return self.received is not None
+
+    def agreed(self, dist: Distributed, device: torch.device) -> bool:
+        """Has this process, or under torchrun any rank, been asked to stop? The same answer on
+        every rank, the agreed one: a signal that lands during the all-reduce counts at the next
+        window (a rank acting on its own answer saved alone while the others trained on)."""
+        agreed = dist.any(self(), device)
+        if agreed and not self():
+            self.received = signal.SIGTERM  # another rank was signalled: stop together
+        return agreed
 
     @property
     def name(self) -> str:

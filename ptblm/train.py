@@ -17,25 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ptblm.checkpoint import (
-    load_checkpoint,
-    model_from_checkpoint,
-    restore_training,
-    save_checkpoint,
-    training_checkpoint,
-)
+from ptblm.checkpoint import restore_training, training_checkpoint
 from ptblm.config import Config, learning_rate_at
 from ptblm.data import Corpus, batchify, check_corpus_fits, num_windows, windows
 from ptblm.distributed import SINGLE_PROCESS, Distributed
 from ptblm.errors import CheckpointError, DivergenceError, Interrupted
-from ptblm.evaluate import TEST_BATCH_SIZE, TEST_NUM_STEPS, evaluate
+from ptblm.evaluate import evaluate, test_perplexity
 from ptblm.memory import check_training_fits
 from ptblm.model import LSTMLanguageModel, perplexity
 from ptblm.progress import Progress, log_every
@@ -136,7 +129,7 @@ class Trainer:
                 self.save(LAST)
             if self.dist.is_main and not run.finished and 0 <= run.best_step < run.global_step:
                 try:  # tested only after training: said now, while it can be put back
-                    self.best_model()
+                    self.run_dir.best_model()
                 except CheckpointError as error:
                     self.progress.warn(
                         f"{error} Put it back before training ends (or a later epoch that "
@@ -147,7 +140,7 @@ class Trainer:
                 if ended is EpochEnd.INTERRUPTED:
                     raise self.interrupted(stop)
                 valid_ppl = self.validate(stop)
-                if self.stopping(stop):
+                if stop.agreed(self.dist, self.device):
                     self.save(LAST)  # the epoch's training is kept; validation reruns
                     raise self.interrupted(stop)
                 self.end_epoch(ended, valid_ppl)
@@ -230,7 +223,7 @@ class Trainer:
                     saving = time.perf_counter()
                     self.save(LAST)
                     interval_start += time.perf_counter() - saving  # not training time
-                if self.stopping(stop):
+                if stop.agreed(self.dist, self.device):
                     self.save(LAST)
                     return EpochEnd.INTERRUPTED
         return EpochEnd.COMPLETE if run.window == self.windows_per_epoch else EpochEnd.MAX_STEPS
@@ -285,18 +278,13 @@ class Trainer:
             f"(--set learning_rate=...){fp32}."
         )
 
-    def best_model(self) -> LSTMLanguageModel:
-        """best.pt's model, on the CPU (a CheckpointError where it is missing or damaged)."""
-        best = self.run_dir.path / BEST
-        return model_from_checkpoint(load_checkpoint(best), best)
-
     def test_best(self, test_ppl: float, stop: StopOnSignal) -> float | None:
         """best.pt's test perplexity; None, with a warning, where best.pt is missing or damaged:
         the run finishes without it rather than not at all."""
         if self.run_state.best_step == self.run_state.global_step:
             return test_ppl  # best.pt holds these very weights
         try:
-            return self.test(self.best_model().to(self.device), stop)
+            return self.test(self.run_dir.best_model().to(self.device), stop)
         except CheckpointError as error:
             self.progress.warn(f"{error} The run finishes without testing it.")
             return None
@@ -310,17 +298,7 @@ class Trainer:
         return perplexity(*self.dist.sum([nll, tokens], self.device))
 
     def test(self, model: LSTMLanguageModel, stop: StopOnSignal) -> float:
-        """The table's protocol: batch_size 1 over the whole test stream."""
-        test = self.corpus.test[: self.run_state.eval_tokens]
-        return perplexity(*evaluate(model, test, TEST_BATCH_SIZE, TEST_NUM_STEPS, None, stop))
-
-    def stopping(self, stop: StopOnSignal) -> bool:
-        """Has this process, or under torchrun any rank, been asked to stop? Same answer on all:
-        the agreed one (a signal that lands during the all-reduce counts at the next window)."""
-        agreed = self.dist.any(stop(), self.device)
-        if agreed and not stop():
-            stop.received = signal.SIGTERM  # another rank was signalled: stop together
-        return agreed
+        return test_perplexity(model, self.corpus.test[: self.run_state.eval_tokens], stop)
 
     def interrupted(self, stop: StopOnSignal) -> Interrupted:
         run = self.run_state
@@ -345,16 +323,7 @@ class Trainer:
             self.corpus, self.step.state, self.dist, self.device,
         )  # fmt: skip
         if self.dist.is_main:
-            try:
-                save_checkpoint(self.run_dir.path / name, checkpoint)
-            except CheckpointError as error:
-                run = self.run_dir.path
-                then = (
-                    f"Then continue with: ptblm train --resume {run}"
-                    if resumable_checkpoint(run)
-                    else f"The run has no checkpoint yet: start it again (rm -r {run} first)."
-                )
-                raise CheckpointError(f"{error} {then}") from None
+            self.run_dir.save_checkpoint(name, checkpoint)
             self.run_dir.write_summary(self.summary("stopped"))  # `ptblm runs` reads it
 
     def summary(self, status: str, **results: Any) -> dict[str, Any]:

@@ -5,8 +5,10 @@ import os
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from ptblm.signals import StopOnSignal
 
@@ -54,3 +56,22 @@ def test_a_second_ctrl_c_quits_at_once_with_130():
     assert result.returncode == 130
     assert result.stdout == "asked to stop True\n"
     assert "SIGINT: stopping after this window (Ctrl-C again to quit at once)..." in result.stderr
+
+
+def test_every_rank_stops_on_the_answer_the_ranks_agreed_on():
+    """A SIGTERM that lands on one rank while it waits in the all-reduce is heard after the call
+    returns: that rank must still act on the agreed "no" (acting on its own "yes" left it saving
+    alone while the others trained on, and both hung), and say "yes" at the next window."""
+    stop = StopOnSignal()
+
+    def others_said_no_while_the_signal_landed(flag, device):
+        stop.received = signal.SIGTERM
+        return False
+
+    cpu = torch.device("cpu")
+    assert stop.agreed(SimpleNamespace(any=others_said_no_while_the_signal_landed), cpu) is False
+    assert stop.agreed(SimpleNamespace(any=lambda flag, device: flag), cpu) is True
+    # Signalled elsewhere only: this rank stops too, as if it had had a SIGTERM.
+    elsewhere = StopOnSignal()
+    assert elsewhere.agreed(SimpleNamespace(any=lambda flag, device: True), cpu) is True
+    assert elsewhere.name == "SIGTERM"

@@ -1,6 +1,5 @@
 import math
 import signal
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -357,27 +356,6 @@ def test_a_signal_during_validation_or_the_test_pass_ends_it_after_one_window(tm
     stopped = StopOnSignal()
     stopped.received = signal.SIGTERM
     assert windows_of(validate, stopped) == 1 and windows_of(test, stopped) == 1
-
-
-def test_every_rank_stops_on_the_answer_the_ranks_agreed_on():
-    """A SIGTERM that lands on one rank while it waits in the all-reduce is heard after the call
-    returns: that rank must still act on the agreed "no" (acting on its own "yes" left it saving
-    alone while the others trained on, and both hung), and say "yes" at the next window."""
-    stop = StopOnSignal()
-
-    def others_said_no_while_the_signal_landed(flag, device):
-        stop.received = signal.SIGTERM
-        return False
-
-    trainer = SimpleNamespace(device=torch.device("cpu"))
-    trainer.dist = SimpleNamespace(any=others_said_no_while_the_signal_landed)
-    assert Trainer.stopping(trainer, stop) is False
-    trainer.dist = SimpleNamespace(any=lambda flag, device: flag)
-    assert Trainer.stopping(trainer, stop) is True
-    # Signalled elsewhere only: this rank stops too, as if it had had a SIGTERM.
-    elsewhere = StopOnSignal()
-    trainer.dist = SimpleNamespace(any=lambda flag, device: True)
-    assert Trainer.stopping(trainer, elsewhere) is True and elsewhere.name == "SIGTERM"
 
 
 def test_a_lost_best_pt_is_said_at_resume_and_the_run_still_finishes(
