@@ -18,12 +18,12 @@ from ptblm.published import published_row
 from ptblm.run_files import strict
 
 # Fields a checkpoint of an older ptblm may lack, and what they meant then.
-OPTIONAL = {"config_name": None, "max_steps": None, "eval_tokens": None}
+OPTIONAL = {"config_name": None, "max_steps": None, "eval_tokens": None, "interval_seconds": 0.0}
 
 
 def _fits(entry: dataclasses.Field, value: Any) -> bool:
     """Is `value` of the kind the field's default is (a limit: None or an integer >= 1)?"""
-    if entry.name in OPTIONAL:
+    if entry.name in OPTIONAL and OPTIONAL[entry.name] is None:
         kind = str if entry.name == "config_name" else int
         return value is None or (type(value) is kind and (kind is str or value >= 1))
     default = entry.default_factory() if entry.default is dataclasses.MISSING else entry.default
@@ -53,6 +53,7 @@ class RunState:
     logged_nll: float = 0.0
     logged_tokens: int = 0
     norm_sum: float = 0.0
+    interval_seconds: float = 0.0  # training time of those windows banked at a checkpoint
     # the best epoch so far and one entry per finished epoch
     best_valid_ppl: float = math.inf
     best_step: int = -1  # global_step of best.pt (-1: none yet)
@@ -79,7 +80,7 @@ class RunState:
 
     def start_epoch(self) -> None:
         """Zero the epoch's running sums (at its first window, not when resuming inside it)."""
-        self.train_nll = self.logged_nll = self.norm_sum = 0.0
+        self.train_nll = self.logged_nll = self.norm_sum = self.interval_seconds = 0.0
         self.train_tokens = self.logged_tokens = 0
 
     def add_windows(self, trained: list[tuple[float, float]], tokens_per_window: int) -> None:
@@ -98,10 +99,22 @@ class RunState:
         """Training tokens since the last log point."""
         return self.train_tokens - self.logged_tokens
 
+    def bank_interval_time(self, seconds: float) -> None:
+        """Keep `seconds` of training since the last log point in the state a checkpoint saves:
+        a run resumed from it times those windows too (without it, they counted as trained in
+        no time, and the first speed after a resume was many times the real one)."""
+        self.interval_seconds += seconds
+
+    def interval_wps(self, seconds: float) -> float:
+        """Words/s since the last log point, `seconds` of them not banked yet."""
+        return self.interval_tokens() / max(self.interval_seconds + seconds, 1e-9)
+
     def close_interval(self, seconds: float, tokens_per_window: int) -> dict[str, float]:
-        """Count the windows since the last log point as `seconds` of training and start the next
-        interval; return their loss, the epoch's ppl so far, their mean gradient norm and wps."""
+        """Count the windows since the last log point as `seconds` of training (and any banked)
+        and start the next interval; return their loss, the epoch's ppl so far, their mean
+        gradient norm and wps."""
         tokens = self.interval_tokens()
+        seconds += self.interval_seconds
         self.train_seconds += seconds
         self.timed_tokens += tokens
         figures = {
@@ -111,6 +124,7 @@ class RunState:
             "wps": tokens / seconds,
         }
         self.logged_nll, self.logged_tokens, self.norm_sum = self.train_nll, self.train_tokens, 0.0
+        self.interval_seconds = 0.0
         return figures
 
     def end_epoch(

@@ -219,12 +219,12 @@ class Trainer:
                 self.shown = True
                 # After the last window last.pt is written after validation instead.
                 every = config.checkpoint_every
-                if every and not last and run.global_step % every == 0:
-                    saving = time.perf_counter()
+                stopping = stop.agreed(self.dist, self.device)
+                if stopping or (every and not last and run.global_step % every == 0):
+                    run.bank_interval_time(time.perf_counter() - interval_start)
                     self.save(LAST)
-                    interval_start += time.perf_counter() - saving  # not training time
-                if stop.agreed(self.dist, self.device):
-                    self.save(LAST)
+                    interval_start = time.perf_counter()  # the save is not training time
+                if stopping:
                     return EpochEnd.INTERRUPTED
         return EpochEnd.COMPLETE if run.window == self.windows_per_epoch else EpochEnd.MAX_STEPS
 
@@ -245,10 +245,10 @@ class Trainer:
         resumed run fall where an uninterrupted run's do)."""
         self.account(lr)
         run = self.run_state
-        wps = run.interval_tokens() / max(seconds, 1e-9)
         self.progress.show(
-            run.epoch, run.window, self.windows_per_epoch, ppl=run.train_ppl(), wps=wps, lr=lr
-        )
+            run.epoch, run.window, self.windows_per_epoch,
+            ppl=run.train_ppl(), wps=run.interval_wps(seconds), lr=lr,
+        )  # fmt: skip
 
     def log_interval(self, lr: float, seconds: float) -> None:
         """Account the windows since the last point as training time, and show them."""

@@ -27,6 +27,22 @@ def test_an_interval_reports_its_own_windows_and_the_epochs_perplexity():
     assert run.timed_tokens == 3 * TOKENS  # the clock runs across epochs
 
 
+def test_time_banked_at_a_checkpoint_counts_after_a_resume():
+    """Windows trained between a log point and a stop were timed at 0 s after the resume: the
+    first speed shown was about 20x the real one, and train_wps too high."""
+    run = RunState()
+    run.add_windows([(5.0, 2.0)] * 3, TOKENS)
+    run.bank_interval_time(3.0)  # before the checkpoint is written
+    resumed = RunState.from_checkpoint(run.to_dict())
+    assert resumed.interval_wps(1.0) == pytest.approx(3 * TOKENS / 4.0)
+    resumed.add_windows([(5.0, 2.0)], TOKENS)
+    assert resumed.close_interval(1.0, TOKENS)["wps"] == pytest.approx(4 * TOKENS / 4.0)
+    assert (resumed.train_seconds, resumed.interval_seconds) == (4.0, 0.0)
+    older = run.to_dict()
+    del older["interval_seconds"]  # a checkpoint of an older ptblm
+    assert RunState.from_checkpoint(older).interval_seconds == 0.0
+
+
 def test_end_epoch_moves_on_keeps_the_best_and_finishes_after_the_last_epoch():
     run = RunState()
     for epoch, valid_ppl in enumerate([200.0, 150.0, 160.0]):
