@@ -221,7 +221,7 @@ def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose, 
         device,
         command=command_line(),
         verbose=verbose,
-        resume=checkpoint,
+        resume=(checkpoint, path),
         dist=dist,
         threads=threads,
     )

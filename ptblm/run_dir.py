@@ -254,16 +254,17 @@ def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config, Path]:
     config_file = run_dir / CONFIG_FILE
     if not run_dir.is_dir() or not config_file.is_file():
         raise CheckpointError(
-            f"{run_dir} is not a ptblm run directory (it needs {CONFIG_FILE} and {LAST}). Name "
-            f"the directory a `ptblm train` run wrote, e.g. runs/small-20261122-101500."
+            f"{run_dir} is not a ptblm run directory (it needs {CONFIG_FILE}, and {LAST} or "
+            f"{BEST}). Name the directory a `ptblm train` run wrote, e.g. "
+            f"runs/small-20261122-101500."
         )
-    last = resumable_checkpoint(run_dir)
-    if last is None:
+    path = resumable_checkpoint(run_dir)
+    if path is None:
         raise CheckpointError(never_saved(run_dir))
     try:
-        checkpoint = load_checkpoint(last)
+        checkpoint = load_checkpoint(path)
     except CheckpointError as error:
-        other = ({run_dir / LAST, run_dir / BEST} - {last}).pop()
+        other = ({run_dir / LAST, run_dir / BEST} - {path}).pop()
         if not other.is_file():
             hint = "The run has no other checkpoint to resume from: start it again."
         else:
@@ -273,17 +274,17 @@ def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config, Path]:
                 else "an older one: the run trains again from there and writes best.pt anew"
             )
             hint = (
-                f"A run resumes from the later of its {LAST} and {BEST}: move {last.name} aside "
-                f"(mv {last} {last}.damaged) to resume from {other.name}, {older}."
+                f"A run resumes from the later of its {LAST} and {BEST}: move {path.name} aside "
+                f"(mv {path} {path}.damaged) to resume from {other.name}, {older}."
             )
         raise CheckpointError(f"{error} {hint}") from None
-    saved = checkpoint_config(checkpoint, last)
+    saved = checkpoint_config(checkpoint, path)
     try:
         edited = load_config(str(config_file))
     except ConfigError as error:
         raise CheckpointError(f"{config_file} was edited and no longer loads: {error}") from None
     changed = [
-        f"{key}: {value!r} in {CONFIG_FILE}, {getattr(saved, key)!r} in {LAST}"
+        f"{key}: {value!r} in {CONFIG_FILE}, {getattr(saved, key)!r} in {path.name}"
         for key, value in edited.to_dict().items()
         if value != getattr(saved, key)
     ]
@@ -293,4 +294,4 @@ def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config, Path]:
             f"continues with the config it started with: restore {CONFIG_FILE}, or start a new "
             f"run with ptblm train --config {config_file}."
         )
-    return checkpoint, saved, last
+    return checkpoint, saved, path

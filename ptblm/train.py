@@ -63,7 +63,7 @@ class Trainer:
         threads: Threads | None = None,
         config_name: str | None = None,
         verbose: bool = True,
-        resume: dict[str, Any] | None = None,
+        resume: tuple[dict[str, Any], Path] | None = None,
         dist: Distributed = SINGLE_PROCESS,
     ):
         self.config, self.corpus, self.device, self.dist = config, corpus, device, dist
@@ -90,13 +90,14 @@ class Trainer:
         self.windows_per_epoch = num_windows(self.train_data.size(1), config.num_steps)
         self.tokens_per_window = config.batch_size * config.num_steps  # all ranks together
         self.run_dir = RunDirectory(run_dir)
+        self.resumed_from_best = resume is not None and resume[1].name == BEST  # further on
         if resume is None:
             self.run_state = RunState(config_name, max_steps, eval_tokens)
             self.run_dir.create(config, command, dist, device, again)
         else:  # everything the checkpoint holds, --max-steps and --eval-tokens included
             self.run_dir.reopen(dist, device)
             self.run_state, self.step.state = restore_training(
-                resume, self.run_dir.path / LAST, self.model, self.optimizer, self.step.scaler,
+                *resume, self.model, self.optimizer, self.step.scaler,
                 self.rank_rows, self.windows_per_epoch, dist, device,
             )  # fmt: skip
         self.progress = Progress(self.run_dir.path, enabled=dist.is_main, verbose=verbose)
@@ -124,8 +125,7 @@ class Trainer:
             # Resumed from a best.pt further on than last.pt (whose write failed): last.pt is
             # written from it first, so that it is again the run's latest state (after training,
             # the weights test_ppl is measured on).
-            newest = resumable_checkpoint(self.run_dir.path)
-            if self.dist.any(newest not in (None, self.run_dir.path / LAST), self.device):
+            if self.dist.any(self.resumed_from_best, self.device):
                 self.save(LAST)
             if self.dist.is_main and not run.finished and 0 <= run.best_step < run.global_step:
                 try:  # tested only after training: said now, while it can be put back

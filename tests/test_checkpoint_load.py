@@ -143,3 +143,14 @@ def test_a_checkpoint_that_loads_but_cannot_continue_is_not_resumed(
     assert_clean_failure(result, 1, f"{run / 'last.pt'} cannot be resumed {fragment}")
     assert "Start a new run." in result.stderr
     assert (run / "last.pt").read_bytes() == before  # refused before anything was written
+
+
+def test_the_refusal_names_best_pt_when_that_is_the_checkpoint_resumed(stopped_run, tmp_path):
+    """With last.pt lost, --resume continues from best.pt: its refusal named last.pt."""
+    run = shutil.copytree(stopped_run, tmp_path / "r")
+    checkpoint = torch.load(run / "best.pt", weights_only=True)
+    checkpoint.update(finished=False, window=10**9)
+    torch.save(checkpoint, run / "best.pt")
+    (run / "last.pt").unlink()
+    result = ptblm("train", "--resume", run, cwd=tmp_path)
+    assert_clean_failure(result, 1, f"{run / 'best.pt'} cannot be resumed (window 1000000000")

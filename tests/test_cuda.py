@@ -159,11 +159,12 @@ def test_resume_on_the_gpu_continues_the_run(corpus, tmp_path, keep_prob):
     half.train_epoch(StopOnSignal())
     half.save("last.pt")
     half.run_dir._lock.close()  # as the process would at its exit
-    checkpoint = load_checkpoint(tmp_path / "half" / "last.pt")
+    path = tmp_path / "half" / "last.pt"
     config = load_config("medium", options)
     resumed = Trainer(
-        config, corpus, tmp_path / "half", CUDA, max_steps=20, verbose=False, resume=checkpoint
-    )
+        config, corpus, tmp_path / "half", CUDA, max_steps=20, verbose=False,
+        resume=(load_checkpoint(path), path),
+    )  # fmt: skip
     resumed.train_epoch(StopOnSignal())
     resumed.account(1.0)
     assert resumed.run_state.global_step == whole.run_state.global_step == 20

@@ -71,11 +71,11 @@ def interrupt_then_resume(monkeypatch, trainer, windows, meanwhile=lambda run_di
     assert stopped.value.exit_code == 143
     trainer.run_dir._lock.close()  # as the stopped process would at its exit
     meanwhile(trainer.run_dir.path)
-    checkpoint, config, _ = load_resumable(trainer.run_dir.path)
+    checkpoint, config, path = load_resumable(trainer.run_dir.path)
     assert checkpoint["global_step"] == windows and not checkpoint["finished"]
     resumed = Trainer(
         config, trainer.corpus, trainer.run_dir.path, torch.device("cpu"), verbose=False,
-        resume=checkpoint,
+        resume=(checkpoint, path),
     )  # fmt: skip
     return resumed.run(), resumed
 
