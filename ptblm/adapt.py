@@ -12,6 +12,7 @@ validation split, never on test.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from ptblm.cache import CacheSettings, ContinuousCache
 from ptblm.data import windows
 from ptblm.dynamic import DynamicEvaluation, DynamicSettings
 from ptblm.errors import counted
-from ptblm.evaluate import TEST_NUM_STEPS, evaluate
+from ptblm.evaluate import TEST_NUM_STEPS, test_perplexity
 from ptblm.model import LSTMLanguageModel, detach_state, perplexity
 
 # --tune's grids, searched on the validation split. The cache's covers the values Grave et al.
@@ -138,35 +139,38 @@ def adapted_perplexity(model, ids, cache=None, dynamic=None) -> float:
     return mean_perplexity(stream_logprobs(model, ids, cache, dynamic))
 
 
-def grid(kind: type, values: dict[str, list]) -> list:
-    return [kind(**dict(zip(values, point))) for point in itertools.product(*values.values())]
+def grid(given: Any, values: dict[str, list]) -> list:
+    """`given` with each point of the grid in place of its values (the rest, such as dynamic
+    evaluation's segment, as given)."""
+    points = itertools.product(*values.values())
+    return [dataclasses.replace(given, **dict(zip(values, point))) for point in points]
 
 
 def tune(
-    model: LSTMLanguageModel, valid: torch.Tensor, cache: bool, dynamic: bool
+    model: LSTMLanguageModel,
+    valid: torch.Tensor,
+    cache: CacheSettings | None,
+    dynamic: DynamicSettings | None,
 ) -> tuple[CacheSettings | None, DynamicSettings | None, list[dict[str, Any]]]:
     """The settings with the lowest validation perplexity, searched one technique at a time
-    (the cache on the plain model, dynamic evaluation without the cache), and every grid point's
-    validation perplexity."""
+    (the cache on the plain model, dynamic evaluation without the cache) over the grid's values
+    of each one given, and every grid point's validation perplexity."""
     tried: list[dict[str, Any]] = []
 
-    def best(kind, values, run):
+    def best(given, values, run):
         results = []
-        for settings in grid(kind, values):
+        for settings in grid(given, values):
             ppl = run(settings)
-            tried.append({kind.__name__: settings.as_dict(), "valid_ppl": ppl})
+            tried.append({type(given).__name__: settings.as_dict(), "valid_ppl": ppl})
             results.append((ppl, settings))
         return min(results, key=lambda result: result[0])[1]
 
-    chosen_cache = chosen_dynamic = None
     if cache:  # the model's pass does not depend on the cache: made once for the whole grid
         passes = model_passes(model, valid)
-        chosen_cache = best(CacheSettings, CACHE_GRID, lambda s: mean_perplexity(mixed(passes, s)))
+        cache = best(cache, CACHE_GRID, lambda s: mean_perplexity(mixed(passes, s)))
     if dynamic:
-        chosen_dynamic = best(
-            DynamicSettings, DYNAMIC_GRID, lambda s: adapted_perplexity(model, valid, None, s)
-        )
-    return chosen_cache, chosen_dynamic, tried
+        dynamic = best(dynamic, DYNAMIC_GRID, lambda s: adapted_perplexity(model, valid, None, s))
+    return cache, dynamic, tried
 
 
 def evaluate_adapted(
@@ -177,7 +181,7 @@ def evaluate_adapted(
 ) -> dict[str, Any]:
     """The plain and the adapted perplexity of the stream, the settings and the seconds."""
     started = time.perf_counter()
-    plain = perplexity(*evaluate(model, ids))  # the table's number, to the last bit
+    plain = test_perplexity(model, ids)  # the table's number, to the last bit
     plain_seconds = time.perf_counter() - started
     started = time.perf_counter()
     adapted = adapted_perplexity(model, ids, cache, dynamic)
@@ -196,8 +200,7 @@ def settle(model, valid, cache, dynamic, tuning):
     results (None without --tune)."""
     if not tuning:
         return cache, dynamic, None
-    tuned_cache, tuned_dynamic, tried = tune(model, valid(), bool(cache), bool(dynamic))
-    return tuned_cache or cache, tuned_dynamic or dynamic, tried
+    return tune(model, valid(), cache, dynamic)
 
 
 def evaluate_checkpoint_adapted(

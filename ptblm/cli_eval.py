@@ -211,6 +211,12 @@ def _adaptation(cache, dynamic, cache_values, dynamic_values, tune):
         raise ConfigError("--cache-window, --cache-theta and --cache-lambda go with --cache.")
     if dynamic is None and any(value is not None for value in dynamic_values):
         raise ConfigError("--dynamic-lr, --dynamic-decay and --dynamic-segment go with --dynamic.")
+    tuned = [*cache_values, *dynamic_values[:2]]  # the grids' (adapt.py); the segment is kept
+    if tune and any(value is not None for value in tuned):
+        raise ConfigError(
+            "--tune chooses --cache-window, --cache-theta, --cache-lambda, --dynamic-lr and "
+            "--dynamic-decay on the validation split: drop them, or drop --tune."
+        )
     if cache is None and dynamic is None:
         if tune:
             raise ConfigError("--tune chooses the settings of --cache and/or --dynamic: add one.")

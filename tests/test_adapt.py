@@ -62,7 +62,8 @@ def test_tune_chooses_the_lowest_validation_perplexity_of_its_grid(monkeypatch):
     monkeypatch.setattr(adapt, "DYNAMIC_GRID", {"lr": [0.0, 3.0], "decay": [0.0]})
     model = tiny_model()
     valid = torch.randint(30, (13,), generator=torch.Generator().manual_seed(4)).repeat(12)
-    cache, dynamic, tried = tune(model, valid, cache=True, dynamic=True)
+    given = DynamicSettings(segment=7)  # not on the grid: kept
+    cache, dynamic, tried = tune(model, valid, CacheSettings(), given)
     assert len(tried) == 4 + 2
     cache_points = [t for t in tried if "CacheSettings" in t]
     best = min(cache_points, key=lambda t: t["valid_ppl"])
@@ -72,6 +73,7 @@ def test_tune_chooses_the_lowest_validation_perplexity_of_its_grid(monkeypatch):
         "lambda": cache.lam,
     }
     assert cache.lam == 0.4 and dynamic.lr == 3.0  # a repeating text rewards both
+    assert dynamic.segment == 7 and all(t["DynamicSettings"]["segment"] == 7 for t in tried[4:])
     for point in tried:
         assert math.isfinite(point["valid_ppl"])
     plain = perplexity(*evaluate(model, valid))

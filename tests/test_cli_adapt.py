@@ -77,6 +77,8 @@ def test_text_adapts_like_the_split_it_holds(home):
         (["--cache-window", "10"], "go with --cache"),
         (["--dynamic-lr", "1"], "go with --dynamic"),
         (["--tune"], "--tune chooses"),
+        (["--cache", "--cache-theta", "0.2", "--tune"], "--tune chooses --cache-window"),
+        (["--dynamic", "--dynamic-lr", "1", "--tune"], "drop them, or drop --tune"),
         (["runs/a", "--cache"], "one checkpoint"),
         (["--cache", "--batch-size", "4"], "one checkpoint"),
     ],
