@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from ptblm.errors import counted
 from ptblm.runtime import (
     Threads,
     busy_elsewhere,
+    cpu_count,
     cpu_has_native_bf16,
     cpu_name,
     supported_precisions,
@@ -56,7 +56,7 @@ def collect(data_dir: Path) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": {
             "model": cpu_name(),
-            "cores": os.cpu_count(),
+            "cores": cpu_count(),  # that this process may run on (taskset, cgroups)
             "torch_threads": torch.get_num_threads(),
             "threads": threads.describe(),
             "busy_elsewhere": busy_elsewhere(),
@@ -109,7 +109,11 @@ def render(info: dict[str, Any]) -> str:
     if data["verified"]:
         state = "the three PTB files, sha256 verified"
     else:
-        state = ", ".join(f"{name} {status}" for name, status in data["files"].items())
-        state += " (ptblm download fetches them)"
+        files = data["files"]
+        state = ", ".join(f"{name} {status}" for name, status in files.items())
+        bad = [name for name, status in files.items() if status not in ("verified", "missing")]
+        # download refuses to replace a file it did not write: it must be removed first
+        then = f"remove {' and '.join(bad)}, then " if bad else ""
+        state += f" ({then}ptblm download fetches them)"
     lines.append(f"data       {data['folder']}: {state}")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -64,7 +65,8 @@ class RunDirectory:
                 header = (
                     f"Resolved config of this run (ptblm {__version__}), written by:\n"
                     f"  {command}\n"
-                    f"Train again with: ptblm train --config {self.path / CONFIG_FILE}{again}"
+                    f"Train again with: ptblm train --config "
+                    f"{shlex.quote(str(self.path / CONFIG_FILE))}{again}"
                 )
                 # Comments only may hold a path that is not UTF-8: escaped, the file stays UTF-8.
                 text = config_to_yaml(config, header).encode(errors="backslashreplace")

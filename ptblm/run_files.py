@@ -19,6 +19,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import stat
 from pathlib import Path
 from typing import Any
@@ -114,9 +115,13 @@ def config_name_of(run_dir: Path, depth: int = 0) -> str | None:
     if isinstance(summary.get("config_name"), str):
         return summary["config_name"]
     try:
-        command = read_text(run_dir / CONFIG_FILE).splitlines()[1].lstrip("# ").split()
+        line = read_text(run_dir / CONFIG_FILE).splitlines()[1].lstrip("# ")
     except (OSError, ValueError, IndexError):
         return None
+    try:
+        command = shlex.split(line)  # as cli_train.command_line quoted it
+    except ValueError:  # an edited header: its words as they stand
+        command = line.split()
     for option, following in zip(command, [*command[1:], ""]):
         name, equals, value = option.partition("=")
         if name in ("--config", "-c"):

@@ -439,7 +439,8 @@ def test_info_shows_what_a_bug_report_needs(tmp_path, ptb_dir):
         "native bf16: " + ("yes" if cpu_has_native_bf16_by_its_flags() else "no") in result.stdout
     )
     assert (
-        "ptb.train.txt verified, ptb.valid.txt wrong sha256, ptb.test.txt missing" in result.stdout
+        "ptb.train.txt verified, ptb.valid.txt wrong sha256, ptb.test.txt missing (remove "
+        "ptb.valid.txt, then ptblm download fetches them)" in result.stdout
     )
     details = json.loads(ptblm("info", "--json", "--data-dir", data).stdout)
     assert (

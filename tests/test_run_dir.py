@@ -129,3 +129,18 @@ def test_a_run_directory_that_cannot_be_made_whole_is_not_left_half_made(
     with pytest.raises(DataError, match=r"cannot create the run directory .*--runs-dir DIR\."):
         run.create(config, "ptblm train", SINGLE_PROCESS, torch.device("cpu"))
     assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_the_train_again_line_pastes_as_it_stands_from_a_folder_with_a_space(tmp_path):
+    import shlex
+
+    import torch
+
+    from ptblm.distributed import SINGLE_PROCESS
+
+    run = RunDirectory(tmp_path / "my runs" / "x")
+    run.create(load_config("test"), "ptblm train", SINGLE_PROCESS, torch.device("cpu"), "")
+    run.unlock()
+    header = (run.path / "config.yaml").read_text().splitlines()[2]
+    again = shlex.split(header.split("Train again with: ")[1])
+    assert again == ["ptblm", "train", "--config", str(run.path / "config.yaml")]

@@ -22,6 +22,10 @@ def test_the_config_name_of_a_run(tmp_path):
         config_name_of(run(tmp_path / "b", "ptblm train --max-steps 3 -c my/tiny.yaml")) == "tiny"
     )
     assert config_name_of(run(tmp_path / "c", "ptblm train --config=medium")) == "medium"
+    # A path with a space, quoted as the header writes it (it gave "'my")
+    spaced = run(tmp_path / "s", "ptblm train --config 'my configs/wide.yaml'")
+    assert config_name_of(spaced) == "wide"
+    assert config_name_of(run(tmp_path / "q", "ptblm train -c 'unclosed.yaml")) == "'unclosed"
     named = run(tmp_path / "d", "ptblm train --config x.yaml", summary={"config_name": "large"})
     assert config_name_of(named) == "large"  # summary.json says, when there is one
     assert config_name_of(run(tmp_path / "e", "ptblm train --resume runs/x")) is None
