@@ -121,7 +121,8 @@ def resolve_config_path(name_or_path: str) -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        raise ConfigError(f"--config {name_or_path} is a directory: give a config's YAML file.")
+        # no option named: `config show` takes it as an argument, `train` as --config
+        raise ConfigError(f"config {name_or_path} is a directory: give a config's YAML file.")
     raise ConfigError(
         f"unknown config '{name_or_path}': not a shipped config and no such file. "
         f"Shipped configs: {', '.join(sorted(shipped))}; or give the path of a YAML file."

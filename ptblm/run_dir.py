@@ -74,6 +74,11 @@ class RunDirectory:
             except FileExistsError:
                 if resumable_checkpoint(self.path) is None:
                     failure = ConfigError(never_saved(self.path))
+                elif self.read_metrics() is not None:
+                    failure = ConfigError(
+                        f"{self.path} already exists, a finished run. Choose another --name, or "
+                        f"see its results with ptblm eval {self.path}."
+                    )
                 else:
                     failure = ConfigError(
                         f"{self.path} already exists. Choose another --name, or continue it with "

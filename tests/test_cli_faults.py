@@ -101,14 +101,18 @@ def test_a_run_that_never_saved_says_to_start_it_again(tiny_corpus_dir, tmp_path
     ):
         assert_clean_failure(result, code, "holds no checkpoint", "Start it again", "rm -r")
     before = {path.name: path.read_bytes() for path in (runs / "done").iterdir()}
-    again = train(tiny_corpus_dir, runs, "done")  # a run with a checkpoint: resume it instead
-    assert_clean_failure(again, 2, "already exists", f"ptblm train --resume {runs / 'done'}")
+    again = train(tiny_corpus_dir, runs, "done")  # finished: nothing to resume (it said to)
+    assert_clean_failure(again, 2, "already exists, a finished run", f"ptblm eval {runs / 'done'}")
     assert {path.name: path.read_bytes() for path in (runs / "done").iterdir()} == before
     rows = {
         row["name"]: row
         for row in json.loads(ptblm("runs", "--runs-dir", runs, "--json").stdout)["runs"]
     }
     assert rows["early"]["seed"] == 0 and rows["early"]["config"]["hidden_size"] == 16
+    stopped = shutil.copytree(runs / "done", runs / "stopped")
+    (stopped / "metrics.json").unlink()  # trained, its test pending: resume it instead
+    again = train(tiny_corpus_dir, runs, "stopped")
+    assert_clean_failure(again, 2, "already exists", f"ptblm train --resume {stopped}")
 
 
 def test_a_lock_that_is_a_link_or_a_fifo_is_never_followed_nor_waited_on(tiny_corpus_dir, tmp_path):
