@@ -288,16 +288,24 @@ def worded(result: dict[str, Any]) -> str:
 
 
 def describe(result: dict[str, Any]) -> str:
-    """The lines `ptblm eval --cache/--dynamic` prints: the grid (with --tune), then the result."""
+    """The lines `ptblm eval --cache/--dynamic` prints, on a split or a --text file: the grid
+    (with --tune), then the result."""
     lines = []
     for point in result.get("tuned_on_valid") or []:
         (kind, settings), ppl = next(iter(point.items())), point["valid_ppl"]
         values = ", ".join(f"{key} {number(value)}" for key, value in settings.items())
         lines.append(f"  valid {ppl:9.3f}  {kind.removesuffix('Settings').lower()}: {values}")
-    change = result["perplexity"] / result["plain_perplexity"] - 1
-    lines.append(
-        f"{result['split']} perplexity {result['perplexity']:.3f} with {worded(result)}; "
-        f"plain {result['plain_perplexity']:.3f} ({change:+.1%}), over {counted(result['tokens'], 'token')} "
-        f"({result['seconds']:.1f} s; plain {result['plain_seconds']:.1f} s) {result['checkpoint']}"
+    ppl, change = result["perplexity"], result["perplexity"] / result["plain_perplexity"] - 1
+    plain = (
+        f"plain {result['plain_perplexity']:.3f} ({change:+.1%}), over "
+        f"{counted(result['tokens'], 'token')}"
     )
+    if "file" in result:
+        lines.append(f"{result['file']}: perplexity {ppl:.3f}, {plain}, with {worded(result)}")
+    else:
+        lines.append(
+            f"{result['split']} perplexity {ppl:.3f} with {worded(result)}; {plain} "
+            f"({result['seconds']:.1f} s; plain {result['plain_seconds']:.1f} s) "
+            f"{result['checkpoint']}"
+        )
     return "\n".join(lines)

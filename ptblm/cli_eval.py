@@ -289,14 +289,7 @@ def _eval_text(paths, text, per_line, reset_each_line, device, cell, as_json) ->
 
 def _eval_text_adapted(path, text, device, cell, as_json, adapting, data_dir, corpus) -> None:
     """--text with --cache/--dynamic: the plain and the adapted perplexity of the file."""
-    from ptblm.adapt import score_text_adapted, worded
+    from ptblm.adapt import describe, score_text_adapted
 
     total = score_text_adapted(path, text, data_dir, corpus, device, cell, *adapting)
-    if as_json:
-        typer.echo(json_text(total))
-        return
-    change = total["perplexity"] / total["plain_perplexity"] - 1
-    typer.echo(
-        f"{text}: perplexity {total['perplexity']:.3f}, plain {total['plain_perplexity']:.3f} "
-        f"({change:+.1%}), over {counted(total['tokens'], 'token')}, with {worded(total)}"
-    )
+    typer.echo(json_text(total) if as_json else describe(total))

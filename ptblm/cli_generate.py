@@ -103,7 +103,6 @@ def _print_streaming(prompt: list[str], sampled, vocab_words: list[str], words: 
     """Print the prompt, then each word as it is drawn: a long text shows as it comes, and
     Ctrl-C keeps what was printed (exit 130)."""
     import itertools
-    import os
     import sys
 
     from ptblm.errors import Interrupted
@@ -131,4 +130,6 @@ def _print_streaming(prompt: list[str], sampled, vocab_words: list[str], words: 
             f"stopped by Ctrl-C after {drawn} of {counted(words, 'word')}.", 130
         ) from None
     except BrokenPipeError:  # the reader has gone (`| head`): stop quietly, as other tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        from ptblm.progress import silence_stdout
+
+        silence_stdout()

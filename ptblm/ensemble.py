@@ -67,14 +67,22 @@ def member_logprobs(
     shorter one too with `partial`). Returns (members, rows, predicted) float64 on the CPU.
     """
     states = [model.initial_state(data.size(0), data.device) for model in models]
-    columns = []
-    for x, y in windows(data, num_steps, partial=partial):
-        window = []
-        for k, model in enumerate(models):
-            logits, states[k] = model(x, states[k])
-            window.append(-token_nll(logits, y, "none").view_as(y))
-        columns.append(torch.stack(window).double().cpu())
+    columns = [
+        members_window(models, states, x, y) for x, y in windows(data, num_steps, partial=partial)
+    ]
     return torch.cat(columns, dim=2)
+
+
+def members_window(
+    models: list[LSTMLanguageModel], states: list, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """(members, rows, T) float64 on the CPU: each member's log-probability of y (rows, T) given
+    x, from its state in `states`, which is replaced by the state after the window."""
+    window = []
+    for k, model in enumerate(models):
+        logits, states[k] = model(x, states[k])
+        window.append(-token_nll(logits, y, "none").view_as(y))
+    return torch.stack(window).double().cpu()
 
 
 def member_corpus(member: Member, data_dir: Path, corpus_dir: Path | None, progress=False):

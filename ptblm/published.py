@@ -11,6 +11,7 @@ import functools
 from typing import Any
 
 from ptblm.config import TUTORIAL_FIELDS, Config, load_config, shipped_configs
+from ptblm.memory import parameter_count  # by arithmetic: `config list` imports no torch
 
 # The tutorial's table (docs/reference.md, "The published table"): perplexity after max_max_epoch epochs.
 PUBLISHED = {
@@ -71,15 +72,6 @@ def published_ensemble(configs: list[Config], split: str) -> dict[str, Any] | No
     if number is None:
         return None
     return {"config": rows[0][0], "members": len(configs), split: number}
-
-
-def parameter_count(config: Config) -> int:
-    """The model's parameters (the frozen zero bias_hh included), by arithmetic, so that
-    `ptblm config list` need not import torch."""
-    hidden, vocab = config.hidden_size, config.vocab_size
-    lstm_layer = 4 * hidden * (hidden + hidden) + 2 * 4 * hidden  # weights ih, hh; biases ih, hh
-    decoder_weight = 0 if config.tie_weights else hidden * vocab
-    return vocab * hidden + config.num_layers * lstm_layer + decoder_weight + vocab
 
 
 def expected_minutes(name: str, config: Config, device: str) -> float | None:

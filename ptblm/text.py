@@ -30,10 +30,10 @@ import torch
 
 from ptblm.data import EOS, unreadable
 from ptblm.download import open_regular_file
-from ptblm.ensemble import average, member_logprobs
+from ptblm.ensemble import average, member_logprobs, members_window
 from ptblm.errors import DataError, quote
 from ptblm.evaluate import TEST_NUM_STEPS
-from ptblm.model import LSTMLanguageModel, perplexity, token_nll
+from ptblm.model import LSTMLanguageModel, perplexity
 
 UNK = "<unk>"
 CHUNK_BYTES = 1 << 20
@@ -232,11 +232,7 @@ class TextScorer:
         if self.adaptation is not None:
             logprobs, states[0] = self.adaptation.score(x, y, states[0])
             return logprobs[None]
-        window = []
-        for k, model in enumerate(self.models):
-            logits, states[k] = model(x, states[k])
-            window.append(-token_nll(logits, y, "none").view_as(y))
-        return torch.stack(window).double().cpu()[:, 0]
+        return members_window(self.models, states, x, y)[:, 0]
 
     def _assign(self, waiting: deque[_Row], logprobs: torch.Tensor) -> None:
         """Hand a window's scores to the lines they belong to, in order."""

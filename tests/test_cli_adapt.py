@@ -64,6 +64,18 @@ def test_text_adapts_like_the_split_it_holds(home):
         )
 
 
+def test_tune_on_a_text_file_shows_its_grid_as_on_a_split(home):
+    """The grid's validation perplexities were printed for a split only, not for --text."""
+    shutil.copy(home / "corpus" / "ptb.test.txt", home / "tuned.txt")
+    shown = ptblm("eval", "runs/a", "--text", "tuned.txt", "--cache", "--tune", cwd=home)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert [line.split()[0] for line in lines[:-1]] == ["valid"] * 27  # the cache's grid
+    assert (
+        lines[-1].startswith("tuned.txt: perplexity ") and ", with the cache (window" in lines[-1]
+    )
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
