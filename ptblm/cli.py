@@ -9,7 +9,6 @@ import errno
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -17,6 +16,7 @@ import typer
 from ptblm import __version__, cli_eval, cli_generate, cli_train
 from ptblm.cli_options import (
     DEFAULT_DATA_DIR,
+    DEFAULT_RUNS_DIR,
     SHIPPED,
     AsJson,
     DataDir,
@@ -119,7 +119,7 @@ app.command(short_help="Sample text from a trained model.")(cli_generate.generat
 
 
 @app.command(short_help="A table of every run: status, perplexities, speed.")
-def runs(runs_dir: RunsDir = Path("runs"), as_json: AsJson = False) -> None:
+def runs(runs_dir: RunsDir = DEFAULT_RUNS_DIR, as_json: AsJson = False) -> None:
     """List every run: config, seed, status, epochs, best valid, test, time and speed; runs that
     differ only in their seed as mean +- std beside the published row."""
     from ptblm.run_table import read_runs, render, seed_groups

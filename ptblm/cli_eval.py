@@ -12,6 +12,7 @@ import typer
 
 from ptblm.cli_options import (
     DEFAULT_DATA_DIR,
+    DEFAULT_RUNS_DIR,
     AsJson,
     Cache,
     CacheLambda,
@@ -92,7 +93,7 @@ def eval_(
     ] = False,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     corpus: CorpusDir = None,
-    runs_dir: RunsDir = Path("runs"),
+    runs_dir: RunsDir = DEFAULT_RUNS_DIR,
     device: Device = "auto",
     cell: Cell = None,
     cache: Cache = False,
@@ -127,8 +128,9 @@ def eval_(
         from ptblm.text import check_text
 
         check_text(text)  # a bad file is refused before anything loads
-        paths = checkpoints_of(targets, runs_dir, cell)
-        torch_device = resolve_device(device)
+    paths = checkpoints_of(targets, runs_dir, cell)
+    torch_device = resolve_device(device)
+    if text is not None:
         if adapting:
             _eval_text_adapted(
                 paths[0], text, torch_device, cell, as_json, adapting, data_dir, corpus
@@ -136,8 +138,6 @@ def eval_(
         else:
             _eval_text(paths, text, per_line, reset_each_line, torch_device, cell, as_json)
         return
-    paths = checkpoints_of(targets, runs_dir, cell)
-    torch_device = resolve_device(device)
     if adapting:
         from ptblm.adapt import describe, evaluate_checkpoint_adapted
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ptblm.cli_options import RunsDir, checkpoints_of
+from ptblm.cli_options import DEFAULT_RUNS_DIR, RunsDir, checkpoints_of
 from ptblm.errors import ConfigError, counted, quote
 
 
@@ -44,7 +44,7 @@ def generate(
             "--seed", metavar="N", help="The same seed gives the same text (default: a fresh one)."
         ),
     ] = None,
-    runs_dir: RunsDir = Path("runs"),
+    runs_dir: RunsDir = DEFAULT_RUNS_DIR,
     device: Annotated[
         str,
         typer.Option(

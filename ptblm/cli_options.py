@@ -14,6 +14,7 @@ from ptblm.errors import ConfigError
 
 SHIPPED = ", ".join(shipped_configs())  # for help texts and messages
 DEFAULT_DATA_DIR = Path("data")
+DEFAULT_RUNS_DIR = Path("runs")
 DataDir = Annotated[
     Path,
     typer.Option("--data-dir", metavar="DIR", help="Where the PTB download is cached (DIR/ptb/)."),

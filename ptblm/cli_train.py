@@ -13,6 +13,7 @@ import typer
 
 from ptblm.cli_options import (
     DEFAULT_DATA_DIR,
+    DEFAULT_RUNS_DIR,
     SHIPPED,
     CorpusDir,
     DataDir,
@@ -22,7 +23,7 @@ from ptblm.cli_options import (
     Threads,
 )
 from ptblm.config import PRECISIONS, SEED_LIMIT, load_config, resolve_config_path
-from ptblm.errors import ConfigError
+from ptblm.errors import ConfigError, quote
 
 
 def train(
@@ -38,7 +39,7 @@ def train(
     overrides: Overrides = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     corpus: CorpusDir = None,
-    runs_dir: RunsDir = Path("runs"),
+    runs_dir: RunsDir = DEFAULT_RUNS_DIR,
     name: Annotated[
         str | None,
         typer.Option(
@@ -98,10 +99,6 @@ def train(
     ] = False,
 ) -> None:
     """Train a model, validate each epoch, test with the table's protocol, save the run."""
-    if precision is not None and precision not in PRECISIONS:
-        raise ConfigError(f"--precision {precision}: use {', '.join(PRECISIONS)}.")
-    if seed is not None and not 0 <= seed < SEED_LIMIT:
-        raise ConfigError(f"--seed {seed}: use an integer from 0 to {SEED_LIMIT - 1}.")
     overrides = list(overrides or [])
     for key, value in (
         ("seed", seed),
@@ -111,6 +108,11 @@ def train(
         if value is not None:
             overrides.append(f"{key}={value}")
     _check_train_options(config, overrides, resume, name, max_steps, eval_tokens)
+    # In the flags' own words (load_config would name `seed` and `precision`)
+    if precision is not None and precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision}: use {', '.join(PRECISIONS)}.")
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"--seed {seed}: use an integer from 0 to {SEED_LIMIT - 1}.")
     for option, value in (("--runs-dir", runs_dir), ("--name", name), ("--resume", resume)):
         check_run_path(option, value)
     # Checked before torch is imported (seconds): a typo is reported at once.
@@ -171,7 +173,7 @@ def _check_train_options(config, overrides, resume, name, max_steps, eval_tokens
         raise ConfigError(f"say which config to train: --config NAME ({SHIPPED}) or a YAML path.")
     if name is not None and (name in ("", ".", "..") or "/" in name or "\0" in name):
         raise ConfigError(
-            f"--name {name[:60]!r}: a run's name is one directory name under --runs-dir, without "
+            f"--name {quote(name)}: a run's name is one directory name under --runs-dir, without "
             f"'/' (use --runs-dir to train somewhere else)."
         )
 

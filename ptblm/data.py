@@ -85,7 +85,7 @@ def numericalize(words: Sequence[str], vocab: Mapping[str, int], path: Path) -> 
         unknown = sorted({word for word in words if word not in vocab})
         shown = ", ".join(repr(word) for word in unknown[:5])
         raise DataError(
-            f"{path} has {len(unknown)} word(s) that the vocabulary does not have ({shown}"
+            f"{path} has {counted(len(unknown), 'word')} that the vocabulary does not have ({shown}"
             f"{', ...' if len(unknown) > 5 else ''}). The vocabulary is every word of the training "
             f"split: map rare words to <unk> there and in the other splits, as PTB does."
         ) from None

@@ -37,7 +37,7 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"--device {name}: CUDA is not available here. Use --device cpu or auto.")
     if index and int(index) >= torch.cuda.device_count():
         raise ConfigError(
-            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            f"--device {name}: this machine has {counted(torch.cuda.device_count(), 'CUDA device')}, "
             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}."
         )
     return torch.device(name)

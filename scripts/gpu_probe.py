@@ -21,7 +21,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import ptblm_words_per_second, zipf_ids  # noqa: E402
+from bench import ptblm_words_per_second, synchronize, zipf_ids  # noqa: E402
 
 from ptblm.config import load_config  # noqa: E402
 from ptblm.runtime import configure_tf32  # noqa: E402
@@ -39,11 +39,6 @@ def top_kernels(prof, count: int) -> list[tuple[str, float, int]]:
 
 def activities(device: torch.device) -> list[ProfilerActivity]:
     return [ProfilerActivity.CUDA if device.type == "cuda" else ProfilerActivity.CPU]
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def lstm_precisions(device: torch.device, hidden_size: int) -> None:

@@ -173,8 +173,12 @@ def test_resume_refuses_an_edited_config(tmp_path, reference):
     assert_clean_failure(ptblm("train", "--resume", run), 1, "no longer loads")
 
 
-def test_resume_refuses_options_that_would_change_the_run(reference):
-    result = ptblm("train", "--resume", reference, "--set", "learning_rate=0.1")
+@pytest.mark.parametrize(
+    "option", [["--set", "learning_rate=0.1"], ["--seed", "-1"], ["--precision", "fp8"]]
+)
+def test_resume_refuses_options_that_would_change_the_run(reference, option):
+    """An out-of-range --seed or --precision was refused for its range, not for being there."""
+    result = ptblm("train", "--resume", reference, *option)
     assert_clean_failure(result, 2, "--resume continues a run with its own config")
 
 
