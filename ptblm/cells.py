@@ -20,7 +20,8 @@ from torch import nn
 
 from ptblm.dropout import bernoulli_mask
 
-State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, batch, hidden)
+State = tuple[torch.Tensor, torch.Tensor]  # (h, c): each (num_layers, batch, hidden) for a
+# stack, (batch, hidden) for one layer
 
 
 def layer_weights(lstm: nn.Module, layer: int) -> list[torch.Tensor]:
@@ -112,7 +113,9 @@ class ReferenceLSTM(nn.Module):
 
     `recurrent_dropout` (Gal & Ghahramani 2016) multiplies h_{t-1} by one mask per row per call
     (window) before W_hh, at every time step: what the fused cell cannot do. `dropout` between
-    layers is standard (a fresh mask per element), as nn.LSTM's.
+    layers is standard (a fresh mask per element), as nn.LSTM's, when the stack runs as one
+    (`forward`, a drop-in nn.LSTM); the model runs it layer by layer (`layer`), with its own
+    dropout between.
     """
 
     def __init__(

@@ -43,6 +43,7 @@ from ptblm.model import LSTMLanguageModel, State
 from ptblm.run_state import RunState
 from ptblm.runtime import rng_state, set_rng_state
 
+USE_ANOTHER = "Use another checkpoint (best.pt or last.pt of a run)."
 CHECKPOINT_FORMAT = 1
 REQUIRED_KEYS = ("format", "model", "config", "vocab", "epoch", "window", "global_step")
 
@@ -77,8 +78,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as error:  # torch raises many types for garbage, truncation and payloads
         reason = _load_failure(error) if zipfile.is_zipfile(path) else NOT_A_ZIP
         raise CheckpointError(
-            f"{path} is not a readable ptblm checkpoint ({reason}). Use another checkpoint "
-            f"(best.pt or last.pt of a run)."
+            f"{path} is not a readable ptblm checkpoint ({reason}). {USE_ANOTHER}"
         ) from None
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
         raise CheckpointError(f"{path} is a torch file but not a ptblm checkpoint (keys missing).")
@@ -103,7 +103,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         if isinstance(tensor, torch.Tensor) and not torch.isfinite(tensor).all():
             raise CheckpointError(
                 f"{path} is damaged: its {cut(str(name), 60)} holds NaN or infinite values, "
-                f"which training never saves. Use another checkpoint (best.pt or last.pt of a run)."
+                f"which training never saves. {USE_ANOTHER}"
             )
     return checkpoint
 
@@ -119,7 +119,7 @@ def _check_position(checkpoint: dict[str, Any], config: Config, path: Path) -> N
             allowed = f"0 to max_max_epoch ({most})" if most is not None else ">= 0"
             raise CheckpointError(
                 f"{path} is damaged: its {name} is {quote(value)}, where an integer {allowed} "
-                f"belongs. Use another checkpoint (best.pt or last.pt of a run)."
+                f"belongs. {USE_ANOTHER}"
             )
 
 

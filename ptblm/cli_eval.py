@@ -31,6 +31,7 @@ from ptblm.cli_options import (
     checkpoints_of,
     json_text,
 )
+from ptblm.config import CELLS
 from ptblm.download import SPLITS
 from ptblm.errors import ConfigError, counted
 
@@ -38,7 +39,7 @@ Targets = Annotated[
     list[Path] | None,
     typer.Argument(
         metavar="RUN_OR_CKPT",
-        help="Run directories (their best.pt) or checkpoint files; several are evaluated as an "
+        help="Run directories (their best.pt, else last.pt) or checkpoint files; several are evaluated as an "
         "ensemble. Default: the newest run.",
         show_default=False,
     ),
@@ -122,13 +123,13 @@ def eval_(
         tune,
     )
     windows = (batch_size, num_steps)
-    _check_eval_options(adapting, targets, text, split, windows, per_line, reset_each_line)
+    _check_eval_options(adapting, targets, text, split, windows, per_line, reset_each_line, cell)
     ComputeThreads(threads)
     if text is not None:
         from ptblm.text import check_text
 
         check_text(text)  # a bad file is refused before anything loads
-    paths = checkpoints_of(targets, runs_dir, cell)
+    paths = checkpoints_of(targets, runs_dir)
     torch_device = resolve_device(device)
     if text is not None:
         if adapting:
@@ -151,7 +152,9 @@ def eval_(
                 torch_device, cell, as_json)  # fmt: skip
 
 
-def _check_eval_options(adapting, targets, text, split, windows, per_line, reset_each_line):
+def _check_eval_options(adapting, targets, text, split, windows, per_line, reset_each_line, cell):
+    if cell is not None and cell not in CELLS:
+        raise ConfigError(f"--cell {cell}: use {' or '.join(CELLS)}.")
     if adapting and (len(targets or []) > 1 or any(windows) or reset_each_line):
         raise ConfigError(
             "--cache and --dynamic score one checkpoint with the table's protocol (batch size 1, "
@@ -225,8 +228,7 @@ def _adaptation(cache, dynamic, cache_values, dynamic_values, tune):
     from ptblm.dynamic import DynamicSettings
 
     def settings(kind, values):
-        given = {key: value for key, value in values.items() if value is not None}
-        return kind(**given) if values is not None else None
+        return kind(**{key: value for key, value in values.items() if value is not None})
 
     return (
         settings(CacheSettings, cache) if cache is not None else None,

@@ -72,7 +72,7 @@ def generate(
     from ptblm.text import UNK, word_ids
 
     torch_device = resolve_device(device)
-    path = checkpoints_of([target] if target else None, runs_dir, None)[0]
+    path = checkpoints_of([target] if target else None, runs_dir)[0]
     checkpoint = load_checkpoint(path)
     vocab_words = checkpoint["vocab"]
     vocab = vocab_dict(vocab_words)

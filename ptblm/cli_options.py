@@ -9,8 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ptblm.config import CELLS, shipped_configs
-from ptblm.errors import ConfigError
+from ptblm.config import shipped_configs
 
 SHIPPED = ", ".join(shipped_configs())  # for help texts and messages
 DEFAULT_DATA_DIR = Path("data")
@@ -106,10 +105,8 @@ def json_text(data: Any) -> str:
     return json.dumps(strict(data), allow_nan=False)
 
 
-def checkpoints_of(targets: list[Path] | None, runs_dir: Path, cell: str | None) -> list[Path]:
+def checkpoints_of(targets: list[Path] | None, runs_dir: Path) -> list[Path]:
     """The checkpoint files that run directories or files name (the newest run's for none)."""
     from ptblm.run_dir import resolve_checkpoint
 
-    if cell is not None and cell not in CELLS:
-        raise ConfigError(f"--cell {cell}: use {' or '.join(CELLS)}.")
     return [resolve_checkpoint(target, runs_dir) for target in targets or [None]]

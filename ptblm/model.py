@@ -62,15 +62,17 @@ class LSTMLanguageModel(nn.Module):
         # One fused call for the whole stack only where nothing happens between the layers or
         # to the weights that nn.LSTM does not do itself.
         self.layer_by_layer = cell != "fused" or dropout_mode != "standard" or weight_drop > 0
+        # Layer by layer, `layers` puts the model's own dropout between the layers: the stack's
+        # own is unused there (0).
         if cell == "fused":
-            between = dropout if num_layers > 1 else 0.0
+            between = dropout if num_layers > 1 and not self.layer_by_layer else 0.0
             fused = LayerwiseLSTM if self.layer_by_layer else nn.LSTM
             self.lstm = fused(
                 hidden_size, hidden_size, num_layers, batch_first=True, dropout=between
             )
         else:
             self.lstm = ReferenceLSTM(
-                hidden_size, hidden_size, num_layers, dropout, recurrent_dropout
+                hidden_size, hidden_size, num_layers, recurrent_dropout=recurrent_dropout
             )
         self.decoder = nn.Linear(hidden_size, vocab_size)
         if tie_weights:

@@ -50,7 +50,7 @@ WORDS_PER_SECOND = {
 
 @functools.cache
 def _shipped(name: str) -> Config:
-    """A shipped config, read once (run_summary asks at every checkpoint)."""
+    """A shipped config, read once (RunState.summary asks at every checkpoint)."""
     return load_config(name)
 
 

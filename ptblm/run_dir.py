@@ -202,7 +202,8 @@ def newest_run(runs_dir: Path) -> Path:
 
 
 def resolve_checkpoint(target: Path | None, runs_dir: Path) -> Path:
-    """A checkpoint file as given, or a run directory's best.pt (newest run when None)."""
+    """A checkpoint file as given, or a run directory's best.pt, else its last.pt (newest run when
+    None)."""
     run_dir = newest_run(runs_dir) if target is None else Path(target)
     if run_dir.is_file():
         return run_dir

@@ -82,9 +82,10 @@ class EagerStep:
         pending, self.pending = self.pending, []
         return pending
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """x, y: (rows, num_steps) int64 -> the window's mean per-token NLL over all ranks and
-        the gradient norm before clipping. Raises Diverged, weights untouched."""
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """x, y: (rows, num_steps) int64. Trains the window, keeping its mean per-token NLL over
+        all ranks and its gradient norm before clipping for `drain`; raises Diverged, weights
+        untouched."""
         with self.autocast:
             logits, state = self.model(x, self.state)
             loss = window_loss(logits, y)
@@ -113,7 +114,6 @@ class EagerStep:
             self.optimizer.step()
         self.state = detach_state(state)
         self.pending.append((mean_nll, norm))
-        return mean_nll, norm
 
 
 class GraphStep:

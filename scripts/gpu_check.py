@@ -3,7 +3,7 @@
     PYTHONPATH=$PWD python3 scripts/gpu_check.py OUT --data-dir DIR --runs medium large
 
 1. the environment (torch, CUDA, cuDNN, the GPU) -> OUT/env.txt
-2. the graphed step against the eager one (a quick `pytest -m cuda -k graphed`): if it fails,
+2. the graphed step against the eager one (a quick `pytest -m cuda -k graphed_step_equals`): if it fails,
    the full runs train with the eager step (--set cuda_graph=false)
 3. the benchmark (scripts/bench.py on cuda: ptblm's loop and a bare eager cuDNN loop of the same
    shapes in one process; graphed, then eager) -> OUT/bench.txt; with --probe, instead of the
