@@ -99,11 +99,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     _check_position(checkpoint, config, path)
     weights = checkpoint["model"]
     for name, tensor in weights.items() if isinstance(weights, dict) else ():
-        # The divergence guard never lets a non-finite weight be saved: the file was changed.
+        # The divergence guard keeps a training run's weights finite: the file was changed, or
+        # an update overflowed fp32 (a learning rate near 3.4e38).
         if isinstance(tensor, torch.Tensor) and not torch.isfinite(tensor).all():
             raise CheckpointError(
-                f"{path} is damaged: its {cut(str(name), 60)} holds NaN or infinite values, "
-                f"which training never saves. {USE_ANOTHER}"
+                f"{path} is damaged: its {cut(str(name), 60)} holds NaN or infinite values. "
+                f"{USE_ANOTHER}"
             )
     return checkpoint
 

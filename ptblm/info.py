@@ -111,7 +111,7 @@ def render(info: dict[str, Any]) -> str:
     else:
         files = data["files"]
         state = ", ".join(f"{name} {status}" for name, status in files.items())
-        bad = [name for name, status in files.items() if status not in ("verified", "missing")]
+        bad = [name for name, status in files.items() if status == "wrong sha256"]
         # download refuses to replace a file it did not write: it must be removed first
         then = f"remove {' and '.join(bad)}, then " if bad else ""
         state += f" ({then}ptblm download fetches them)"

@@ -221,6 +221,7 @@ class Trainer:
                 every = config.checkpoint_every
                 stopping = stop.agreed(self.dist, self.device)
                 if stopping or (every and not last and run.global_step % every == 0):
+                    self.account(lr)  # GraphStep: the queued windows' GPU time is training too
                     run.bank_interval_time(time.perf_counter() - interval_start)
                     self.save(LAST)
                     interval_start = time.perf_counter()  # the save is not training time

@@ -1,5 +1,6 @@
 import math
 import signal
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -77,6 +78,39 @@ def interrupt_then_resume(monkeypatch, trainer, windows, meanwhile=lambda run_di
         resume=(checkpoint, path),
     )  # fmt: skip
     return resumed.run(), resumed
+
+
+def test_a_stop_keeps_the_open_intervals_training_time_and_not_the_saves(
+    corpus, tmp_path, monkeypatch
+):
+    """On a clock that moves only in training windows (1 s each) and saves (100 s each): last.pt
+    of a stop between two log points holds the windows' seconds since the last point. Resumed
+    without them, those windows counted as trained in no time (speed shown ~20x too high)."""
+    import ptblm.train as train_module
+
+    clock = [0.0]
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    step, save = EagerStep.__call__, Trainer.save
+
+    def stepping(self, x, y):
+        step(self, x, y)
+        clock[0] += 1.0
+
+    def saving(self, name):
+        clock[0] += 100.0
+        save(self, name)
+
+    monkeypatch.setattr(EagerStep, "__call__", stepping)
+    monkeypatch.setattr(Trainer, "save", saving)
+    trainer = make_trainer(corpus, tmp_path / "run")
+    windows = trainer.log_every + 3  # three windows after the first log point
+    assert trainer.log_every > 3 and windows < trainer.windows_per_epoch
+    sigterm_after(monkeypatch, windows)
+    with pytest.raises(Interrupted):
+        trainer.run()
+    checkpoint = torch.load(trainer.run_dir.path / "last.pt", weights_only=True)
+    assert checkpoint["train_seconds"] == trainer.log_every  # the first interval, closed
+    assert checkpoint["interval_seconds"] == 3.0  # the open one: its windows, not the save
 
 
 def test_state_is_carried_detached_across_windows_and_zeroed_each_epoch(corpus, tmp_path):
