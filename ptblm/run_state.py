@@ -29,8 +29,10 @@ def _fits(entry: dataclasses.Field, value: Any) -> bool:
     default = entry.default_factory() if entry.default is dataclasses.MISSING else entry.default
     if isinstance(default, list):
         return isinstance(value, list) and all(isinstance(item, dict) for item in value)
-    if isinstance(default, float):
-        return type(value) in (int, float)
+    if isinstance(default, float):  # sums and seconds: finite and >= 0 (a ppl may be inf)
+        if type(value) not in (int, float):
+            return False
+        return entry.name == "best_valid_ppl" or (math.isfinite(value) and value >= 0)
     return type(value) is type(default)
 
 

@@ -124,6 +124,9 @@ def widen_the_state(checkpoint):
         # RunState's fields, which failed deep inside training or ran on silently
         (lambda c: c.update(history="x"), "(its history is 'x')"),
         (lambda c: c.update(best_valid_ppl="low"), "(its best_valid_ppl is 'low')"),
+        (lambda c: c.update(interval_seconds=-1.0), "(its interval_seconds is -1.0)"),
+        (lambda c: c.update(train_seconds=float("nan")), "(its train_seconds is nan)"),
+        (lambda c: c.update(train_nll="x"), "(its train_nll is 'x')"),
         (lambda c: c.update(eval_tokens=-5), "(its eval_tokens is -5)"),
         (lambda c: c.update(max_steps=True), "(its max_steps is True)"),
         (lambda c: c.update(finished=1), "(its finished is 1)"),
