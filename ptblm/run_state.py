@@ -29,10 +29,13 @@ def _fits(entry: dataclasses.Field, value: Any) -> bool:
     default = entry.default_factory() if entry.default is dataclasses.MISSING else entry.default
     if isinstance(default, list):
         return isinstance(value, list) and all(isinstance(item, dict) for item in value)
-    if isinstance(default, float):  # sums and seconds: finite and >= 0 (a ppl may be inf)
+    if isinstance(default, float):  # sums of losses, and seconds: finite and >= 0
         if type(value) not in (int, float):
             return False
-        return entry.name == "best_valid_ppl" or (math.isfinite(value) and value >= 0)
+        # A ppl may be inf; under fp16 a gradient norm that overflowed (skipped by the
+        # GradScaler) is inf or NaN, and so is the interval's sum of norms.
+        unbounded = entry.name in ("best_valid_ppl", "norm_sum")
+        return unbounded or (math.isfinite(value) and value >= 0)
     return type(value) is type(default)
 
 

@@ -127,6 +127,7 @@ def widen_the_state(checkpoint):
         (lambda c: c.update(interval_seconds=-1.0), "(its interval_seconds is -1.0)"),
         (lambda c: c.update(train_seconds=float("nan")), "(its train_seconds is nan)"),
         (lambda c: c.update(train_nll="x"), "(its train_nll is 'x')"),
+        (lambda c: c.update(norm_sum="x"), "(its norm_sum is 'x')"),
         (lambda c: c.update(eval_tokens=-5), "(its eval_tokens is -5)"),
         (lambda c: c.update(max_steps=True), "(its max_steps is True)"),
         (lambda c: c.update(finished=1), "(its finished is 1)"),

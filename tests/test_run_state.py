@@ -77,3 +77,11 @@ def test_max_steps_ends_the_run_inside_an_epoch():
     assert run.end_epoch(1.0, 100.0, complete=False, epochs=39, windows_per_epoch=10) is True
     assert (run.epoch, run.window, run.finished) == (2, 5, True)  # resuming tests only
     assert run.history[-1]["windows"] == 5
+
+
+def test_an_fp16_interval_whose_gradient_overflowed_still_resumes():
+    """Under fp16 the GradScaler skips a window whose gradient norm is inf (or NaN): the sum of
+    the interval's norms saved in a checkpoint may be so, and must not stop a resume."""
+    run = RunState()
+    run.add_windows([(5.0, float("inf")), (4.0, float("nan"))], TOKENS)
+    assert math.isnan(RunState.from_checkpoint(run.to_dict()).norm_sum)
