@@ -42,10 +42,13 @@ def checkpoint(tmp_path_factory):
 
 
 def start(checkpoint, *args):
+    """generate in a child that hears Ctrl-C: a suite started in the background (`make test &`)
+    ignores SIGINT, its children inherit that, and Python then installs no KeyboardInterrupt."""
     return subprocess.Popen(
         [sys.executable, "-m", "ptblm", "generate", str(checkpoint), "--seed", "3", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
