@@ -65,8 +65,9 @@ def corpus_status(data_dir: str | os.PathLike) -> dict[str, str]:
 
 def _manual_hint(folder: Path) -> str:
     return (
-        f"Place {', '.join(SHA256)} in {folder} by hand (from {DEFAULT_URL}/ or Mikolov's "
-        f"simple-examples.tgz), or point {URL_ENV} at a mirror (http, https or file URL)."
+        f"Place {', '.join(SHA256)} in {folder} by hand (mkdir -p it first; from "
+        f"{DEFAULT_URL}/ or Mikolov's simple-examples.tgz), or point {URL_ENV} at a mirror "
+        f"(http, https or file URL)."
     )
 
 
