@@ -131,15 +131,11 @@ def eval_(
         check_text(text)  # a bad file is refused before anything loads
     paths = checkpoints_of(targets, runs_dir)
     torch_device = resolve_device(device)
-    if text is not None:
-        if adapting:
-            _eval_text_adapted(
-                paths[0], text, torch_device, cell, as_json, adapting, data_dir, corpus
-            )
-        else:
-            _eval_text(paths, text, per_line, reset_each_line, torch_device, cell, as_json)
-        return
-    if adapting:
+    if text is not None and adapting:
+        _eval_text_adapted(paths[0], text, torch_device, cell, as_json, adapting, data_dir, corpus)
+    elif text is not None:
+        _eval_text(paths, text, per_line, reset_each_line, torch_device, cell, as_json)
+    elif adapting:
         from ptblm.adapt import describe, evaluate_checkpoint_adapted
 
         result = evaluate_checkpoint_adapted(
@@ -147,9 +143,9 @@ def eval_(
         )
         typer.echo(json_text(result) if as_json else describe(result))
         _note_eval_tokens(result, split or "test")
-        return
-    _eval_split(paths, split or "test", batch_size or 1, num_steps, data_dir, corpus,
-                torch_device, cell, as_json)  # fmt: skip
+    else:
+        _eval_split(paths, split or "test", batch_size or 1, num_steps, data_dir, corpus,
+                    torch_device, cell, as_json)  # fmt: skip
 
 
 def _check_eval_options(adapting, targets, text, split, windows, per_line, reset_each_line, cell):

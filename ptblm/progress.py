@@ -183,11 +183,16 @@ class Progress:
             for name, value in values.items()
         ]
         metrics = [api.Metric(tag) for tag in ("test/ppl", "valid/ppl", "train/ppl")]
-        config = api.hparams_config_pb(hparams=columns, metrics=metrics)
-        for summary in (config, api.hparams_pb(values)):
-            self._log(
-                lambda writer, summary=summary: writer._get_file_writer().add_summary(summary)
-            )
+        summaries = (
+            api.hparams_config_pb(hparams=columns, metrics=metrics),
+            api.hparams_pb(values),
+        )
+
+        def write(writer) -> None:
+            for summary in summaries:
+                writer._get_file_writer().add_summary(summary)
+
+        self._log(write)
 
     def say(self, text: str) -> None:
         """A line on stdout. Where stdout is gone (`| head` has exited, > /dev/full), the run goes

@@ -40,9 +40,9 @@ PTB_TRAIN_TOKENS = 929_589
 
 # Training words/s, fp32, used to estimate a run's time. CPU: ptblm measured on this project's
 # 2-core AMD EPYC VMs, between those with AVX-512 and those with AVX2 only (small: the full runs
-# in the README, 7.4k with AVX-512 on 2026-11-30, and small + tied weights 5.4k with AVX2 only
-# on 11-23, before later speed work; medium: `make bench`, 1.8k with AVX-512 and 1.1-1.2k with AVX2 only; large:
-# `make bench`, 0.28k, AVX2). GPU: ptblm's graphed step alone on one H200, TF32 off
+# in the README, 7.4k with AVX-512 on 2026-11-30, and small + tied weights 5.4k with AVX2 only on
+# 11-23, before later speed work; medium: `make bench`, 1.8k with AVX-512 and 1.1-1.2k with AVX2
+# only; large: `make bench`, 0.28k, AVX2). GPU: ptblm's graphed step alone on one H200, TF32 off
 # (scripts/gpu_check.py's benchmark, 2026-11-29).
 WORDS_PER_SECOND = {
     "cpu": {"small": 6_400, "medium": 1_500, "large": 280},

@@ -119,15 +119,14 @@ class RunState:
         and start the next interval; return their loss, the epoch's ppl so far, their mean
         gradient norm and wps."""
         tokens = self.interval_tokens()
-        seconds += self.interval_seconds
-        self.train_seconds += seconds
-        self.timed_tokens += tokens
         figures = {
             "loss": (self.train_nll - self.logged_nll) / tokens,
             "ppl": self.train_ppl(),
             "grad_norm": self.norm_sum / (tokens // tokens_per_window),
-            "wps": tokens / seconds,
+            "wps": self.interval_wps(seconds),
         }
+        self.train_seconds += self.interval_seconds + seconds
+        self.timed_tokens += tokens
         self.logged_nll, self.logged_tokens, self.norm_sum = self.train_nll, self.train_tokens, 0.0
         self.interval_seconds = 0.0
         return figures
