@@ -107,8 +107,8 @@ def _read_prompt(model: LSTMLanguageModel, ids: list[int], device: torch.device)
 
 
 def stream_text(words: Iterable[str], write: Callable[[str], None]) -> None:
-    """Write the words as as_text joins them, each as soon as it comes: a word that does not
-    start a line gets a space before it, an `<eos>` is a line break."""
+    """Write the words as they come: a word that does not start a line gets a space before it,
+    an `<eos>` is a line break."""
     line_start = True
     for word in words:
         if word == EOS:
@@ -117,15 +117,3 @@ def stream_text(words: Iterable[str], write: Callable[[str], None]) -> None:
         else:
             write(word if line_start else " " + word)
             line_start = False
-
-
-def as_text(words: list[str]) -> str:
-    """Words joined by spaces, each `<eos>` a line break."""
-    lines, line = [], []
-    for word in words:
-        if word == EOS:
-            lines.append(" ".join(line))
-            line = []
-        else:
-            line.append(word)
-    return "\n".join([*lines, " ".join(line)])

@@ -75,15 +75,6 @@ def read_lines(path: Path) -> Iterator[str]:
             yield raw.decode("utf-8")
 
 
-def text_lines(text: str) -> Iterator[str]:
-    """A text's lines as read_lines gives a file's."""
-    *ended, last = text.split("\n")
-    for line in ended:
-        yield line + "\n"
-    if last:
-        yield last
-
-
 @dataclass
 class Line:
     ids: list[int]  # the line's tokens, its closing <eos> included when a newline ends it
@@ -101,7 +92,7 @@ def word_ids(words: list[str], vocab: dict[str, int]) -> tuple[list[int], list[s
 
 
 def to_line(number: int, text: str, vocab: dict[str, int]) -> Line:
-    """Line `number` (0-based) of read_lines or text_lines as ids."""
+    """Line `number` (0-based) of read_lines as ids."""
     words = text.split()
     ids, unknown = word_ids(words + ([EOS] if text.endswith("\n") else []), vocab)
     if unknown and not ids:
@@ -110,11 +101,6 @@ def to_line(number: int, text: str, vocab: dict[str, int]) -> Line:
             f"the vocabulary has no {UNK} to read it as: score text in that vocabulary."
         )
     return Line(ids, len(words), unknown)
-
-
-def split_lines(text: str, vocab: dict[str, int]) -> list[Line]:
-    """The text's lines as ids; together they are exactly tokenize(text)."""
-    return [to_line(number, line, vocab) for number, line in enumerate(text_lines(text))]
 
 
 def check_covered(lines: Iterable[str], vocab: dict[str, int]) -> None:
@@ -251,16 +237,3 @@ class TextScorer:
 def _done(waiting: deque[_Row]) -> Iterator[_Row]:
     while waiting and waiting[0].left == 0:
         yield waiting.popleft()
-
-
-def score_text(
-    models: list[LSTMLanguageModel],
-    vocab: dict[str, int],
-    text: str,
-    reset_each_line: bool = False,
-    device: torch.device | str = "cpu",
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Perplexity of a text (a string) under the model or the ensemble, and each line's row."""
-    scorer = TextScorer(models, vocab, reset_each_line, device)
-    rows = list(scorer.rows(text_lines(text)))
-    return scorer.total, rows

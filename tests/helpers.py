@@ -243,3 +243,40 @@ def make_checkpoint(vocab_size=12, **changes) -> dict:
     }
     checkpoint.update(changes)
     return checkpoint
+
+
+def text_lines(text: str):
+    """A text's lines as ptblm.text.read_lines gives a file's: each with its newline."""
+    *ended, last = text.split("\n")
+    yield from (line + "\n" for line in ended)
+    if last:
+        yield last
+
+
+def split_lines(text: str, vocab: dict):
+    """The text's lines as ptblm.text.Line objects."""
+    from ptblm.text import to_line
+
+    return [to_line(number, line, vocab) for number, line in enumerate(text_lines(text))]
+
+
+def score_text(models, vocab, text: str, reset_each_line: bool = False):
+    """(total, rows) of a text held as a string, as `ptblm eval --text` scores a file."""
+    from ptblm.text import TextScorer
+
+    scorer = TextScorer(models, vocab, reset_each_line)
+    rows = list(scorer.rows(text_lines(text)))
+    return scorer.total, rows
+
+
+def as_text(words: list[str]) -> str:
+    """The words joined as a whole, the oracle for generate's streaming: spaces between words,
+    each `<eos>` a line break."""
+    lines, line = [], []
+    for word in words:
+        if word == "<eos>":
+            lines.append(" ".join(line))
+            line = []
+        else:
+            line.append(word)
+    return "\n".join([*lines, " ".join(line)])

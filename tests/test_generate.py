@@ -2,9 +2,10 @@ import random
 
 import pytest
 import torch
+from helpers import as_text
 
 from ptblm.errors import CheckpointError, ConfigError
-from ptblm.generate import as_text, sample
+from ptblm.generate import sample
 from ptblm.model import LSTMLanguageModel
 
 

@@ -3,12 +3,13 @@ import random
 
 import pytest
 import torch
+from helpers import score_text, split_lines
 
 from ptblm.data import build_vocab, tokenize
 from ptblm.errors import DataError
 from ptblm.evaluate import evaluate
 from ptblm.model import LSTMLanguageModel, perplexity
-from ptblm.text import check_text, score_text, split_lines
+from ptblm.text import check_text
 
 TRAIN = "the cat sat on the mat\nthe dog sat on the log\n<unk> dog saw a cat\n"
 VOCAB = build_vocab(tokenize(TRAIN))
