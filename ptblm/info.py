@@ -52,7 +52,9 @@ def collect(data_dir: Path) -> dict[str, Any]:
     threads = Threads()  # what `ptblm train` would take now: fixed, or adapted to the load
     return {
         "versions": {"python": platform.python_version()}
-        | {name: package_version(name) for name in PACKAGES},
+        | {name: package_version(name) for name in PACKAGES}
+        # PyPI's CUDA wheels record "2.4.0" as the package's version; torch's own says which build
+        | {"torch": torch.__version__},
         "platform": platform.platform(),
         "cpu": {
             "model": cpu_name(),
