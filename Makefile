@@ -2,10 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU build of torch, pinned for the dev/CI path only; the package itself accepts torch>=2.4.
+# The CPU build of torch, pinned for the dev/CI path only; the package itself accepts torch>=2.5.
 TORCH_DEV := torch==2.13.0
 
-.PHONY: setup test lint format bench smoke clean
+.PHONY: setup test oldest lint format bench smoke clean
 
 setup:  ## create .venv and install ptblm (editable) with its dev tools
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ setup:  ## create .venv and install ptblm (editable) with its dev tools
 
 test:  ## the full test suite (the real-corpus tests read ../shared/ptb)
 	$(BIN)/pytest -q
+
+oldest:  ## the suite on the oldest releases pyproject.toml admits (PyPI's torch: a CUDA build, GBs)
+	bash scripts/oldest.sh
 
 lint:  ## static checks
 	$(BIN)/ruff check ptblm tests scripts
@@ -31,4 +34,4 @@ smoke:  ## a 1-minute end-to-end run of the test config on ../shared/ptb
 	$(BIN)/ptblm train --config test --corpus ../shared/ptb --max-steps 2000 --runs-dir runs --name smoke-$$(date +%s)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-oldest build *.egg-info .pytest_cache .ruff_cache
