@@ -18,7 +18,7 @@ test:  ## the full test suite (the real-corpus tests read ../shared/ptb)
 	$(BIN)/pytest -q
 
 oldest:  ## the suite on the oldest releases pyproject.toml admits (PyPI's torch: a CUDA build, GBs)
-	bash scripts/oldest.sh
+	PYTHON=$(PYTHON) bash scripts/oldest.sh
 
 lint:  ## static checks
 	$(BIN)/ruff check ptblm tests scripts

@@ -20,7 +20,7 @@ from ptblm.runtime import (
     supported_precisions,
 )
 
-PACKAGES = ("ptblm", "torch", "numpy", "typer", "tensorboard", "pyyaml", "tqdm")
+PACKAGES = ("numpy", "typer", "tensorboard", "pyyaml", "tqdm")
 
 
 def package_version(name: str) -> str | None:
@@ -51,10 +51,13 @@ def collect(data_dir: Path) -> dict[str, Any]:
     files = corpus_status(data_dir)
     threads = Threads()  # what `ptblm train` would take now: fixed, or adapted to the load
     return {
-        "versions": {"python": platform.python_version()}
-        | {name: package_version(name) for name in PACKAGES}
-        # PyPI's CUDA wheels record "2.4.0" as the package's version; torch's own says which build
-        | {"torch": torch.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "ptblm": package_version("ptblm"),
+            # torch's own, with its build (+cpu, +cu124): PyPI's CUDA wheels record none of it
+            "torch": str(torch.__version__),
+        }
+        | {name: package_version(name) for name in PACKAGES},
         "platform": platform.platform(),
         "cpu": {
             "model": cpu_name(),

@@ -8,14 +8,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-VENV=${VENV:-.venv-oldest}
+VENV=${OLDEST_VENV:-.venv-oldest}  # not VENV: make exports its own (.venv) where one is set
 
 pins=$("$PYTHON" - <<'PY'
 import re
+import sys
 
+if sys.version_info >= (3, 12):  # numpy 1.24 and PyYAML 6.0 have no wheels for it, nor build
+    raise SystemExit("oldest.sh: run it with Python 3.10 or 3.11 (PYTHON=python3.11 make oldest)")
 text = open("pyproject.toml").read()
-needs = re.findall(r'"([^"]+)"', re.search(r"^dependencies = \[(.*?)\]", text, re.S | re.M)[1])
-needs.append(re.search(r'"(pytest[^"]*)"', text)[1])
+# The [project] dependencies, one a line, the list closed by a `]` alone on its line.
+needs = re.findall(r'"([^"]+)"', re.search(r"^dependencies = \[$(.*?)^\]$", text, re.S | re.M)[1])
+needs.append(re.search(r'"(pytest>=[^"]*)"', text)[1])
 for need in needs:
     bound = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", need)
     if bound is None:
@@ -23,7 +27,7 @@ for need in needs:
     print(f"{bound[1]}=={bound[2]}")
 PY
 )
-echo "oldest: $(echo $pins)"
+echo "oldest:" $pins
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
 # shellcheck disable=SC2086  # one argument per pin

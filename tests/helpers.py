@@ -1,4 +1,5 @@
-"""Shared test helpers: a small synthetic corpus in PTB's layout, and running the real CLI."""
+"""Shared test helpers: a small synthetic corpus in PTB's layout, running the real CLI, plain
+re-implementations to check ptblm's results against, and text held as a string for ptblm.text."""
 
 from __future__ import annotations
 
@@ -246,7 +247,8 @@ def make_checkpoint(vocab_size=12, **changes) -> dict:
 
 
 def text_lines(text: str):
-    """A text's lines as ptblm.text.read_lines gives a file's: each with its newline."""
+    """A text's lines as ptblm.text.read_lines gives a file's: each with the newline that ends it
+    (the last may have none)."""
     *ended, last = text.split("\n")
     yield from (line + "\n" for line in ended)
     if last:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from helpers import assert_clean_failure, ptblm
+from helpers import as_text, assert_clean_failure, ptblm
 
 from ptblm.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from ptblm.config import load_config
@@ -97,8 +97,6 @@ def test_a_reader_that_goes_away_ends_it_quietly(checkpoint):
 def test_the_streamed_text_is_the_whole_text(checkpoint):
     """Streaming prints what joining the words printed: the prompt, then the sampled words, an
     <eos> as a line break, and one newline at the end."""
-    from helpers import as_text
-
     from ptblm.checkpoint import load_checkpoint, model_from_checkpoint, vocab_dict
     from ptblm.generate import sample
 
