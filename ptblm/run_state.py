@@ -19,6 +19,10 @@ from ptblm.run_files import strict
 
 # Fields a checkpoint of an older ptblm may lack, and what they meant then.
 OPTIONAL = {"config_name": None, "max_steps": None, "eval_tokens": None, "interval_seconds": 0.0}
+# Float fields that may be inf or NaN; the others (sums of losses, seconds) are finite and >= 0.
+# A ppl may be inf; under fp16 a gradient norm that overflowed (the GradScaler skips the window)
+# is inf or NaN, and so is the interval's sum of norms.
+UNBOUNDED = ("best_valid_ppl", "norm_sum")
 
 
 def _fits(entry: dataclasses.Field, value: Any) -> bool:
@@ -29,13 +33,8 @@ def _fits(entry: dataclasses.Field, value: Any) -> bool:
     default = entry.default_factory() if entry.default is dataclasses.MISSING else entry.default
     if isinstance(default, list):
         return isinstance(value, list) and all(isinstance(item, dict) for item in value)
-    if isinstance(default, float):  # sums of losses, and seconds: finite and >= 0
-        if type(value) not in (int, float):
-            return False
-        # A ppl may be inf; under fp16 a gradient norm that overflowed (skipped by the
-        # GradScaler) is inf or NaN, and so is the interval's sum of norms.
-        unbounded = entry.name in ("best_valid_ppl", "norm_sum")
-        return unbounded or (math.isfinite(value) and value >= 0)
+    if isinstance(default, float):
+        return type(value) in (int, float) and (entry.name in UNBOUNDED or 0 <= value < math.inf)
     return type(value) is type(default)
 
 

@@ -33,5 +33,5 @@ rm -rf "$VENV"
 # shellcheck disable=SC2086  # one argument per pin
 "$VENV/bin/pip" install --quiet $pins
 "$VENV/bin/pip" install --quiet --no-deps -e .
-"$VENV/bin/python" -m ptblm info | head -1
+"$VENV/bin/python" -m ptblm info | sed -n 1p  # reads it all: no SIGPIPE under pipefail
 "$VENV/bin/pytest" -q "$@"
