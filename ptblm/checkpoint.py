@@ -155,7 +155,10 @@ def model_from_checkpoint(
     if cell is not None:
         config = dataclasses.replace(config, cell=cell, recurrent_dropout=0.0)  # eval: no dropout
     try:
-        model = LSTMLanguageModel.from_config(config)
+        # Building the model draws its initial weights, which the checkpoint's then replace: on a
+        # forked generator, so that loading best.pt mid-run leaves later dropout masks as they were.
+        with torch.random.fork_rng(devices=[]):
+            model = LSTMLanguageModel.from_config(config)
     except ConfigError as error:  # the config asks for more memory than there is
         raise CheckpointError(f"{path}: {error}") from None
     try:

@@ -82,6 +82,7 @@ def assert_same_run(run, reference):
         "before:last.pt:2",  # just before step 14's last.pt is written
         "validate:1",  # epoch 1 trained, its validation under way
         "after:best.pt:1",  # between epoch 1's best.pt and its last.pt
+        "validate:2",  # in epoch 2: resumed from a last.pt further on than best.pt
     ],
 )
 def test_kill_9_then_resume_ends_bitwise_equal(tmp_path, corpus, reference, point):
