@@ -33,7 +33,7 @@ from ptblm.cli_options import (
 )
 from ptblm.config import CELLS
 from ptblm.download import SPLITS
-from ptblm.errors import ConfigError, counted
+from ptblm.errors import ConfigError, counted, shell_word
 
 Targets = Annotated[
     list[Path] | None,
@@ -163,7 +163,7 @@ def _check_eval_options(adapting, targets, text, split, windows, per_line, reset
         if text is None and target.suffix == ".txt" and target.is_file():
             raise ConfigError(
                 f"{target} is a text file, not a run or checkpoint: score it with "
-                f"ptblm eval --text {target} [RUN_DIR]."
+                f"ptblm eval --text {shell_word(target)} [RUN_DIR]."
             )
     if text is not None and (split or any(windows)):
         raise ConfigError(

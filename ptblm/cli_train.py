@@ -190,11 +190,11 @@ def _new_trainer(
         check_run_path("--config", label, "the run is named after it: give it a --name")
     corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, verbose)
     # The ranks' clocks may straddle a second: rank 0 names the run.
-    name = dist.broadcast(name or default_run_name(label))
+    default = dist.broadcast(default_run_name(label))
     return Trainer(
         config,
         corpus,
-        Path(runs_dir) / name,
+        Path(runs_dir) / (name or default),
         device,
         **limits,
         command=command_line(),
@@ -203,6 +203,7 @@ def _new_trainer(
         config_name=label,
         verbose=verbose,
         dist=dist,
+        unique_name=name is None,
     )
 
 

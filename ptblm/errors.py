@@ -7,6 +7,7 @@ as it is (no traceback).
 from __future__ import annotations
 
 import reprlib
+import shlex
 
 QUOTE_LIMIT = 60  # characters of a bad value a message shows
 
@@ -22,6 +23,12 @@ def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
         return f"an integer of {int(value.bit_length() * 0.30103) + 1} digits"
     return cut(_REPR.repr(value), limit)
+
+
+def shell_word(value: object) -> str:
+    """A path as a suggested command must hold it: pasted into a shell, "my run" or "*" is one
+    argument, not two or a glob."""
+    return shlex.quote(str(value))
 
 
 def counted(number: int, noun: str) -> str:

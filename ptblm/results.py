@@ -11,6 +11,7 @@ import torch
 
 from ptblm import __version__
 from ptblm.config import Config
+from ptblm.errors import shell_word
 from ptblm.run_files import strict
 from ptblm.run_state import RunState
 from ptblm.runtime import Threads, device_description
@@ -99,6 +100,6 @@ def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
     tested = "not tested (missing or damaged)" if untested else f"test {ppl('best_test_ppl', 0)}"
     lines.append(
         f"best.pt: valid {ppl('best_valid_ppl', 0)}, {tested}.  "
-        f"Run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})"
+        f"Run directory: {run_dir}  (tensorboard --logdir {shell_word(run_dir.parent)})"
     )
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from ptblm.checkpoint import (
 )
 from ptblm.config import Config, config_to_yaml, load_config
 from ptblm.distributed import Distributed
-from ptblm.errors import CheckpointError, ConfigError, DataError, RankFailed
+from ptblm.errors import CheckpointError, ConfigError, DataError, RankFailed, shell_word
 from ptblm.model import LSTMLanguageModel
 from ptblm.results import METRICS_ONLY
 from ptblm.run_files import (
@@ -36,6 +36,7 @@ from ptblm.run_files import (
     LOCK_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
+    is_locked,
     open_regular,
     read_json,
 )
@@ -51,15 +52,23 @@ class RunDirectory:
         self._lock = None
 
     def create(
-        self, config: Config, command: str, dist: Distributed, device: torch.device, again=""
+        self,
+        config: Config,
+        command: str,
+        dist: Distributed,
+        device: torch.device,
+        again: str = "",
+        unique: bool = False,
     ):
         """Rank 0 creates the directory, locks it and writes config.yaml (headed by the command
         and how to train the same run again, `again`: flags such as --max-steps or --corpus that
-        the config does not hold); if that fails, no rank trains on (a collective under torchrun)."""
+        the config does not hold); if that fails, no rank trains on (a collective under torchrun).
+        `unique` (a default name): where the name is taken (two runs started in the same second),
+        the run takes NAME-2, NAME-3, ... instead."""
         failure, made = None, False
         if dist.is_main:
             try:
-                self.path.mkdir(parents=True, exist_ok=False)
+                self._make(unique)
                 made = True
                 self.lock()
                 header = (
@@ -77,12 +86,12 @@ class RunDirectory:
                 elif self.read_metrics() is not None:
                     failure = ConfigError(
                         f"{self.path} already exists, a finished run. Choose another --name, or "
-                        f"see its results with ptblm eval {self.path}."
+                        f"see its results with ptblm eval {shell_word(self.path)}."
                     )
                 else:
                     failure = ConfigError(
                         f"{self.path} already exists. Choose another --name, or continue it with "
-                        f"ptblm train --resume {self.path}."
+                        f"ptblm train --resume {shell_word(self.path)}."
                     )
             except OSError as error:
                 failure = DataError(
@@ -99,6 +108,20 @@ class RunDirectory:
                 shutil.rmtree(self.path, ignore_errors=True)
         if dist.any(failure is not None, device):
             raise failure or RankFailed("rank 0 could not create the run directory.")
+        self.path = Path(dist.broadcast(str(self.path)))
+
+    def _make(self, unique: bool) -> None:
+        """mkdir the run directory: atomic, so two processes never both take one name."""
+        name = self.path.name
+        for number in range(2, 100):
+            try:
+                self.path.mkdir(parents=True, exist_ok=False)
+                return
+            except FileExistsError:
+                if not unique:
+                    raise
+                self.path = self.path.with_name(f"{name}-{number}")
+        self.path.mkdir(parents=True, exist_ok=False)
 
     def reopen(self, dist: Distributed, device: torch.device) -> None:
         """Take over an existing run (resume): rank 0 locks it and removes the temp file that a
@@ -150,9 +173,10 @@ class RunDirectory:
             save_checkpoint(self.path / name, checkpoint)
         except CheckpointError as error:
             then = (
-                f"Then continue with: ptblm train --resume {self.path}"
+                f"Then continue with: ptblm train --resume {shell_word(self.path)}"
                 if resumable_checkpoint(self.path)
-                else f"The run has no checkpoint yet: start it again (rm -r {self.path} first)."
+                else f"The run has no checkpoint yet: start it again (rm -r {shell_word(self.path)} "
+                f"first)."
             )
             raise CheckpointError(f"{error} {then}") from None
 
@@ -182,7 +206,7 @@ class RunDirectory:
         except OSError as error:
             raise CheckpointError(
                 f"could not write {path} ({error.strerror}); the checkpoints are saved: free some "
-                f"space, then ptblm train --resume {self.path} writes it."
+                f"space, then ptblm train --resume {shell_word(self.path)} writes it."
             ) from None
 
 
@@ -221,10 +245,19 @@ def resolve_checkpoint(target: Path | None, runs_dir: Path) -> Path:
 
 
 def never_saved(run_dir: Path) -> str:
+    """Why a directory without a checkpoint cannot be resumed or trained into; rm -r is said only
+    of a run that ptblm started and that no process is training now."""
+    if is_locked(run_dir):
+        return (
+            f"another ptblm process is training {run_dir} (it has saved no checkpoint yet): wait "
+            f"for it or stop it first, or choose another --name."
+        )
+    if not (run_dir / CONFIG_FILE).is_file():
+        return f"{run_dir} exists and is not a ptblm run directory: choose another --name."
     return (
         f"{run_dir} holds no checkpoint: its run stopped before it saved one, so there is nothing "
-        f"to continue. Start it again (delete the directory first: rm -r {run_dir}), or choose "
-        f"another --name."
+        f"to continue. Start it again (delete the directory first: rm -r {shell_word(run_dir)}), "
+        f"or choose another --name."
     )
 
 
@@ -283,7 +316,8 @@ def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config, Path]:
             )
             hint = (
                 f"A run resumes from the later of its {LAST} and {BEST}: move {path.name} aside "
-                f"(mv {path} {path}.damaged) to resume from {other.name}, {older}."
+                f"(mv {shell_word(path)} {shell_word(f'{path}.damaged')}) to resume from "
+                f"{other.name}, {older}."
             )
         raise CheckpointError(f"{error} {hint}") from None
     saved = checkpoint_config(checkpoint, path)

@@ -27,7 +27,7 @@ from ptblm.checkpoint import restore_training, training_checkpoint
 from ptblm.config import Config, learning_rate_at
 from ptblm.data import Corpus, batchify, check_corpus_fits, num_windows, windows
 from ptblm.distributed import SINGLE_PROCESS, Distributed
-from ptblm.errors import CheckpointError, DivergenceError, Interrupted
+from ptblm.errors import CheckpointError, DivergenceError, Interrupted, shell_word
 from ptblm.evaluate import evaluate, test_perplexity
 from ptblm.memory import check_training_fits
 from ptblm.model import LSTMLanguageModel, perplexity
@@ -65,6 +65,7 @@ class Trainer:
         verbose: bool = True,
         resume: tuple[dict[str, Any], Path] | None = None,
         dist: Distributed = SINGLE_PROCESS,
+        unique_name: bool = False,
     ):
         self.config, self.corpus, self.device, self.dist = config, corpus, device, dist
         self.threads = threads  # None: as the caller left torch (the CLI adapts them to load)
@@ -93,7 +94,7 @@ class Trainer:
         self.resumed_from_best = resume is not None and resume[1].name == BEST  # further on
         if resume is None:
             self.run_state = RunState(config_name, max_steps, eval_tokens)
-            self.run_dir.create(config, command, dist, device, again)
+            self.run_dir.create(config, command, dist, device, again, unique_name)
         else:  # everything the checkpoint holds, --max-steps and --eval-tokens included
             self.run_dir.reopen(dist, device)
             self.run_state, self.step.state = restore_training(
@@ -310,7 +311,7 @@ class Trainer:
         )
         return Interrupted(
             f"{stop.name} received: stopped {where} and saved {self.run_dir.path / LAST}.\n"
-            f"Continue with: ptblm train --resume {self.run_dir.path}",
+            f"Continue with: ptblm train --resume {shell_word(self.run_dir.path)}",
             stop.exit_code,
         )
 

@@ -8,7 +8,7 @@ import os
 import shutil
 
 import pytest
-from helpers import assert_clean_failure, make_corpus, ptblm
+from helpers import HeldRun, assert_clean_failure, make_corpus, ptblm
 
 TINY = ["-c", "test", "--set", "vocab_size=40", "--set", "hidden_size=16", "--quiet"]
 # A checkpoint of about 1.3 MB: one fits on a 2 MB disk, two do not.
@@ -113,6 +113,51 @@ def test_a_run_that_never_saved_says_to_start_it_again(tiny_corpus_dir, tmp_path
     (stopped / "metrics.json").unlink()  # trained, its test pending: resume it instead
     again = train(tiny_corpus_dir, runs, "stopped")
     assert_clean_failure(again, 2, "already exists", f"ptblm train --resume {stopped}")
+
+
+def test_a_name_taken_by_a_live_run_or_by_no_run_never_says_rm_r(tiny_corpus_dir, tmp_path):
+    """Two runs started in the same second had one default name: the second was told to
+    `rm -r` the directory of the first, which was training (before its first checkpoint)."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    live = HeldRun(tiny_corpus_dir, runs, "live", "step:0", settings=[*TINY[2:], "--max-steps", 2])
+    live.wait_held()  # its directory made and locked, no checkpoint yet
+    try:
+        for result, code in (
+            (train(tiny_corpus_dir, runs, "live"), 2),
+            (ptblm("train", "--resume", runs / "live"), 1),
+        ):
+            assert_clean_failure(result, code, "another ptblm process is training", "wait for it")
+            assert "rm -r" not in result.stderr
+    finally:
+        live.release()
+        returncode, _, stderr = live.finish()
+    assert returncode == 0, stderr
+    (runs / "thesis").mkdir()
+    (runs / "thesis" / "thesis.tex").write_text("x")
+    result = train(tiny_corpus_dir, runs, "thesis")
+    assert_clean_failure(result, 2, "thesis exists and is not a ptblm run directory")
+    assert "rm -r" not in result.stderr
+
+
+def test_a_default_name_that_is_taken_gets_a_number(tiny_corpus_dir, tmp_path):
+    """Runs named by ptblm (the config and the second it started) never collide: the second of
+    two runs started together trains as NAME-2."""
+    import time
+
+    runs = tmp_path / "runs"
+    start = time.time()
+    taken = {f"test-{time.strftime('%Y%m%d-%H%M%S', time.localtime(start + s))}" for s in range(60)}
+    for name in taken:  # whichever second the run is named in, its name is taken
+        (runs / name).mkdir(parents=True)
+    result = ptblm(
+        "train", *TINY, "--max-steps", 2, "--corpus", tiny_corpus_dir, "--runs-dir", runs
+    )
+    assert result.returncode == 0, result.stderr
+    (made,) = {path.name for path in runs.iterdir()} - taken
+    assert made.endswith("-2") and made[:-2] in taken
+    assert (runs / made / "metrics.json").is_file()
+    assert all(not any((runs / name).iterdir()) for name in taken)  # none of them touched
 
 
 def test_a_lock_that_is_a_link_or_a_fifo_is_never_followed_nor_waited_on(tiny_corpus_dir, tmp_path):

@@ -144,3 +144,18 @@ def test_the_train_again_line_pastes_as_it_stands_from_a_folder_with_a_space(tmp
     header = (run.path / "config.yaml").read_text().splitlines()[2]
     again = shlex.split(header.split("Train again with: ")[1])
     assert again == ["ptblm", "train", "--config", str(run.path / "config.yaml")]
+
+
+def test_a_suggested_command_pastes_as_it_stands_for_a_name_with_a_space_or_a_star(tmp_path):
+    """`rm -r runs/old run` would have removed runs/old and ./run; `rm -r runs/*` every run."""
+    import re
+    import shlex
+
+    for name in ("old run", "*"):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.yaml").write_text(config_to_yaml(load_config("test")))
+        with pytest.raises(CheckpointError, match="holds no checkpoint") as refused:
+            load_resumable(run)
+        command = re.search(r"\((?:delete the directory first: )?(rm -r .*?)\)", str(refused.value))
+        assert shlex.split(command.group(1)) == ["rm", "-r", str(run)]
