@@ -69,7 +69,6 @@ class Progress:
         from torch.utils.tensorboard import SummaryWriter  # slow to import: only when training
 
         purge_step = resumed_at_step + 1 if resumed_at_step else None
-        writer = self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
         hook = threading.excepthook
 
         def quiet_writer(args):  # its thread hands its write error to our next write: one warning
@@ -77,7 +76,12 @@ class Progress:
             if not (writer_failed and issubclass(args.exc_type, OSError)):
                 hook(args)
 
-        threading.excepthook = quiet_writer
+        threading.excepthook = quiet_writer  # before the writer: it writes its first event at once
+        try:
+            self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
+        except OSError as error:  # a full disk, a path too long for its file name
+            self._lost(error)
+        writer = self.writer
         try:
             if not resumed_at_step:
                 text = config_to_yaml(config).replace("\n", "\n    ")
@@ -85,8 +89,9 @@ class Progress:
             yield self
         finally:
             self.writer = None
-            with contextlib.suppress(OSError):  # said already, where a write failed
-                writer.close()
+            if writer is not None:
+                with contextlib.suppress(OSError):  # said already, where a write failed
+                    writer.close()
             threading.excepthook = hook
 
     @contextlib.contextmanager
@@ -163,11 +168,14 @@ class Progress:
         try:
             write(self.writer)
         except OSError as error:
-            self.writer = None
-            self.warn(
-                f"TensorBoard events could not be written in {self.run_dir} ({error.strerror}): "
-                f"training goes on without them."
-            )
+            self._lost(error)
+
+    def _lost(self, error: OSError) -> None:
+        self.writer = None
+        self.warn(
+            f"TensorBoard events could not be written in {self.run_dir} ({error.strerror}): "
+            f"training goes on without them."
+        )
 
     def hparams(self, values: dict[str, Any]) -> None:
         """The HParams tab entry, written into the run itself (SummaryWriter.add_hparams would

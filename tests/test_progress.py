@@ -104,6 +104,33 @@ def test_a_tensorboard_write_that_fails_is_said_once_and_training_goes_on(
     )
 
 
+def test_an_event_file_that_cannot_be_started_is_said_once_and_training_goes_on(
+    tmp_path, monkeypatch, capsys
+):
+    """A disk too full for the writer's first event (or a path too long for its file name): the
+    writer's thread printed a traceback, and its error ended the run as "cannot write the
+    output" before the first window."""
+    import threading
+
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    died = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_type))
+    monkeypatch.setattr(RecordWriter, "write", full)
+    shown = Progress(tmp_path, verbose=False)
+    with shown.open(load_config("test"), resumed_at_step=0):
+        assert shown.writer is None
+        shown.scalar("valid/ppl", 100.0, 1)  # not tried
+    assert died == []
+    assert capsys.readouterr().err == (
+        f"warning: TensorBoard events could not be written in {tmp_path} (No space left on "
+        f"device): training goes on without them.\n"
+    )
+
+
 def test_a_closed_or_full_stdout_costs_no_epoch(tmp_path):
     """`ptblm train ... | head` or `> /dev/full`: the first failed print ended the run before its
     first checkpoint (exit 1, nothing on stderr). Now training goes on, unprinted."""
