@@ -37,9 +37,10 @@ DYNAMIC_GRID = {"lr": [0.1, 0.3, 1.0], "decay": [0.0, 0.01]}
 class Adaptation:
     """One model reading one stream (batch size 1) with the cache and/or dynamic evaluation.
 
-    `score(x, y, state)` takes the stream's next window; with dynamic evaluation the window is
-    read in segments of N predictions, each scored, then learned from (a segment never spans two
-    windows). `close()` puts the trained weights back and the model's mode as it was.
+    `score(x, y, state)` takes the stream's next window (of `window` steps, the last one
+    shorter); with dynamic evaluation the window is read in segments of N predictions, each
+    scored, then learned from. `close()` puts the trained weights back and the model's mode as
+    it was.
     """
 
     def __init__(
@@ -49,6 +50,10 @@ class Adaptation:
         dynamic: DynamicSettings | None = None,
     ):
         self.model, self.dynamic = model, dynamic
+        # Windows of whole segments, so that every segment holds N predictions, none cut short
+        # at a window's edge (500 // 30 * 30 = 480 steps for segments of 30).
+        segment = dynamic.segment if dynamic else 1
+        self.window = TEST_NUM_STEPS // segment * segment
         self.learner = DynamicEvaluation(model, dynamic) if dynamic else None
         self.memory = ContinuousCache(cache) if cache else None
         self.was_training = model.training
@@ -103,7 +108,7 @@ def stream_logprobs(
     state = model.initial_state(1, device)
     scored = []
     try:
-        for x, y in windows(ids.to(device)[None, :], TEST_NUM_STEPS, partial=True):
+        for x, y in windows(ids.to(device)[None, :], adaptation.window, partial=True):
             logprob, state = adaptation.score(x, y, state)
             scored.append(logprob)
     finally:

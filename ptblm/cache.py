@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
-from ptblm.errors import ConfigError
+from ptblm.errors import ConfigError, quote
+
+WINDOW_MAX = 1_000_000  # pairs: more than any PTB split has tokens; 6 GB of keys at 2 x 1500
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,14 @@ class CacheSettings:
 
     def __post_init__(self):
         problems = []
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
-            problems.append(f"--cache-window {self.window}: must be an integer >= 1")
+        if (
+            isinstance(self.window, bool)
+            or not isinstance(self.window, int)
+            or not 1 <= self.window <= WINDOW_MAX
+        ):
+            problems.append(
+                f"--cache-window {quote(self.window)}: must be an integer from 1 to {WINDOW_MAX:,}"
+            )
         if not self.theta >= 0 or self.theta == float("inf"):
             problems.append(f"--cache-theta {self.theta}: must be a finite number >= 0")
         if not 0 <= self.lam <= 1:

@@ -151,11 +151,11 @@ def eval_(
 def _check_eval_options(adapting, targets, text, split, windows, per_line, reset_each_line, cell):
     if cell is not None and cell not in CELLS:
         raise ConfigError(f"--cell {cell}: use {' or '.join(CELLS)}.")
-    if adapting and (len(targets or []) > 1 or any(windows) or reset_each_line):
+    if adapting and (len(targets or []) > 1 or any(windows) or per_line or reset_each_line):
         raise ConfigError(
             "--cache and --dynamic score one checkpoint with the table's protocol (batch size 1, "
-            "the state carried): drop the other checkpoints, --batch-size, --num-steps and "
-            "--reset-each-line."
+            "the state carried) and give the whole text's perplexity: drop the other "
+            "checkpoints, --batch-size, --num-steps, --per-line and --reset-each-line."
         )
     if text is None and (per_line or reset_each_line):
         raise ConfigError("--per-line and --reset-each-line go with --text FILE.")

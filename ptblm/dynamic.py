@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from ptblm.config import FLOAT32_MAX
-from ptblm.errors import ConfigError
+from ptblm.errors import ConfigError, quote
+from ptblm.evaluate import TEST_NUM_STEPS
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,15 @@ class DynamicSettings:
             problems.append(f"--dynamic-lr {self.lr}: must be a number >= 0 and <= 3.4e+38")
         if not 0 <= self.decay <= 1:
             problems.append(f"--dynamic-decay {self.decay}: must lie in [0, 1]")
-        if isinstance(self.segment, bool) or not isinstance(self.segment, int) or self.segment < 1:
-            problems.append(f"--dynamic-segment {self.segment}: must be an integer >= 1")
+        if (
+            isinstance(self.segment, bool)
+            or not isinstance(self.segment, int)
+            or not 1 <= self.segment <= TEST_NUM_STEPS
+        ):  # a segment is at most one of the windows a stream is read in
+            problems.append(
+                f"--dynamic-segment {quote(self.segment)}: must be an integer from 1 to "
+                f"{TEST_NUM_STEPS}"
+            )
         if problems:
             raise ConfigError("; ".join(problems) + ".")
 

@@ -19,8 +19,9 @@ import torch
 
 from ptblm import memory
 from ptblm.config import Config
-from ptblm.data import batchify, windows
+from ptblm.data import batchify, num_windows, windows
 from ptblm.ensemble import average, load_members, member_corpus, member_logprobs
+from ptblm.errors import ConfigError
 from ptblm.model import LSTMLanguageModel, perplexity, token_nll
 from ptblm.published import published_ensemble
 
@@ -95,6 +96,19 @@ def check_window_fits(
     )
 
 
+def check_one_window(tokens: int, batch_size: int, num_steps: int, split: str) -> None:
+    """With batch_size > 1 only full windows are evaluated (the validation protocol): a window
+    longer than a row leaves none, and no perplexity to give."""
+    row = tokens // batch_size
+    if batch_size > 1 and row >= 2 and num_windows(row, num_steps) == 0:
+        raise ConfigError(
+            f"--num-steps {num_steps} with --batch-size {batch_size}: the {split} split's "
+            f"{tokens:,} tokens make rows of {row:,}, too short for one window of {num_steps:,} "
+            f"steps (only full windows are evaluated with a batch). Use --num-steps {row - 1} or "
+            f"less."
+        )
+
+
 def evaluate_checkpoints(
     paths: list[Path],
     split: str = "test",
@@ -119,6 +133,7 @@ def evaluate_checkpoints(
     if num_steps is None:
         num_steps = TEST_NUM_STEPS if batch_size == 1 else first.config.num_steps
     check_window_fits(corpus.split(split).numel(), batch_size, num_steps, first.config, device)
+    check_one_window(corpus.split(split).numel(), batch_size, num_steps, split)
     started = time.perf_counter()
     result: dict[str, Any] = {"split": split, "batch_size": batch_size, "num_steps": num_steps}
     if len(members) == 1:  # the trainer's own evaluation, to the last bit

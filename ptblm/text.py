@@ -187,6 +187,7 @@ class TextScorer:
         """The lines as one stream, in the windows `evaluate` reads a split in: window k
         predicts tokens 500k+1 .. 500k+500 from the ones before, the state carried."""
         states = [model.initial_state(1, self.device) for model in self.models]
+        steps = self.adaptation.window if self.adaptation is not None else TEST_NUM_STEPS
         waiting: deque[_Row] = deque()
         stream: list[int] = []  # the tokens not yet read as a window's input
         seen = 0
@@ -196,9 +197,9 @@ class TextScorer:
             waiting.append(_Row(number, line, len(line.ids) - first))
             stream.extend(line.ids)
             seen += len(line.ids)
-            while len(stream) > TEST_NUM_STEPS:
-                self._assign(waiting, self._window(states, stream[: TEST_NUM_STEPS + 1]))
-                del stream[:TEST_NUM_STEPS]
+            while len(stream) > steps:
+                self._assign(waiting, self._window(states, stream[: steps + 1]))
+                del stream[:steps]
             if seen >= 2:  # a one-token text is refused below, with nothing printed
                 yield from _done(waiting)
         if seen < 2:

@@ -41,6 +41,29 @@ def test_the_first_segment_is_scored_before_any_update_and_the_weights_come_back
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_every_segment_holds_n_predictions_across_the_windows_a_stream_is_read_in():
+    """Segments of 30 over a stream read in windows: the windows of 500 cut the 17th segment to
+    20 predictions, and every later one was shifted. Recomputed here segment by segment: score
+    with the current weights, then one SGD step on the segment's mean NLL (decay 0)."""
+    model = tiny_model().eval()
+    ids = torch.randint(30, (1101,), generator=torch.Generator().manual_seed(4))
+    adapted = stream_logprobs(model, ids, dynamic=DynamicSettings(lr=0.5, decay=0.0, segment=30))
+    learning = [p for p in model.parameters() if p.requires_grad]
+    state, expected = model.initial_state(1), []
+    for start in range(0, 1100, 30):
+        end = min(start + 30, 1100)
+        x, y = ids[None, start:end], ids[None, start + 1 : end + 1]
+        logits, state = model(x, state)
+        logprob = torch.log_softmax(logits[0], -1).gather(-1, y[0, :, None])[:, 0]
+        expected.append(logprob.detach().double())
+        state = tuple(s.detach() for s in state)
+        gradients = torch.autograd.grad(-logprob.mean(), learning)
+        with torch.no_grad():
+            for parameter, gradient in zip(learning, gradients, strict=True):
+                parameter -= 0.5 * gradient
+    torch.testing.assert_close(adapted, torch.cat(expected), rtol=1e-4, atol=1e-5)
+
+
 def test_a_repeated_sentence_is_far_more_predictable_with_either():
     """Weights of a larger scale than training starts from, so that the untrained LSTM's states
     tell the words apart; 17 distinct words, each with one successor."""

@@ -93,6 +93,9 @@ def test_tune_on_a_text_file_shows_its_grid_as_on_a_split(home):
         (["--dynamic", "--dynamic-lr", "1", "--tune"], "drop them, or drop --tune"),
         (["runs/a", "--cache"], "one checkpoint"),
         (["--cache", "--batch-size", "4"], "one checkpoint"),
+        (["--cache", "--text", "x.txt", "--per-line"], "drop the other checkpoints, --batch-size"),
+        (["--cache", "--cache-window", "1000001"], "--cache-window 1000001: must be an integer"),
+        (["--dynamic", "--dynamic-segment", "501"], "--dynamic-segment 501: must be an integer"),
     ],
 )
 def test_bad_adaptive_options_are_refused_in_one_line(home, args, fragment):

@@ -196,3 +196,15 @@ def test_eval_of_a_run_tested_on_a_prefix_scores_the_whole_split_and_says_so(tmp
     assert trained.returncode == 0 and "--eval-tokens" not in trained.stderr  # trained on it all
     ensemble = eval_json(tmp_path, "runs/quick", "runs/quick/last.pt")
     assert [member["run_eval_tokens"] for member in ensemble["members"]] == [100, 100]
+
+
+def test_a_window_longer_than_a_row_is_refused_not_a_nan_or_a_traceback(two_runs):
+    """With a batch only full windows count: --num-steps past a row's length left none, and
+    eval said "nan over 0 tokens" with exit 0 (an ensemble: a traceback)."""
+    tokens = len(split_ids(two_runs / "corpus", "test", two_runs / "runs/a/best.pt"))
+    row = tokens // 4
+    for runs in (["runs/a"], ["runs/a", "runs/b"]):
+        refused = ptblm("eval", *runs, "--batch-size", 4, "--num-steps", row, cwd=two_runs)
+        assert_clean_failure(refused, 2, f"rows of {row:,}", f"Use --num-steps {row - 1} or less.")
+        longest = eval_json(two_runs, *runs, "--batch-size", "4", "--num-steps", str(row - 1))
+        assert longest["tokens"] == 4 * (row - 1) and math.isfinite(longest["perplexity"])
