@@ -4,7 +4,8 @@ A checkpoint (best.pt, last.pt) holds:
     format              CHECKPOINT_FORMAT
     model, optimizer    state dicts; scaler: the fp16 GradScaler's state dict (None otherwise)
     config, config_name the Config as a dict, and the name it was started with
-    vocab               the words in id order; corpus_dir: a --corpus directory (None for PTB)
+    vocab               the words in id order; corpus_dir: a --corpus directory (None for PTB);
+                        data_dir: the --data-dir whose ptb/ it trained on (None for a --corpus)
     splits_sha256       each split's Corpus.fingerprints: a resume is refused another text
     state               the carried LSTM (h, c) of all batch rows for the next window (None at an
                         epoch boundary)
@@ -38,6 +39,7 @@ from ptblm.atomic import atomic_write
 from ptblm.config import Config, build_config
 from ptblm.data import Corpus
 from ptblm.distributed import Distributed
+from ptblm.download import DEFAULT_DATA_DIR
 from ptblm.errors import CheckpointError, ConfigError, DataError, cut, quote
 from ptblm.model import LSTMLanguageModel, State
 from ptblm.run_state import RunState
@@ -196,6 +198,15 @@ def corpus_dir_for(checkpoint: dict[str, Any], given: Path | None) -> Path | Non
     return given
 
 
+def data_dir_for(checkpoint: dict[str, Any], given: Path | None) -> Path:
+    """The PTB data directory to use with a checkpoint: the one given (--data-dir), else the one
+    it was trained with while its ptb/ is there, else ./data (downloaded into on demand)."""
+    recorded = checkpoint.get("data_dir")
+    if given is None and isinstance(recorded, str) and recorded and Path(recorded, "ptb").is_dir():
+        return Path(recorded)
+    return given if given is not None else DEFAULT_DATA_DIR
+
+
 def check_vocabulary(checkpoint: dict[str, Any], corpus: Corpus, path: Path) -> None:
     """A model only fits the corpus whose training split gave its vocabulary."""
     if corpus.vocab != vocab_dict(checkpoint["vocab"]):
@@ -259,6 +270,7 @@ def training_checkpoint(
         "config": config.to_dict(),
         "vocab": vocab_list(corpus.vocab),
         "corpus_dir": str(corpus.folder.resolve()) if corpus.custom else None,
+        "data_dir": None if corpus.custom else str(corpus.folder.resolve().parent),
         "splits_sha256": corpus.fingerprints,
         "state": carried,
         "world_size": dist.world_size,

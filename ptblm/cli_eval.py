@@ -11,7 +11,6 @@ from typing import Annotated, Any
 import typer
 
 from ptblm.cli_options import (
-    DEFAULT_DATA_DIR,
     DEFAULT_RUNS_DIR,
     AsJson,
     Cache,
@@ -19,12 +18,12 @@ from ptblm.cli_options import (
     CacheTheta,
     CacheWindow,
     CorpusDir,
-    DataDir,
     Device,
     Dynamic,
     DynamicDecay,
     DynamicLr,
     DynamicSegment,
+    RunDataDir,
     RunsDir,
     Threads,
     Tune,
@@ -92,7 +91,7 @@ def eval_(
             "is carried across lines, as in training and the table's test).",
         ),
     ] = False,
-    data_dir: DataDir = DEFAULT_DATA_DIR,
+    data_dir: RunDataDir = None,
     corpus: CorpusDir = None,
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
     device: Device = "auto",

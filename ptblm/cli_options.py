@@ -12,11 +12,20 @@ import typer
 from ptblm.config import shipped_configs
 
 SHIPPED = ", ".join(shipped_configs())  # for help texts and messages
-DEFAULT_DATA_DIR = Path("data")
+DEFAULT_DATA_DIR = Path("data")  # download.DEFAULT_DATA_DIR, without importing it at start-up
 DEFAULT_RUNS_DIR = Path("runs")
 DataDir = Annotated[
     Path,
     typer.Option("--data-dir", metavar="DIR", help="Where the PTB download is cached (DIR/ptb/)."),
+]
+RunDataDir = Annotated[  # --resume and eval: where unset, the data directory the run trained with
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        metavar="DIR",
+        help="Where the PTB download is cached (DIR/ptb/). Default: data, or for a --resume or an "
+        "eval the directory the run was trained with, while its ptb/ is there.",
+    ),
 ]
 CorpusDir = Annotated[
     Path | None,

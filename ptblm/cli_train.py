@@ -16,9 +16,9 @@ from ptblm.cli_options import (
     DEFAULT_RUNS_DIR,
     SHIPPED,
     CorpusDir,
-    DataDir,
     Device,
     Overrides,
+    RunDataDir,
     RunsDir,
     Threads,
 )
@@ -37,7 +37,7 @@ def train(
         ),
     ] = None,
     overrides: Overrides = None,
-    data_dir: DataDir = DEFAULT_DATA_DIR,
+    data_dir: RunDataDir = None,
     corpus: CorpusDir = None,
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
     name: Annotated[
@@ -137,6 +137,7 @@ def train(
             )
         else:
             limits = {"max_steps": max_steps, "eval_tokens": eval_tokens}
+            data_dir = data_dir or DEFAULT_DATA_DIR
             trainer = _new_trainer(
                 config, new_config, data_dir, corpus, runs_dir, name, limits, torch_device,
                 dist, not quiet, compute_threads,
@@ -208,13 +209,14 @@ def _new_trainer(
 
 
 def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose, threads):
-    from ptblm.checkpoint import check_same_text, corpus_dir_for
+    from ptblm.checkpoint import check_same_text, corpus_dir_for, data_dir_for
     from ptblm.data import load_corpus_on_all_ranks
     from ptblm.run_dir import load_resumable
     from ptblm.train import Trainer
 
     checkpoint, saved, path = load_resumable(run_dir)
     corpus_dir = corpus_dir_for(checkpoint, corpus_dir)
+    data_dir = data_dir_for(checkpoint, data_dir)
     corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, verbose)
     check_same_text(checkpoint, corpus, path)
     trainer = Trainer(

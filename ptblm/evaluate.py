@@ -114,7 +114,7 @@ def evaluate_checkpoints(
     split: str = "test",
     batch_size: int = TEST_BATCH_SIZE,
     num_steps: int | None = None,
-    data_dir: Path = Path("data"),
+    data_dir: Path | None = None,
     corpus_dir: Path | None = None,
     device: torch.device | None = None,
     progress: bool = False,

@@ -273,6 +273,19 @@ def trained_run(tmp_path_factory, ptb_dir):
     return home, home / "runs" / "smoke", result
 
 
+def test_eval_from_another_folder_reads_the_corpus_the_run_trained_with(trained_run):
+    """A run trained with its data directory elsewhere (here: the newcomer's ./data, seen from
+    another folder): eval tried to download PTB into ./data, and offline failed."""
+    import torch
+
+    home, run, _ = trained_run
+    result = ptblm("eval", run, "--json", env={"PTBLM_DATA_URL": dead_url()})
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert json.loads(result.stdout)["perplexity"] == metrics["best_test_ppl"]
+    assert torch.load(run / "best.pt", weights_only=True)["data_dir"] == str((home / "data").resolve())
+
+
 def test_train_writes_the_run_directory(trained_run):
     home, run, result = trained_run
     assert (home / "data" / "ptb" / "ptb.train.txt").is_file()
