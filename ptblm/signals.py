@@ -1,7 +1,8 @@
-"""Ctrl-C and SIGTERM during a run: stop after the current window, keeping its work."""
+"""Ctrl-C, SIGTERM and SIGHUP during a run: stop after the current window, keeping its work."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from typing import TYPE_CHECKING
@@ -13,9 +14,10 @@ if TYPE_CHECKING:
 
 
 class StopOnSignal:
-    """First SIGINT/SIGTERM: ask the loop to stop after the current window (it saves last.pt).
-    A second SIGINT: leave at once; every file is written atomically, so nothing is corrupted.
-    Further SIGTERMs are ignored: a preempting scheduler may send several.
+    """First SIGINT/SIGTERM/SIGHUP: ask the loop to stop after the current window (it saves
+    last.pt). A second SIGINT: leave at once; every file is written atomically, so nothing is
+    corrupted. Further SIGTERMs are ignored: a preempting scheduler may send several. SIGHUP (the
+    ssh session that ran it dropped) is taken as SIGTERM, unless it is ignored (`nohup`).
 
     Under torchrun a Ctrl-C reaches each worker twice within milliseconds (from the terminal and
     forwarded by torchrun), so there `exit_on_second` is off: torchrun itself escalates to
@@ -24,6 +26,8 @@ class StopOnSignal:
     """
 
     EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        EXIT_CODES[signal.SIGHUP] = 129
 
     def __init__(self, exit_on_second: bool = True, announce: bool = False):
         self.received: int | None = None
@@ -33,6 +37,8 @@ class StopOnSignal:
 
     def __enter__(self):
         for signum in self.EXIT_CODES:
+            if signum != signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:
+                continue  # nohup's SIGHUP: the run was meant to outlive its terminal
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -46,8 +52,10 @@ class StopOnSignal:
             if self.announce:
                 again = " (Ctrl-C again to quit at once)" if self.exit_on_second else ""
                 name = signal.Signals(signum).name
-                # os.write, not print: a handler may run in the middle of another print.
-                os.write(2, f"\n{name}: stopping after this window{again}...\n".encode())
+                # os.write, not print: a handler may run in the middle of another print. A
+                # terminal that hung up fails it: the run stops and saves all the same.
+                with contextlib.suppress(OSError):
+                    os.write(2, f"\n{name}: stopping after this window{again}...\n".encode())
         elif signum == signal.SIGINT and self.exit_on_second:
             os._exit(self.EXIT_CODES[signum])
 

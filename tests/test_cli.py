@@ -283,7 +283,9 @@ def test_eval_from_another_folder_reads_the_corpus_the_run_trained_with(trained_
     assert result.returncode == 0, result.stderr
     metrics = json.loads((run / "metrics.json").read_text())
     assert json.loads(result.stdout)["perplexity"] == metrics["best_test_ppl"]
-    assert torch.load(run / "best.pt", weights_only=True)["data_dir"] == str((home / "data").resolve())
+    assert torch.load(run / "best.pt", weights_only=True)["data_dir"] == str(
+        (home / "data").resolve()
+    )
 
 
 def test_train_writes_the_run_directory(trained_run):

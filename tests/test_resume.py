@@ -108,7 +108,9 @@ def test_kill_9_then_resume_ends_bitwise_equal(tmp_path, corpus, reference, poin
     assert steps == [event.step for event in reference_events.Scalars("train/loss")]
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    "signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_a_signal_saves_last_pt_and_says_how_to_resume(tmp_path, corpus, reference, signum, code):
     run = HeldRun(corpus, tmp_path, "stopped", "step:10", settings=SETTINGS)
     run.wait_held()

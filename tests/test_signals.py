@@ -13,7 +13,9 @@ import torch
 from ptblm.signals import StopOnSignal
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    "signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_the_first_signal_asks_the_loop_to_stop(signum, code):
     before = signal.getsignal(signum)
     with StopOnSignal() as stop:
@@ -21,6 +23,19 @@ def test_the_first_signal_asks_the_loop_to_stop(signum, code):
         signal.raise_signal(signum)
         assert stop() and stop.name == signal.Signals(signum).name and stop.exit_code == code
     assert signal.getsignal(signum) is before
+
+
+def test_a_hangup_that_nohup_ignores_stays_ignored():
+    """`nohup ptblm train ...`: the terminal closing must not stop the run."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with StopOnSignal() as stop:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGHUP)
+            assert not stop()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def test_more_sigterms_are_ignored():
