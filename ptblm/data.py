@@ -22,7 +22,7 @@ import torch
 
 from ptblm.config import Config
 from ptblm.distributed import Distributed
-from ptblm.download import SPLITS, download_ptb, open_regular_file
+from ptblm.download import SHA256, SPLITS, download_ptb, open_regular_file, sha256_of
 from ptblm.errors import ConfigError, DataError, counted
 
 EOS = "<eos>"
@@ -104,6 +104,17 @@ class Corpus:
 
     def split(self, name: str) -> torch.Tensor:
         return getattr(self, name)
+
+    @functools.cached_property
+    def is_ptb(self) -> bool:
+        """The real PTB files (a download is verified; a --corpus copy is checked here): the
+        published table speaks of runs on these only."""
+        if not self.custom:
+            return True
+        try:
+            return all(sha256_of(self.folder / name) == digest for name, digest in SHA256.items())
+        except OSError:
+            return False
 
     @functools.cached_property
     def fingerprints(self) -> dict[str, str]:

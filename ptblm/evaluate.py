@@ -153,7 +153,10 @@ def evaluate_checkpoints(
             }
             for member, lp in zip(members, logprobs, strict=True)
         ]
-        result["published"] = published_ensemble([m.config for m in members], split)
+        on_ptb = corpus.is_ptb  # the paper's averaged rows are of PTB
+        result["published"] = (
+            published_ensemble([m.config for m in members], split) if on_ptb else None
+        )
     result.update(
         checkpoint=str(first.path) if len(members) == 1 else [str(m.path) for m in members],
         epochs_completed=first.checkpoint["epoch"],

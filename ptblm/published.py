@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ptblm.config import TUTORIAL_FIELDS, Config, load_config, shipped_configs
+from ptblm.config import TUTORIAL_FIELDS, Config, load_config, model_variant, shipped_configs
 from ptblm.memory import parameter_count  # by arithmetic: `config list` imports no torch
 
 # The tutorial's table (docs/reference.md, "The published table"): perplexity after max_max_epoch epochs.
@@ -66,9 +66,12 @@ def published_row(config: Config) -> tuple[str, dict[str, float]] | None:
 
 
 def published_ensemble(configs: list[Config], split: str) -> dict[str, Any] | None:
-    """The paper's averaged row for this many members of one published config, if it has one."""
+    """The paper's averaged row for this many members of one published config, if it has one
+    (Zaremba et al.'s model: not for members with tied weights or other dropout)."""
     rows = [published_row(config) for config in configs]
     if rows[0] is None or any(row is None or row[0] != rows[0][0] for row in rows):
+        return None
+    if any(model_variant(config) for config in configs):
         return None
     number = PUBLISHED_ENSEMBLES.get(rows[0][0], {}).get(len(configs), {}).get(split)
     if number is None:

@@ -168,15 +168,21 @@ class RunState:
         return max(left, 0)
 
     def summary(
-        self, status: str, config: Config, windows_per_epoch: int, **results: Any
+        self,
+        status: str,
+        config: Config,
+        windows_per_epoch: int,
+        on_ptb: bool = True,
+        **results: Any,
     ) -> dict[str, Any]:
         """What summary.json holds: where the run stands, small enough to list dozens of runs.
 
         status: stopped (at `epochs_completed`, `window`), finished (with test_ppl and
         best_test_ppl in `results`) or diverged (with diverged_at_step). Infinite or NaN
-        perplexities become null.
+        perplexities become null. `on_ptb`: trained on the PTB files, so that a published row
+        with the same config applies.
         """
-        published = published_row(config)
+        published = published_row(config) if on_ptb else None
         return strict(
             {
                 "status": status,

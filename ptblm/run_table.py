@@ -18,6 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ptblm.config import load_config, shipped_configs
 from ptblm.errors import DataError
 from ptblm.run_files import (
     BEST,
@@ -119,14 +120,15 @@ def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
 
 def seed_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Finished runs, full length and tested on whole splits (no --eval-tokens), grouped by
-    everything in their config but the seed; a group with two seeds or more gets the mean and
-    sample standard deviation of its results."""
+    their corpus and everything in their config but the seed; a group with two seeds or more
+    gets the mean and sample standard deviation of its results."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         comparable = not row.get("cut_short") and not row.get("eval_tokens")
         if row["status"] == "finished" and comparable and row.get("test_ppl"):
             config = {key: value for key, value in row["config"].items() if key != "seed"}
-            key = json.dumps([row.get("config_name"), config], sort_keys=True)
+            corpus = _typed(row.get("splits_sha256"), dict)  # None: a run of an older ptblm
+            key = json.dumps([row.get("config_name"), config, corpus], sort_keys=True)
             groups.setdefault(key, []).append(row)
     summaries = []
     for members in groups.values():
@@ -134,6 +136,7 @@ def seed_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         summary = {
             "config_name": members[0].get("config_name"),
+            "changed": _changed(members[0]),
             "runs": [row["name"] for row in members],
             "seeds": [row["seed"] for row in members],
             "published": members[0].get("published"),
@@ -145,6 +148,19 @@ def seed_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 summary[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values)}
         summaries.append(summary)
     return summaries
+
+
+def _changed(row: dict[str, Any]) -> dict[str, Any]:
+    """The fields in which a run's config differs from the shipped config it is named after
+    (--set), the seed apart; {} for another config file."""
+    if row.get("config_name") not in shipped_configs():
+        return {}
+    shipped = load_config(row["config_name"]).to_dict()
+    return {
+        key: value
+        for key, value in row["config"].items()
+        if key != "seed" and key in shipped and shipped[key] != value
+    }
 
 
 def _status(row: dict[str, Any]) -> str:
@@ -227,8 +243,7 @@ def render(rows: list[dict[str, Any]], groups: list[dict[str, Any]], runs_dir: P
             adds = ", ".join(f"{key}: {value}" for key, value in group["variant"].items())
             beside += f" (these runs' model adds {adds})"
         seeds = ", ".join(map(str, group["seeds"]))
-        lines.append(
-            f"{group['config_name']} over {len(group['runs'])} runs (seeds {seeds}): "
-            f"{results}{beside}"
-        )
+        changed = ", ".join(f"{key} {value}" for key, value in group["changed"].items())
+        name = f"{group['config_name']} ({changed})" if changed else group["config_name"]
+        lines.append(f"{name} over {len(group['runs'])} runs (seeds {seeds}): {results}{beside}")
     return "\n".join(lines)

@@ -331,7 +331,10 @@ class Trainer:
     def summary(self, status: str, **results: Any) -> dict[str, Any]:
         """summary.json's content now (RunState.summary, with the clock read now)."""
         self.run_state.wall_seconds = self.wall_seconds()
-        return self.run_state.summary(status, self.config, self.windows_per_epoch, **results)
+        corpus = {"on_ptb": self.corpus.is_ptb, "splits_sha256": self.corpus.fingerprints}
+        return self.run_state.summary(
+            status, self.config, self.windows_per_epoch, **corpus, **results
+        )
 
     def wall_seconds(self) -> float:
         return self._wall_before + time.perf_counter() - self._process_start

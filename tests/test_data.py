@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -235,6 +236,18 @@ def test_tiny_corpus_loads(tiny_corpus):
     assert corpus.valid.tolist() == [0, 3, 7, 5, 0, 9, 1]  # the cat sat on the log <eos>
     assert corpus.test.tolist() == [2, 4, 7, 5, 0, 6, 1]  # a dog sat on the mat <eos>
     assert corpus.custom is True
+    assert corpus.is_ptb is False  # the published table says nothing of runs on it
+
+
+def test_a_copy_of_ptb_given_as_a_corpus_is_ptb_and_one_with_a_word_changed_is_not(ptb, tmp_path):
+    """`--corpus ../shared/ptb` is PTB: its run is compared with the published row. The same
+    vocabulary with one line of the test split changed is another text."""
+    assert ptb.corpus.custom and ptb.corpus.is_ptb
+    edited = tmp_path / "edited"
+    shutil.copytree(ptb.corpus.folder, edited)
+    test = (edited / "ptb.test.txt").read_text()
+    (edited / "ptb.test.txt").write_text(test.replace(" the ", " of ", 1))
+    assert load_corpus(corpus_dir=edited).is_ptb is False
 
 
 @pytest.mark.parametrize("name", ["ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"])

@@ -24,3 +24,6 @@ def test_the_papers_ensembles():
     assert published_ensemble([medium, large], "test") is None
     assert published_ensemble([load_config("small")] * 2, "test") is None
     assert published_ensemble([medium] * 2, "train") is None
+    # The paper averaged its own model: not members with tied weights or variational dropout.
+    for variant in ("medium-tied", "medium-variational-tied"):
+        assert published_ensemble([load_config(variant)] * 2, "test") is None

@@ -85,3 +85,13 @@ def test_an_fp16_interval_whose_gradient_overflowed_still_resumes():
     run = RunState()
     run.add_windows([(5.0, float("inf")), (4.0, float("nan"))], TOKENS)
     assert math.isnan(RunState.from_checkpoint(run.to_dict()).norm_sum)
+
+
+def test_the_published_row_stands_beside_runs_on_ptb_only():
+    """A run of the small config on a corpus of one's own is no reproduction of the small row."""
+    from ptblm.config import load_config
+
+    small = load_config("small")
+    on_ptb = RunState("small").summary("stopped", small, 2323)
+    assert on_ptb["published"]["config"] == "small" and on_ptb["published"]["test"] == 115.91
+    assert RunState("small").summary("stopped", small, 2323, on_ptb=False)["published"] is None

@@ -104,8 +104,23 @@ def test_runs_that_differ_only_in_their_seed_are_summarised(runs):
     assert group["test_ppl"]["mean"] == pytest.approx(statistics.mean(tests))
     assert group["test_ppl"]["std"] == pytest.approx(statistics.stdev(tests))
     text = ptblm("runs", "--runs-dir", runs).stdout
-    assert "test over 2 runs (seeds 1, 2): " in text
+    changed = "hidden_size 16, max_max_epoch 2, vocab_size 40"  # the --set of SETTINGS
+    assert f"test ({changed}) over 2 runs (seeds 1, 2): " in text
     assert f"test {statistics.mean(tests):.2f} +- {statistics.stdev(tests):.2f}" in text
+
+
+def test_runs_on_another_corpus_are_not_averaged_with_these(runs, tmp_path):
+    """The same config and seeds 3 and 4 on another text: their test sets differ, so their
+    perplexities are no samples of the same thing."""
+    runs, _ = runs
+    corpus = make_corpus(tmp_path / "corpus", seed=7)
+    for seed in (1, 2):
+        shutil.copytree(runs / f"done-{seed}", tmp_path / f"done-{seed}")
+    for seed in (3, 4):
+        result = train(corpus, tmp_path, f"other-{seed}", "--seed", seed)
+        assert result.returncode == 0, result.stderr
+    _, groups = listing(tmp_path)
+    assert [group["runs"] for group in groups] == [["done-1", "done-2"], ["other-3", "other-4"]]
 
 
 def test_runs_validated_on_a_prefix_are_marked_and_not_averaged(runs, tmp_path):
