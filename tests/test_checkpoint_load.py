@@ -158,3 +158,60 @@ def test_the_refusal_names_best_pt_when_that_is_the_checkpoint_resumed(stopped_r
     (run / "last.pt").unlink()
     result = ptblm("train", "--resume", run, cwd=tmp_path)
     assert_clean_failure(result, 1, f"{run / 'best.pt'} cannot be resumed (window 1000000000")
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda t: t.long(),
+        lambda t: t.to(torch.complex64),
+        lambda t: t.to_sparse(),
+        lambda t: torch.empty_like(t, device="meta"),
+    ],
+    ids=["int64", "complex", "sparse", "meta"],
+)
+def test_weights_that_no_model_saves_are_refused_not_a_traceback(tmp_path, convert):
+    """An integer embedding evaluated to a wrong perplexity with exit 0; sparse and meta tensors
+    were a traceback; a complex one printed torch's warning."""
+    checkpoint = crafted()
+    checkpoint["model"]["embedding.weight"] = convert(checkpoint["model"]["embedding.weight"])
+    path = tmp_path / "best.pt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match="its embedding.weight is a .* where dense floating"):
+        load_checkpoint(path)
+
+
+def test_a_bit_flipped_on_disk_is_found_by_the_archives_checksums(tmp_path):
+    """torch.load does not check the CRC-32 that torch.save records: a flipped bit loaded as a
+    slightly different model, and a resume ran on with it."""
+    import struct
+    import zipfile
+
+    path = tmp_path / "last.pt"
+    torch.save(crafted(), path)
+    load_checkpoint(path)
+    with zipfile.ZipFile(path) as archive:
+        tensors = [info for info in archive.infolist() if "/data/" in info.filename]
+        entry = max(tensors, key=lambda info: info.file_size)
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack(
+        "<HH", data[entry.header_offset + 26 : entry.header_offset + 30]
+    )
+    data[entry.header_offset + 30 + name_length + extra_length + 5] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"damaged: {entry.filename} fails its checksum"):
+        load_checkpoint(path)
+
+
+def test_tied_weights_that_differ_do_not_fit_the_config(tmp_path):
+    """tie_weights set on an untied model's file: the decoder overwrote the embedding, silently."""
+    from ptblm.checkpoint import model_from_checkpoint
+
+    checkpoint = crafted()
+    checkpoint["config"]["tie_weights"] = True
+    checkpoint["config"]["hidden_size"] = 2  # the test config's: the tied shapes fit
+    with pytest.raises(CheckpointError, match="its weights do not fit its config .*differ"):
+        model_from_checkpoint(checkpoint, tmp_path / "best.pt")
+    checkpoint["model"]["decoder.weight"] = checkpoint["model"]["embedding.weight"]
+    model = model_from_checkpoint(checkpoint, tmp_path / "best.pt")
+    assert model.decoder.weight is model.embedding.weight
