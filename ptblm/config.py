@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -129,15 +128,9 @@ def resolve_config_path(name_or_path: str) -> Path:
     )
 
 
-# YAML 1.1 (PyYAML) reads `1e30` and `1e-3` as strings: it wants `1.0e+30`. Users write the former.
-_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
 def _check_value(name: str, value: Any, where: str) -> tuple[Any, str | None]:
     """Type-check one value; returns (converted value, problem or None)."""
     kind = _field_type(name)
-    if kind is float and isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
-        value = float(value)
     # bool is a subclass of int in Python; `hidden_size: true` is a mistake, not 1.
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value), None

@@ -8,10 +8,16 @@ died. A config never needs an alias, so the loader refuses one where it stands, 
 is built. Integers too long to convert and nesting too deep to compose become YAML errors too, so
 every malformed input is reported the same way, in one line; so is a key given twice, which
 PyYAML would let the last value win silently.
+
+Plain values are read as YAML 1.2 reads them, not as PyYAML's YAML 1.1: `yes`, `on`, `y` are
+strings, not true (only true/false are booleans), `1:30` is a string, not 90 (base 60), and
+`0123` is 123, not 83 (octal); `1e-3` is a number (YAML 1.1 wants `1.0e-3`). A value that YAML
+1.1 would have turned into something else is then refused by the config's type check.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -50,8 +56,13 @@ class _ConfigLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
     def construct_yaml_int(self, node):
+        """Decimal, 0o octal or 0x hexadecimal (YAML 1.2): a leading zero is no octal."""
+        text = self.construct_scalar(node)
+        sign = -1 if text.startswith("-") else 1
+        digits = text.lstrip("+-")
+        base = {"0o": 8, "0x": 16}.get(digits[:2], 10)
         try:
-            return super().construct_yaml_int(node)
+            return sign * int(digits[2:] if base != 10 else digits, base)
         except ValueError:  # more digits than sys.get_int_max_str_digits() converts
             raise IntegerTooLong(
                 None,
@@ -79,6 +90,31 @@ class _ConfigLoader(yaml.SafeLoader):
 
 
 _ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
+
+# YAML 1.2's core schema for booleans, integers and floats in place of PyYAML's YAML 1.1 ones;
+# int before float, which would match `1` too.
+_YAML_1_2 = [
+    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    (
+        "float",
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        "-+.0123456789",
+    ),
+]
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp)
+        for tag, regexp in resolvers
+        if tag.rsplit(":", 1)[-1] not in {"bool", "int", "float"}
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _kind, _pattern, _first in _YAML_1_2:
+    _ConfigLoader.add_implicit_resolver(
+        f"tag:yaml.org,2002:{_kind}", re.compile(_pattern), list(_first)
+    )
 
 
 def load(text: str) -> Any:

@@ -93,3 +93,35 @@ def test_nesting_too_deep_for_the_parser_is_a_config_error(tmp_path):
     path.write_text("hidden_size: " + "[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="nested too deep"):
         load_config(str(path))
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("tie_weights=yes", "'tie_weights' must be true or false, got 'yes'"),
+        ("tie_weights=on", "'tie_weights' must be true or false, got 'on'"),
+        ("learning_rate=1:30", "'learning_rate' must be a number, got '1:30'"),  # 1.1: 90
+        ("hidden_size=190:00", "'hidden_size' must be an integer, got '190:00'"),  # 1.1: 11,400
+    ],
+)
+def test_what_yaml_1_1_would_turn_into_another_value_is_refused(override, fragment):
+    """PyYAML reads YAML 1.1, where `yes` is true and `1:30` is 90 (base 60): a typo trained
+    another config with exit 0."""
+    with pytest.raises(ConfigError, match=fragment):
+        load_config("test", [override])
+
+
+@pytest.mark.parametrize(
+    "override, field, value",
+    [
+        ("seed=0123", "seed", 123),  # 1.1: 83, octal
+        ("seed=0o17", "seed", 15),
+        ("seed=0x10", "seed", 16),
+        ("learning_rate=1e-3", "learning_rate", 0.001),  # 1.1: the string '1e-3'
+        ("learning_rate=2E+1", "learning_rate", 20.0),
+        ("tie_weights=True", "tie_weights", True),
+        ("keep_prob=.5", "keep_prob", 0.5),
+    ],
+)
+def test_numbers_and_booleans_read_as_yaml_1_2_reads_them(override, field, value):
+    assert getattr(load_config("test", [override]), field) == value
