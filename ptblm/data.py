@@ -68,7 +68,7 @@ def read_split(path: Path) -> list[str]:
     """The tokens of one corpus file; DataError if missing, unreadable, not UTF-8 or empty."""
     try:
         with open_regular_file(path) as file:
-            text = file.read().decode("utf-8")
+            text = file.read().decode("utf-8-sig")  # a byte-order mark is no part of a word
     except (OSError, UnicodeDecodeError) as error:
         raise unreadable(path, error) from None
     words = tokenize(text)
@@ -135,6 +135,11 @@ def load_corpus(
     """
     if corpus_dir is not None:
         folder = Path(corpus_dir)
+        if folder.exists() and not folder.is_dir():
+            raise DataError(
+                f"--corpus {folder} is a file: give the directory that holds ptb.train.txt, "
+                f"ptb.valid.txt and ptb.test.txt."
+            )
         if not folder.is_dir():
             raise DataError(f"{folder}: no such corpus directory.")
     else:

@@ -69,10 +69,11 @@ def check_text(path: Path) -> None:
 
 def read_lines(path: Path) -> Iterator[str]:
     """The file's lines, one at a time, each with the newline that ends it (the last may have
-    none). Split on b"\n" before decoding: in UTF-8 that byte is never part of a character."""
+    none). Split on b"\n" before decoding: in UTF-8 that byte is never part of a character. A
+    byte-order mark (Windows editors write one) is no part of the first word."""
     with open(path, "rb") as file:
-        for raw in file:
-            yield raw.decode("utf-8")
+        for number, raw in enumerate(file):
+            yield raw.decode("utf-8-sig" if number == 0 else "utf-8")
 
 
 @dataclass

@@ -290,6 +290,9 @@ def test_missing_corpus_dir(tmp_path):
         load_corpus(corpus_dir=missing)
     assert "no_such_corpus" in str(excinfo.value)
     assert not missing.exists()
+    (tmp_path / "ptb.train.txt").write_text("the cat\n")  # one of the files, not its folder
+    with pytest.raises(DataError, match="ptb.train.txt is a file: give the directory that holds"):
+        load_corpus(corpus_dir=tmp_path / "ptb.train.txt")
 
 
 def test_corpus_files_and_texts_to_score_are_refused_in_the_same_words(tmp_path):

@@ -153,3 +153,15 @@ def test_a_file_is_checked_in_chunks(tmp_path, monkeypatch):
     path.write_bytes(b"the cat " + b"\0" + b"sat\n")
     with pytest.raises(DataError, match="is a binary file"):
         check_text(path)
+
+
+def test_a_byte_order_mark_is_no_part_of_the_first_word(tmp_path):
+    """A file saved by a Windows editor opens with U+FEFF: its first word was unknown."""
+    from ptblm.data import read_split
+    from ptblm.text import read_lines
+
+    path = tmp_path / "input.txt"
+    path.write_bytes("\ufeffthe cat sat\nthe \ufeffdog\n".encode())
+    check_text(path)
+    assert list(read_lines(path)) == ["the cat sat\n", "the \ufeffdog\n"]  # only at the start
+    assert read_split(path)[:3] == ["the", "cat", "sat"]
