@@ -6,6 +6,7 @@ Under torchrun only rank 0 creates, locks and writes it, checkpoints included.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -94,9 +95,13 @@ class RunDirectory:
                         f"ptblm train --resume {shell_word(self.path)}."
                     )
             except OSError as error:
+                fix = (
+                    "Give a shorter --name (or --runs-dir)."
+                    if error.errno == errno.ENAMETOOLONG
+                    else "Choose a writable one with --runs-dir DIR."
+                )
                 failure = DataError(
-                    f"cannot create the run directory {self.path} ({error.strerror}). "
-                    f"Choose a writable one with --runs-dir DIR."
+                    f"cannot create the run directory {self.path} ({error.strerror}). {fix}"
                 )
             except CheckpointError:  # its .lock cannot be made (the inodes of a disk are used up)
                 failure = DataError(

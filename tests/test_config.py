@@ -487,3 +487,13 @@ def test_the_largest_float_values_accepted_still_build_and_train(tmp_path):
 def test_a_directory_given_as_the_config_says_so(tmp_path):
     with pytest.raises(ConfigError, match=r"is a directory: give a config's YAML file"):
         load_config(str(tmp_path))
+
+
+def test_a_fifo_given_as_the_config_is_no_regular_file_and_no_missing_one(tmp_path):
+    """It said "no such file" of a file that is there (and reading it would block)."""
+    import os
+
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"is not a regular file: give a config's YAML file"):
+        load_config(str(fifo))

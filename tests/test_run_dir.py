@@ -159,3 +159,15 @@ def test_a_suggested_command_pastes_as_it_stands_for_a_name_with_a_space_or_a_st
             load_resumable(run)
         command = re.search(r"\((?:delete the directory first: )?(rm -r .*?)\)", str(refused.value))
         assert shlex.split(command.group(1)) == ["rm", "-r", str(run)]
+
+
+def test_a_name_too_long_for_the_file_system_says_to_shorten_it(tmp_path):
+    """A run named after a config file of 245 characters: the fix is --name, not --runs-dir."""
+    import torch
+
+    from ptblm.distributed import SINGLE_PROCESS
+
+    run = RunDirectory(tmp_path / ("c" * 300))
+    with pytest.raises(DataError, match=r"\(File name too long\)\. Give a shorter --name"):
+        run.create(load_config("test"), "ptblm train", SINGLE_PROCESS, torch.device("cpu"))
+    assert list(tmp_path.iterdir()) == []
