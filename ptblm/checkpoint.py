@@ -195,10 +195,6 @@ def model_from_checkpoint(
     weights = checkpoint["model"]
     try:
         model.load_state_dict(weights)
-        if config.tie_weights and not torch.equal(
-            weights["embedding.weight"], weights["decoder.weight"]
-        ):  # one matrix when tied: two that differ were saved by an untied model
-            raise RuntimeError(":\nembedding.weight and decoder.weight differ, yet tie_weights")
     except (RuntimeError, TypeError, AttributeError) as error:
         # torch's message opens with "Error(s) in loading state_dict for ...:"; the tensor is next.
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -206,6 +202,14 @@ def model_from_checkpoint(
         raise CheckpointError(
             f"{path}: its weights do not fit its config ({cut(reason, 200)})."
         ) from None
+    # Tied, the model has one matrix: two that differ were saved by an untied model.
+    if config.tie_weights and not torch.equal(
+        weights["embedding.weight"], weights["decoder.weight"]
+    ):
+        raise CheckpointError(
+            f"{path}: its weights do not fit its config (tie_weights is true, yet its "
+            f"embedding.weight and decoder.weight differ)."
+        )
     return model
 
 

@@ -15,7 +15,6 @@ import typer
 
 from ptblm import __version__, cli_eval, cli_generate, cli_train
 from ptblm.cli_options import (
-    DEFAULT_DATA_DIR,
     DEFAULT_RUNS_DIR,
     SHIPPED,
     AsJson,
@@ -29,6 +28,7 @@ from ptblm.config import (
     config_to_yaml,
     load_config,
 )
+from ptblm.download import DEFAULT_DATA_DIR
 from ptblm.errors import ConfigError, Interrupted, PtblmError, RankFailed
 
 # Typer prints each argument's Python type beside it ("RUN_OR_CKPT <list[Path]>"), which reads like

@@ -12,7 +12,6 @@ import typer
 from ptblm.config import shipped_configs
 
 SHIPPED = ", ".join(shipped_configs())  # for help texts and messages
-DEFAULT_DATA_DIR = Path("data")  # download.DEFAULT_DATA_DIR, without importing it at start-up
 DEFAULT_RUNS_DIR = Path("runs")
 DataDir = Annotated[
     Path,

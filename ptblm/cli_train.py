@@ -12,7 +12,6 @@ from typing import Annotated
 import typer
 
 from ptblm.cli_options import (
-    DEFAULT_DATA_DIR,
     DEFAULT_RUNS_DIR,
     SHIPPED,
     CorpusDir,
@@ -23,6 +22,7 @@ from ptblm.cli_options import (
     Threads,
 )
 from ptblm.config import PRECISIONS, SEED_LIMIT, load_config, resolve_config_path
+from ptblm.download import DEFAULT_DATA_DIR
 from ptblm.errors import ConfigError, quote
 
 
