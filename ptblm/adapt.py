@@ -101,8 +101,8 @@ def stream_logprobs(
     dynamic: DynamicSettings | None = None,
 ) -> torch.Tensor:
     """log p of every token after the first of the 1-D stream `ids`, float64 on the CPU, in the
-    windows `evaluate` and `--text` read a stream in; the cache reads the (adapted) model's h.
-    Neither: `evaluate`'s test protocol."""
+    windows `--text` reads a stream in (Adaptation.window); the cache reads the (adapted)
+    model's h. Neither: `evaluate`'s test protocol."""
     device = next(model.parameters()).device
     adaptation = Adaptation(model, cache, dynamic)
     state = model.initial_state(1, device)
@@ -211,7 +211,7 @@ def settle(model, valid, cache, dynamic, tuning):
 def evaluate_checkpoint_adapted(
     path: Path,
     split: str,
-    data_dir: Path,
+    data_dir: Path | None,
     corpus_dir: Path | None,
     device: torch.device,
     cell: str | None,
@@ -235,7 +235,7 @@ def evaluate_checkpoint_adapted(
 def score_text_adapted(
     path: Path,
     text: Path,
-    data_dir: Path,
+    data_dir: Path | None,
     corpus_dir: Path | None,
     device: torch.device,
     cell: str | None,

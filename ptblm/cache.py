@@ -23,7 +23,7 @@ import torch
 
 from ptblm.errors import ConfigError, quote
 
-WINDOW_MAX = 1_000_000  # pairs: more than any PTB split has tokens; 6 GB of keys at 2 x 1500
+WINDOW_MAX = 1_000_000  # pairs: more than any PTB split has; 12 GB of float64 keys for large
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} is not a readable ptblm checkpoint ({reason}). {USE_ANOTHER}"
         ) from None
-    _check_crc(path)
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
         raise CheckpointError(f"{path} is a torch file but not a ptblm checkpoint (keys missing).")
     if not isinstance(checkpoint["format"], int) or checkpoint["format"] != CHECKPOINT_FORMAT:
@@ -93,6 +92,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} has checkpoint format {checkpoint['format']!r}; this ptblm reads format "
             f"{CHECKPOINT_FORMAT}."
         )
+    _check_crc(path)
     config = checkpoint_config(checkpoint, path)
     vocab = checkpoint["vocab"]
     if (
@@ -128,6 +128,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def _check_crc(path: Path) -> None:
     """torch.save records each entry's CRC-32 and torch.load does not check it: a bit flipped
     on disk would load as a slightly different model. Checked here: 0.1 s for a 264 MB file."""
+    if not zipfile.is_zipfile(path):  # torch's legacy format, which ptblm never wrote: no CRCs
+        return
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()

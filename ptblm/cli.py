@@ -163,13 +163,14 @@ def main() -> None:
         code = app(prog_name="ptblm", standalone_mode=False)
     except PtblmError as error:
         rank = int(os.environ.get("RANK", "0"))
-        if isinstance(error, Interrupted):
-            if rank == 0:
-                print(error, file=sys.stderr)
-        elif rank == 0:
-            print(f"error: {error}", file=sys.stderr)
-        elif not isinstance(error, (ConfigError, RankFailed)):  # rank 0 says those
-            print(f"error (rank {rank}): {error}", file=sys.stderr)
+        with contextlib.suppress(OSError):  # a terminal that hung up (SIGHUP): the code still says
+            if isinstance(error, Interrupted):
+                if rank == 0:
+                    print(error, file=sys.stderr)
+            elif rank == 0:
+                print(f"error: {error}", file=sys.stderr)
+            elif not isinstance(error, (ConfigError, RankFailed)):  # rank 0 says those
+                print(f"error (rank {rank}): {error}", file=sys.stderr)
         leave(error.exit_code)
     except OSError as error:
         if not stdout_failed(error):

@@ -23,7 +23,7 @@ from ptblm.cli_options import (
 )
 from ptblm.config import PRECISIONS, SEED_LIMIT, load_config, resolve_config_path
 from ptblm.download import DEFAULT_DATA_DIR
-from ptblm.errors import ConfigError, quote
+from ptblm.errors import ConfigError, quote, shell_word
 
 
 def train(
@@ -247,9 +247,9 @@ def again_flags(data_dir: Path, corpus_dir: Path | None, **limits: int | None) -
     ' --max-steps 80 --corpus my_corpus'."""
     flags = [f"--{key.replace('_', '-')} {value}" for key, value in limits.items() if value]
     if corpus_dir is not None:
-        flags.append(f"--corpus {shlex.quote(str(corpus_dir))}")
+        flags.append(f"--corpus {shell_word(corpus_dir)}")
     elif Path(data_dir) != DEFAULT_DATA_DIR:
-        flags.append(f"--data-dir {shlex.quote(str(data_dir))}")
+        flags.append(f"--data-dir {shell_word(data_dir)}")
     return "".join(f" {flag}" for flag in flags)
 
 

@@ -22,7 +22,14 @@ import torch
 
 from ptblm.config import Config
 from ptblm.distributed import Distributed
-from ptblm.download import SHA256, SPLITS, download_ptb, open_regular_file, sha256_of
+from ptblm.download import (
+    DEFAULT_DATA_DIR,
+    SHA256,
+    SPLITS,
+    download_ptb,
+    open_regular_file,
+    sha256_of,
+)
 from ptblm.errors import ConfigError, DataError, counted
 
 EOS = "<eos>"
@@ -124,7 +131,7 @@ class Corpus:
 
 
 def load_corpus(
-    data_dir: str | os.PathLike = "data",
+    data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
     corpus_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> Corpus:

@@ -66,12 +66,13 @@ def published_row(config: Config) -> tuple[str, dict[str, float]] | None:
 
 
 def published_ensemble(configs: list[Config], split: str) -> dict[str, Any] | None:
-    """The paper's averaged row for this many members of one published config, if it has one
-    (Zaremba et al.'s model: not for members with tied weights or other dropout)."""
+    """The paper's averaged row for this many members of one published config, if it has one:
+    of Zaremba et al.'s model, so not for members with tied weights, other dropout, a forget
+    bias or weight decay (the reference cell is the same model, run step by step)."""
     rows = [published_row(config) for config in configs]
     if rows[0] is None or any(row is None or row[0] != rows[0][0] for row in rows):
         return None
-    if any(model_variant(config) for config in configs):
+    if any(set(model_variant(config)) - {"cell"} for config in configs):
         return None
     number = PUBLISHED_ENSEMBLES.get(rows[0][0], {}).get(len(configs), {}).get(split)
     if number is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shlex
 import shutil
 import time
 from pathlib import Path
@@ -76,7 +75,7 @@ class RunDirectory:
                     f"Resolved config of this run (ptblm {__version__}), written by:\n"
                     f"  {command}\n"
                     f"Train again with: ptblm train --config "
-                    f"{shlex.quote(str(self.path / CONFIG_FILE))}{again}"
+                    f"{shell_word(self.path / CONFIG_FILE)}{again}"
                 )
                 # Comments only may hold a path that is not UTF-8: escaped, the file stays UTF-8.
                 text = config_to_yaml(config, header).encode(errors="backslashreplace")
@@ -249,20 +248,21 @@ def resolve_checkpoint(target: Path | None, runs_dir: Path) -> Path:
     raise CheckpointError(f"{run_dir} holds no {BEST} or {LAST}: it is not a ptblm run directory.")
 
 
-def never_saved(run_dir: Path) -> str:
-    """Why a directory without a checkpoint cannot be resumed or trained into; rm -r is said only
-    of a run that ptblm started and that no process is training now."""
+def never_saved(run_dir: Path, resuming: bool = False) -> str:
+    """Why a directory without a checkpoint cannot be resumed (`resuming`) or trained into; rm -r
+    is said only of a run that ptblm started and that no process is training now."""
+    another = "" if resuming else ", or choose another --name"
     if is_locked(run_dir):
         return (
             f"another ptblm process is training {run_dir} (it has saved no checkpoint yet): wait "
-            f"for it or stop it first, or choose another --name."
+            f"for it or stop it first{another}."
         )
     if not (run_dir / CONFIG_FILE).is_file():
         return f"{run_dir} exists and is not a ptblm run directory: choose another --name."
     return (
         f"{run_dir} holds no checkpoint: its run stopped before it saved one, so there is nothing "
-        f"to continue. Start it again (delete the directory first: rm -r {shell_word(run_dir)}), "
-        f"or choose another --name."
+        f"to continue. Start it again (delete the directory first: rm -r {shell_word(run_dir)})"
+        f"{another}."
     )
 
 
@@ -306,7 +306,7 @@ def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config, Path]:
         )
     path = resumable_checkpoint(run_dir)
     if path is None:
-        raise CheckpointError(never_saved(run_dir))
+        raise CheckpointError(never_saved(run_dir, resuming=True))
     try:
         checkpoint = load_checkpoint(path)
     except CheckpointError as error:
@@ -339,6 +339,6 @@ def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config, Path]:
         raise CheckpointError(
             f"{config_file} does not match the run's checkpoint ({'; '.join(changed)}). A run "
             f"continues with the config it started with: restore {CONFIG_FILE}, or start a new "
-            f"run with ptblm train --config {config_file}."
+            f"run with ptblm train --config {shell_word(config_file)}."
         )
     return checkpoint, saved, path

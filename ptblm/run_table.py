@@ -151,15 +151,16 @@ def seed_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _changed(row: dict[str, Any]) -> dict[str, Any]:
-    """The fields in which a run's config differs from the shipped config it is named after
-    (--set), the seed apart; {} for another config file."""
+    """The fields in which a run's config differs from the shipped config of its name (--set),
+    the seed and the model's variant (said apart) aside; {} for a config of another name."""
     if row.get("config_name") not in shipped_configs():
         return {}
     shipped = load_config(row["config_name"]).to_dict()
+    aside = {"seed", *row.get("variant", {})}
     return {
         key: value
         for key, value in row["config"].items()
-        if key != "seed" and key in shipped and shipped[key] != value
+        if key not in aside and key in shipped and shipped[key] != value
     }
 
 

@@ -35,11 +35,18 @@ class IntegerTooLong(ConstructorError):
     """An integer with more digits than Python converts."""
 
 
+class NotAnInteger(ConstructorError):
+    """`!!int` on a value that is no YAML 1.2 integer (`!!int 1:30`, `!!int 0b101`)."""
+
+
 class DuplicateKey(ConstructorError):
     """A key given twice in one mapping (PyYAML would keep the last value, silently)."""
 
 
-REFUSED = (AliasError, IntegerTooLong, DuplicateKey)  # YAML that a config refuses
+REFUSED = (AliasError, IntegerTooLong, NotAnInteger, DuplicateKey)  # YAML a config refuses
+
+
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")  # YAML 1.2's core schema
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -58,6 +65,10 @@ class _ConfigLoader(yaml.SafeLoader):
     def construct_yaml_int(self, node):
         """Decimal, 0o octal or 0x hexadecimal (YAML 1.2): a leading zero is no octal."""
         text = self.construct_scalar(node)
+        if not _INT.match(text):  # only an explicit !!int gets here without matching
+            raise NotAnInteger(
+                None, None, f"{quote(text)} is no integer (decimal, 0o or 0x)", node.start_mark
+            )
         sign = -1 if text.startswith("-") else 1
         digits = text.lstrip("+-")
         base = {"0o": 8, "0x": 16}.get(digits[:2], 10)
@@ -95,7 +106,7 @@ _ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_y
 # int before float, which would match `1` too.
 _YAML_1_2 = [
     ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
-    ("int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    ("int", _INT.pattern, "-+0123456789"),
     (
         "float",
         r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"

@@ -37,8 +37,11 @@ class StopOnSignal:
 
     def __enter__(self):
         for signum in self.EXIT_CODES:
-            if signum != signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:
-                continue  # nohup's SIGHUP: the run was meant to outlive its terminal
+            if (
+                signum == getattr(signal, "SIGHUP", None)
+                and signal.getsignal(signum) is signal.SIG_IGN
+            ):
+                continue  # nohup's: the run was meant to outlive its terminal
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

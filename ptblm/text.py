@@ -186,7 +186,8 @@ class TextScorer:
 
     def _carried(self, lines: Iterable[str]) -> Iterator[_Row]:
         """The lines as one stream, in the windows `evaluate` reads a split in: window k
-        predicts tokens 500k+1 .. 500k+500 from the ones before, the state carried."""
+        predicts tokens 500k+1 .. 500k+500 from the ones before, the state carried (with dynamic
+        evaluation, windows of whole segments: Adaptation.window)."""
         states = [model.initial_state(1, self.device) for model in self.models]
         steps = self.adaptation.window if self.adaptation is not None else TEST_NUM_STEPS
         waiting: deque[_Row] = deque()

@@ -203,6 +203,14 @@ def test_a_bit_flipped_on_disk_is_found_by_the_archives_checksums(tmp_path):
         load_checkpoint(path)
 
 
+def test_a_file_in_torchs_legacy_format_is_not_called_damaged(tmp_path):
+    """It has no CRCs to check: the checksum check said it "changed on disk"."""
+    path = tmp_path / "old.pt"
+    torch.save({"model": {}}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="is a torch file but not a ptblm checkpoint"):
+        load_checkpoint(path)
+
+
 def test_tied_weights_that_differ_do_not_fit_the_config(tmp_path):
     """tie_weights set on an untied model's file: the decoder overwrote the embedding, silently."""
     from ptblm.checkpoint import model_from_checkpoint

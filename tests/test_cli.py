@@ -137,6 +137,18 @@ def test_bad_configs_are_refused_with_exit_2(tmp_path, yaml_text, args, fragment
     assert not (tmp_path / "runs").exists()  # nothing written for a refused config
 
 
+def test_an_error_that_cannot_be_printed_still_exits_with_its_code(tmp_path):
+    """A terminal that hung up (SIGHUP) fails the last message: the exit code must still say
+    what happened (it became 1, with a traceback nobody could read)."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "ptblm", "train", "--config", "no-such-config"],
+            stderr=full, stdout=subprocess.PIPE, cwd=tmp_path, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+    assert result.returncode == 2
+
+
 def test_download_from_a_mirror_then_nothing_more(tmp_path, ptb_dir, serve_dir):
     mirror = tmp_path / "mirror"
     mirror.mkdir()

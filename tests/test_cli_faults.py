@@ -100,6 +100,8 @@ def test_a_run_that_never_saved_says_to_start_it_again(tiny_corpus_dir, tmp_path
         (ptblm("train", "--resume", early), 1),
     ):
         assert_clean_failure(result, code, "holds no checkpoint", "Start it again", "rm -r")
+        # another --name is a way out of a new run's clash, not of --resume, which takes none
+        assert ("choose another --name" in result.stderr) == (code == 2)
     before = {path.name: path.read_bytes() for path in (runs / "done").iterdir()}
     again = train(tiny_corpus_dir, runs, "done")  # finished: nothing to resume (it said to)
     assert_clean_failure(again, 2, "already exists, a finished run", f"ptblm eval {runs / 'done'}")
@@ -147,7 +149,8 @@ def test_a_default_name_that_is_taken_gets_a_number(tiny_corpus_dir, tmp_path):
 
     runs = tmp_path / "runs"
     start = time.time()
-    taken = {f"test-{time.strftime('%Y%m%d-%H%M%S', time.localtime(start + s))}" for s in range(60)}
+    seconds = range(600)  # however slowly the run starts on a loaded machine
+    taken = {f"test-{time.strftime('%Y%m%d-%H%M%S', time.localtime(start + s))}" for s in seconds}
     for name in taken:  # whichever second the run is named in, its name is taken
         (runs / name).mkdir(parents=True)
     result = ptblm(

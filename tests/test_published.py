@@ -27,3 +27,5 @@ def test_the_papers_ensembles():
     # The paper averaged its own model: not members with tied weights or variational dropout.
     for variant in ("medium-tied", "medium-variational-tied"):
         assert published_ensemble([load_config(variant)] * 2, "test") is None
+    reference = load_config("medium", ["cell=reference"])
+    assert published_ensemble([reference] * 2, "test")["test"] == 77.0

@@ -102,6 +102,11 @@ def test_nesting_too_deep_for_the_parser_is_a_config_error(tmp_path):
         ("tie_weights=on", "'tie_weights' must be true or false, got 'on'"),
         ("learning_rate=1:30", "'learning_rate' must be a number, got '1:30'"),  # 1.1: 90
         ("hidden_size=190:00", "'hidden_size' must be an integer, got '190:00'"),  # 1.1: 11,400
+        (
+            "seed=!!int 1:30",
+            "'1:30' is no integer",
+        ),  # said "an integer of 3 digits is out of range"
+        ("seed=!!int 0b101", "'0b101' is no integer"),
     ],
 )
 def test_what_yaml_1_1_would_turn_into_another_value_is_refused(override, fragment):

@@ -38,6 +38,18 @@ def test_a_hangup_that_nohup_ignores_stays_ignored():
         signal.signal(signal.SIGHUP, before)
 
 
+def test_a_sigterm_ignored_by_the_parent_still_stops_the_run_and_saves():
+    """Only nohup's ignored SIGHUP is kept: a supervisor that ignores SIGTERM for itself (and so
+    for its children) still preempts with one, and the run must save before it is killed."""
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with StopOnSignal() as stop:
+            signal.raise_signal(signal.SIGTERM)
+            assert stop() and stop.exit_code == 143
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_more_sigterms_are_ignored():
     """A preempting scheduler may send SIGTERM several times: the run still stops cleanly."""
     with StopOnSignal() as stop:
