@@ -67,6 +67,7 @@ class RunDirectory:
         the run takes NAME-2, NAME-3, ... instead."""
         failure, made = None, False
         if dist.is_main:
+            new_parents = [path for path in self.path.parents if not path.exists()]  # deepest first
             try:
                 self._make(unique)
                 made = True
@@ -110,6 +111,11 @@ class RunDirectory:
             if failure is not None and made:  # no half-made run to trip over when run again
                 self.unlock()
                 shutil.rmtree(self.path, ignore_errors=True)
+            for parent in new_parents if failure is not None else ():  # --runs-dir a/b/c
+                try:
+                    parent.rmdir()  # only while empty
+                except OSError:
+                    break
         if dist.any(failure is not None, device):
             raise failure or RankFailed("rank 0 could not create the run directory.")
         self.path = Path(dist.broadcast(str(self.path)))

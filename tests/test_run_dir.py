@@ -128,7 +128,7 @@ def test_a_run_directory_that_cannot_be_made_whole_is_not_left_half_made(
     config = load_config("test")
     with pytest.raises(DataError, match=r"cannot create the run directory .*--runs-dir DIR\."):
         run.create(config, "ptblm train", SINGLE_PROCESS, torch.device("cpu"))
-    assert list((tmp_path / "runs").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # nor the runs folder made for it
 
 
 def test_the_train_again_line_pastes_as_it_stands_from_a_folder_with_a_space(tmp_path):
@@ -162,12 +162,13 @@ def test_a_suggested_command_pastes_as_it_stands_for_a_name_with_a_space_or_a_st
 
 
 def test_a_name_too_long_for_the_file_system_says_to_shorten_it(tmp_path):
-    """A run named after a config file of 245 characters: the fix is --name, not --runs-dir."""
+    """A run named after a config file of 245 characters: the fix is --name, not --runs-dir.
+    The --runs-dir folders made for it go again too."""
     import torch
 
     from ptblm.distributed import SINGLE_PROCESS
 
-    run = RunDirectory(tmp_path / ("c" * 300))
+    run = RunDirectory(tmp_path / "experiments" / "ablation" / ("c" * 300))
     with pytest.raises(DataError, match=r"\(File name too long\)\. Give a shorter --name"):
         run.create(load_config("test"), "ptblm train", SINGLE_PROCESS, torch.device("cpu"))
     assert list(tmp_path.iterdir()) == []
