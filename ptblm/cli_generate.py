@@ -60,12 +60,8 @@ def generate(
     if problems := sampling_problems(temperature, top_k, words, seed):  # before anything loads
         flags = [f"--{name.replace('_', '-')} {value}: {rule}." for name, value, rule in problems]
         raise ConfigError(flags)
-    from ptblm.checkpoint import (
-        checkpoint_config,
-        load_checkpoint,
-        model_from_checkpoint,
-        vocab_dict,
-    )
+    from ptblm.checkpoint import checkpoint_config, model_from_checkpoint, vocab_dict
+    from ptblm.checkpoint_load import load_checkpoint
     from ptblm.generate import sample
     from ptblm.memory import check_fits, model_bytes
     from ptblm.runtime import resolve_device

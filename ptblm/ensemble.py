@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from ptblm.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+from ptblm.checkpoint import checkpoint_config, model_from_checkpoint
+from ptblm.checkpoint_load import load_checkpoint
 from ptblm.config import Config
 from ptblm.data import windows
 from ptblm.errors import CheckpointError

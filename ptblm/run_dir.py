@@ -18,12 +18,8 @@ import torch
 
 from ptblm import __version__
 from ptblm.atomic import atomic_write, remove_stale_temp_files
-from ptblm.checkpoint import (
-    checkpoint_config,
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-)
+from ptblm.checkpoint import checkpoint_config, model_from_checkpoint, save_checkpoint
+from ptblm.checkpoint_load import load_checkpoint
 from ptblm.config import Config, config_to_yaml, load_config
 from ptblm.distributed import Distributed
 from ptblm.errors import CheckpointError, ConfigError, DataError, RankFailed, shell_word

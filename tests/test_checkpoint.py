@@ -6,11 +6,8 @@ import pytest
 import torch
 from helpers import make_checkpoint
 
-from ptblm.checkpoint import (
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-)
+from ptblm.checkpoint import model_from_checkpoint, save_checkpoint
+from ptblm.checkpoint_load import load_checkpoint
 from ptblm.errors import CheckpointError
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from helpers import assert_clean_failure, make_corpus, ptblm
 
-from ptblm.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from ptblm.checkpoint import CHECKPOINT_FORMAT
+from ptblm.checkpoint_load import load_checkpoint
 from ptblm.config import load_config
 from ptblm.errors import CheckpointError
 from ptblm.model import LSTMLanguageModel

@@ -97,7 +97,8 @@ def test_a_reader_that_goes_away_ends_it_quietly(checkpoint):
 def test_the_streamed_text_is_the_whole_text(checkpoint):
     """Streaming prints what joining the words printed: the prompt, then the sampled words, an
     <eos> as a line break, and one newline at the end."""
-    from ptblm.checkpoint import load_checkpoint, model_from_checkpoint, vocab_dict
+    from ptblm.checkpoint import model_from_checkpoint, vocab_dict
+    from ptblm.checkpoint_load import load_checkpoint
     from ptblm.generate import sample
 
     process = start(checkpoint, "--prompt", "the cat", "--words", "300")

@@ -15,7 +15,8 @@ import pytest
 import torch
 from helpers import make_corpus
 
-from ptblm.checkpoint import load_checkpoint, model_from_checkpoint
+from ptblm.checkpoint import model_from_checkpoint
+from ptblm.checkpoint_load import load_checkpoint
 from ptblm.config import load_config
 from ptblm.data import batchify, load_corpus, windows
 from ptblm.evaluate import evaluate

@@ -8,7 +8,8 @@ import torch
 from helpers import assert_clean_failure, make_corpus, ptblm
 
 import ptblm.memory as memory
-from ptblm.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, model_from_checkpoint, vocab_list
+from ptblm.checkpoint import CHECKPOINT_FORMAT, model_from_checkpoint, vocab_list
+from ptblm.checkpoint_load import load_checkpoint
 from ptblm.config import load_config
 from ptblm.data import load_corpus
 from ptblm.errors import CheckpointError, ConfigError
