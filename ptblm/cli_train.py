@@ -211,7 +211,7 @@ def _new_trainer(
 def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose, threads):
     from ptblm.checkpoint import check_same_text, corpus_dir_for, data_dir_for
     from ptblm.data import load_corpus_on_all_ranks
-    from ptblm.run_dir import load_resumable
+    from ptblm.resume import load_resumable
     from ptblm.train import Trainer
 
     checkpoint, saved, path = load_resumable(run_dir)

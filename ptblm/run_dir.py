@@ -1,5 +1,6 @@
 """The run directory (its files: run_files.py): creating and locking it, writing its JSON
-files, and finding runs and their checkpoints again (for --resume, eval and generate).
+files, and finding runs and their checkpoints again for eval and generate (for --resume:
+resume.py).
 
 Under torchrun only rank 0 creates, locks and writes it, checkpoints included.
 """
@@ -18,13 +19,14 @@ import torch
 
 from ptblm import __version__
 from ptblm.atomic import atomic_write, remove_stale_temp_files
-from ptblm.checkpoint import checkpoint_config, model_from_checkpoint, save_checkpoint
+from ptblm.checkpoint import model_from_checkpoint, save_checkpoint
 from ptblm.checkpoint_load import load_checkpoint
-from ptblm.config import Config, config_to_yaml, load_config
+from ptblm.config import Config, config_to_yaml
 from ptblm.distributed import Distributed
 from ptblm.errors import CheckpointError, ConfigError, DataError, RankFailed, shell_word
 from ptblm.model import LSTMLanguageModel
 from ptblm.results import METRICS_ONLY
+from ptblm.resume import never_saved, resumable_checkpoint
 from ptblm.run_files import (
     BEST,
     CONFIG_FILE,
@@ -32,7 +34,6 @@ from ptblm.run_files import (
     LOCK_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
-    is_locked,
     open_regular,
     read_json,
 )
@@ -248,99 +249,3 @@ def resolve_checkpoint(target: Path | None, runs_dir: Path) -> Path:
             f"every --checkpoint-every N windows), and this one has not."
         )
     raise CheckpointError(f"{run_dir} holds no {BEST} or {LAST}: it is not a ptblm run directory.")
-
-
-def never_saved(run_dir: Path, resuming: bool = False) -> str:
-    """Why a directory without a checkpoint cannot be resumed (`resuming`) or trained into; rm -r
-    is said only of a run that ptblm started and that no process is training now."""
-    another = "" if resuming else ", or choose another --name"
-    if is_locked(run_dir):
-        return (
-            f"another ptblm process is training {run_dir} (it has saved no checkpoint yet): wait "
-            f"for it or stop it first{another}."
-        )
-    if not (run_dir / CONFIG_FILE).is_file():
-        return f"{run_dir} exists and is not a ptblm run directory: choose another --name."
-    return (
-        f"{run_dir} holds no checkpoint: its run stopped before it saved one, so there is nothing "
-        f"to continue. Start it again (delete the directory first: rm -r {shell_word(run_dir)})"
-        f"{another}."
-    )
-
-
-def resumable_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint a resume continues from: last.pt, or best.pt where that is further in
-    training (best.pt is written first at an epoch's end and holds the same full training state,
-    so a run whose last.pt could not be written there loses nothing); None where the run has
-    neither. Their step and epoch decide, not their times, which a copy (cp -r) changes; where one
-    cannot be read, the newer file is taken, so that the resume names the damaged one."""
-    last, best = run_dir / LAST, run_dir / BEST
-    if not (last.is_file() and best.is_file()):
-        return last if last.is_file() else best if best.is_file() else None
-    where = _position(last), _position(best)
-    if None in where:
-        return max((last, best), key=lambda path: path.stat().st_mtime_ns)
-    # A tie in steps: best.pt of an epoch's end is further than a last.pt saved in its
-    # validation (the epoch still to end); in a tie in both, last.pt.
-    return best if where[1] > where[0] else last
-
-
-def _position(path: Path) -> tuple[int, int] | None:
-    """A checkpoint's (global_step, epoch), its tensors left on disk (None where unreadable)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        where = checkpoint["global_step"], checkpoint["epoch"]
-    except Exception:  # damaged or not a checkpoint: load_checkpoint says why, when it is loaded
-        return None
-    return where if all(type(number) is int for number in where) else None
-
-
-def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config, Path]:
-    """The checkpoint of a run that may be resumed (resumable_checkpoint), its config and its
-    path. A run continues with the config it started with: a config.yaml edited since is refused,
-    naming the keys that differ."""
-    config_file = run_dir / CONFIG_FILE
-    if not run_dir.is_dir() or not config_file.is_file():
-        raise CheckpointError(
-            f"{run_dir} is not a ptblm run directory (it needs {CONFIG_FILE}, and {LAST} or "
-            f"{BEST}). Name the directory a `ptblm train` run wrote, e.g. "
-            f"runs/small-20261122-101500."
-        )
-    path = resumable_checkpoint(run_dir)
-    if path is None:
-        raise CheckpointError(never_saved(run_dir, resuming=True))
-    try:
-        checkpoint = load_checkpoint(path)
-    except CheckpointError as error:
-        other = ({run_dir / LAST, run_dir / BEST} - {path}).pop()
-        if not other.is_file():
-            hint = "The run has no other checkpoint to resume from: start it again."
-        else:
-            older = (
-                "written at the end of the run's best epoch"
-                if other.name == BEST
-                else "an older one: the run trains again from there and writes best.pt anew"
-            )
-            hint = (
-                f"A run resumes from the later of its {LAST} and {BEST}: move {path.name} aside "
-                f"(mv {shell_word(path)} {shell_word(f'{path}.damaged')}) to resume from "
-                f"{other.name}, {older}."
-            )
-        raise CheckpointError(f"{error} {hint}") from None
-    saved = checkpoint_config(checkpoint, path)
-    try:
-        edited = load_config(str(config_file))
-    except ConfigError as error:
-        raise CheckpointError(f"{config_file} was edited and no longer loads: {error}") from None
-    changed = [
-        f"{key}: {value!r} in {CONFIG_FILE}, {getattr(saved, key)!r} in {path.name}"
-        for key, value in edited.to_dict().items()
-        if value != getattr(saved, key)
-    ]
-    if changed:
-        raise CheckpointError(
-            f"{config_file} does not match the run's checkpoint ({'; '.join(changed)}). A run "
-            f"continues with the config it started with: restore {CONFIG_FILE}, or start a new "
-            f"run with ptblm train --config {shell_word(config_file)}."
-        )
-    return checkpoint, saved, path

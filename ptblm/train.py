@@ -33,7 +33,8 @@ from ptblm.memory import check_training_fits
 from ptblm.model import LSTMLanguageModel, perplexity
 from ptblm.progress import Progress, log_every
 from ptblm.results import hparams, run_metrics
-from ptblm.run_dir import RunDirectory, resumable_checkpoint
+from ptblm.resume import resumable_checkpoint
+from ptblm.run_dir import RunDirectory
 from ptblm.run_files import BEST, LAST
 from ptblm.run_state import RunState
 from ptblm.runtime import Threads, configure_tf32, seed_everything

@@ -1,10 +1,12 @@
-"""Reliability of a run: kill -9 and resume, SIGINT / SIGTERM, edited or foreign run directories.
+"""Reliability of a run: kill -9 and resume, SIGINT / SIGTERM, edited or foreign run directories,
+and which checkpoint a resume continues from (resume.py).
 
 Every run here is the real CLI in a subprocess, on a synthetic corpus, with dropout on so that
 the random generators matter for the bitwise comparisons.
 """
 
 import json
+import os
 import random
 import signal
 
@@ -13,12 +15,18 @@ import torch
 from helpers import (
     HeldRun,
     assert_clean_failure,
+    make_checkpoint,
     make_corpus,
     model_from_file,
     plain_perplexity,
     ptblm,
     split_ids,
 )
+
+from ptblm.checkpoint import save_checkpoint
+from ptblm.config import config_to_yaml, load_config
+from ptblm.errors import CheckpointError
+from ptblm.resume import load_resumable, resumable_checkpoint
 
 SETTINGS = [
     "--set", "vocab_size=40", "--set", "hidden_size=16", "--set", "num_layers=2",
@@ -324,3 +332,72 @@ def test_sigterm_during_the_final_test_leaves_a_run_trained_with_its_test_pendin
         path = tmp_path / "testing" / checkpoint
         expected = plain_perplexity(model_from_file(path), split_ids(corpus, "test", path))
         assert metrics[key] == pytest.approx(expected, rel=1e-5), key
+
+
+# --- which checkpoint a resume continues from (resume.py) ---------------------------------
+
+
+def test_a_resume_continues_from_best_pt_when_last_pt_could_not_be_written_after_it(tmp_path):
+    best, last = tmp_path / "best.pt", tmp_path / "last.pt"
+    assert resumable_checkpoint(tmp_path) is None
+    save_checkpoint(best, make_checkpoint(epoch=1, window=0, global_step=40))
+    assert resumable_checkpoint(tmp_path) == best
+    save_checkpoint(last, make_checkpoint(epoch=1, window=0, global_step=40))
+    assert resumable_checkpoint(tmp_path) == last  # the same epoch's end: last.pt
+    save_checkpoint(last, make_checkpoint(epoch=1, window=10, global_step=50))
+    assert resumable_checkpoint(tmp_path) == last
+    # best.pt of epoch 2 written, then last.pt's write failed: last.pt is still epoch 1's.
+    save_checkpoint(best, make_checkpoint(epoch=2, window=0, global_step=80))
+    assert resumable_checkpoint(tmp_path) == best
+    # ...or last.pt was saved by a stop during epoch 2's validation: the same step, an epoch less.
+    save_checkpoint(last, make_checkpoint(epoch=1, window=40, global_step=80))
+    assert resumable_checkpoint(tmp_path) == best
+
+
+def test_a_copied_run_resumes_from_the_checkpoint_further_in_training(tmp_path):
+    """cp -r gives the files new times in whatever order it copies them: a finished run whose
+    best epoch came early, copied so that best.pt looks newer, resumed from best.pt and trained
+    its last epochs again."""
+    best, last = tmp_path / "best.pt", tmp_path / "last.pt"
+    save_checkpoint(last, make_checkpoint(epoch=3, window=0, global_step=120, finished=True))
+    save_checkpoint(best, make_checkpoint(epoch=2, window=0, global_step=80))
+    os.utime(last, ns=(1, 1))
+    assert resumable_checkpoint(tmp_path) == last
+
+
+def test_a_damaged_last_pt_says_how_to_resume_from_best_pt_and_that_works(tmp_path):
+    (tmp_path / "config.yaml").write_text(config_to_yaml(load_config("test", ["vocab_size=12"])))
+    best, last = tmp_path / "best.pt", tmp_path / "last.pt"
+    save_checkpoint(best, make_checkpoint())
+    last.write_bytes(best.read_bytes()[:1000])  # cut off by a crash
+    os.utime(best, ns=(1, 1))
+    with pytest.raises(CheckpointError, match="not a readable ptblm checkpoint") as refused:
+        load_resumable(tmp_path)
+    assert f"(mv {last} {last}.damaged) to resume from best.pt" in str(refused.value)
+    last.rename(tmp_path / "last.pt.damaged")  # as told
+    checkpoint, config, _ = load_resumable(tmp_path)
+    assert (checkpoint["global_step"], config.vocab_size) == (3, 12)
+    best.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no other checkpoint to resume from: start it"):
+        load_resumable(tmp_path)
+    (tmp_path / "last.pt.damaged").rename(last)
+    save_checkpoint(last, make_checkpoint())
+    os.utime(last, ns=(1, 1))  # the damaged best.pt is the newer one
+    with pytest.raises(CheckpointError) as refused:
+        load_resumable(tmp_path)
+    assert f"(mv {best} {best}.damaged) to resume from last.pt, an older one" in str(refused.value)
+
+
+def test_a_suggested_command_pastes_as_it_stands_for_a_name_with_a_space_or_a_star(tmp_path):
+    """`rm -r runs/old run` would have removed runs/old and ./run; `rm -r runs/*` every run."""
+    import re
+    import shlex
+
+    for name in ("old run", "*"):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.yaml").write_text(config_to_yaml(load_config("test")))
+        with pytest.raises(CheckpointError, match="holds no checkpoint") as refused:
+            load_resumable(run)
+        command = re.search(r"\((?:delete the directory first: )?(rm -r .*?)\)", str(refused.value))
+        assert shlex.split(command.group(1)) == ["rm", "-r", str(run)]

@@ -15,7 +15,7 @@ from ptblm.config import load_config
 from ptblm.data import load_corpus
 from ptblm.errors import ConfigError, DivergenceError, Interrupted
 from ptblm.results import format_summary
-from ptblm.run_dir import load_resumable
+from ptblm.resume import load_resumable
 from ptblm.signals import StopOnSignal
 from ptblm.step import EagerStep
 from ptblm.train import EpochEnd, Trainer
