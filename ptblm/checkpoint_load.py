@@ -59,22 +59,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     _check_position(checkpoint, config, path)
     weights = checkpoint["model"]
     for name, tensor in weights.items() if isinstance(weights, dict) else ():
-        if isinstance(tensor, torch.Tensor) and not (
-            tensor.layout == torch.strided
-            and tensor.device.type == "cpu"
-            and tensor.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-        ):  # a sparse, meta, integer or complex tensor: no model ptblm saves holds one
+        if not isinstance(tensor, torch.Tensor):
+            continue  # load_state_dict says so, with the model's names
+        shown = cut(str(name), 60)
+        dense = tensor.layout == torch.strided and tensor.device.type == "cpu"
+        if not (dense and tensor.is_floating_point()):  # sparse, meta, integer or complex
             raise CheckpointError(
-                f"{path} is damaged: its {cut(str(name), 60)} is a {tensor.layout} "
-                f"{tensor.dtype} tensor on {tensor.device.type}, where dense floating-point "
-                f"weights belong. {USE_ANOTHER}"
+                f"{path} is damaged: its {shown} is a {tensor.layout} {tensor.dtype} tensor on "
+                f"{tensor.device.type}, where dense floating-point weights belong. {USE_ANOTHER}"
             )
         # The divergence guard keeps a training run's weights finite: the file was changed, or
         # an update overflowed fp32 (a learning rate near 3.4e38).
-        if isinstance(tensor, torch.Tensor) and not torch.isfinite(tensor).all():
+        if not torch.isfinite(tensor).all():
             raise CheckpointError(
-                f"{path} is damaged: its {cut(str(name), 60)} holds NaN or infinite values. "
-                f"{USE_ANOTHER}"
+                f"{path} is damaged: its {shown} holds NaN or infinite values. {USE_ANOTHER}"
             )
     return checkpoint
 

@@ -132,8 +132,9 @@ def evaluate_checkpoints(
     corpus = member_corpus(first, data_dir, corpus_dir, progress)
     if num_steps is None:
         num_steps = TEST_NUM_STEPS if batch_size == 1 else first.config.num_steps
-    check_window_fits(corpus.split(split).numel(), batch_size, num_steps, first.config, device)
-    check_one_window(corpus.split(split).numel(), batch_size, num_steps, split)
+    split_tokens = corpus.split(split).numel()
+    check_window_fits(split_tokens, batch_size, num_steps, first.config, device)
+    check_one_window(split_tokens, batch_size, num_steps, split)
     started = time.perf_counter()
     result: dict[str, Any] = {"split": split, "batch_size": batch_size, "num_steps": num_steps}
     if len(members) == 1:  # the trainer's own evaluation, to the last bit
@@ -153,10 +154,8 @@ def evaluate_checkpoints(
             }
             for member, lp in zip(members, logprobs, strict=True)
         ]
-        on_ptb = corpus.is_ptb  # the paper's averaged rows are of PTB
-        result["published"] = (
-            published_ensemble([m.config for m in members], split) if on_ptb else None
-        )
+        configs = [member.config for member in members]  # the paper's averaged rows are of PTB
+        result["published"] = published_ensemble(configs, split) if corpus.is_ptb else None
     result.update(
         checkpoint=str(first.path) if len(members) == 1 else [str(m.path) for m in members],
         epochs_completed=first.checkpoint["epoch"],
