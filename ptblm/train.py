@@ -273,13 +273,22 @@ class Trainer:
                 self.run_dir.write_summary(self.summary("diverged", diverged_at_step=step))
         saved = resumable_checkpoint(self.run_dir.path)
         kept = f"The last checkpoint, {saved}, is intact." if saved else "No checkpoint was saved."
-        fp32 = ", or use --precision fp32" if self.config.precision != "fp32" else ""
         return DivergenceError(
             f"training diverged at step {run.global_step + 1} (epoch {run.epoch + 1}, window "
             f"{run.window + 1}, learning rate {lr:g}): loss per token {diverged.mean_nll:g}, "
-            f"gradient norm {diverged.grad_norm:g}. {kept} Lower learning_rate or max_grad_norm "
-            f"(--set learning_rate=...){fp32}."
+            f"gradient norm {diverged.grad_norm:g}. {kept} {self.divergence_fix()}"
         )
+
+    def divergence_fix(self) -> str:
+        """What to change: the first window's loss and gradient come from the initial weights
+        alone (no update has been made), any later one's from the updates."""
+        config = self.config
+        if self.run_state.global_step == 0:
+            fix = "Lower init_scale (--set init_scale=...)"
+        else:
+            decay = ", weight_decay" if config.weight_decay else ""
+            fix = f"Lower learning_rate{decay} or max_grad_norm (--set learning_rate=...)"
+        return fix + (", or use --precision fp32." if config.precision != "fp32" else ".")
 
     def test_best(self, test_ppl: float, stop: StopOnSignal) -> float | None:
         """best.pt's test perplexity; None, with a warning, where best.pt is missing or damaged:

@@ -196,6 +196,26 @@ def test_a_divergence_before_any_checkpoint_says_so_and_suggests_only_what_appli
     assert "--precision" not in message  # the run is fp32 already
 
 
+@pytest.mark.parametrize(
+    ("overrides", "fix"),
+    [
+        # The first window's loss comes from the initial weights alone: the learning rate is
+        # innocent there.
+        (["init_scale=1e30"], "Lower init_scale (--set init_scale=...)."),
+        (["weight_decay=1e30"], "Lower learning_rate, weight_decay or max_grad_norm"),
+    ],
+)
+def test_the_divergence_message_names_the_setting_that_can_have_caused_it(
+    corpus, tmp_path, overrides, fix
+):
+    trainer = make_trainer(corpus, tmp_path / "run", *overrides)
+    with pytest.raises(DivergenceError) as raised:
+        trainer.run()
+    message = str(raised.value)
+    assert fix in message
+    assert ("at step 1 " in message) == overrides[0].startswith("init_scale")
+
+
 def test_bf16_trains_where_the_cpu_has_it_and_is_refused_where_not(corpus, tmp_path):
     """On every machine one of the two is exercised for real; neither is skipped."""
     if not cpu_has_native_bf16_by_its_flags():
