@@ -52,6 +52,7 @@ class Progress:
         self.enabled = enabled
         self.verbose = enabled and verbose
         self.writer = None
+        self._make_writer = None  # set by open(): makes self.writer at the first event
         self.bar = None
         self._line_every = self._next_line = 1  # set per epoch
         self._last_line = time.monotonic()
@@ -77,18 +78,16 @@ class Progress:
                 hook(args)
 
         threading.excepthook = quiet_writer  # before the writer: it writes its first event at once
-        try:
-            self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
-        except OSError as error:  # a full disk, a path too long for its file name
-            self._lost(error)
-        writer = self.writer
+        # Made at the first event, so that a run that fails before it has anything to log (a
+        # resume refused on a full disk) leaves no event file behind.
+        self._make_writer = lambda: SummaryWriter(str(self.run_dir), purge_step=purge_step)
         try:
             if not resumed_at_step:
                 text = config_to_yaml(config).replace("\n", "\n    ")
                 self._log(lambda writer: writer.add_text("config", "    " + text))
             yield self
         finally:
-            self.writer = None
+            writer, self.writer, self._make_writer = self.writer, None, None
             if writer is not None:
                 with contextlib.suppress(OSError):  # said already, where a write failed
                     writer.close()
@@ -158,17 +157,29 @@ class Progress:
 
     def flush(self) -> None:
         """What TensorBoard shows reaches the disk (with each checkpoint)."""
-        self._log(lambda writer: writer.flush())
+        if self.writer:
+            self._log(lambda writer: writer.flush())
 
     def _log(self, write) -> None:
         """A TensorBoard write. Where it fails (a full disk), a warning and no TensorBoard from
         then on: the run's checkpoints matter more than its curves."""
-        if not self.writer:
+        writer = self._writer()
+        if not writer:
             return
         try:
-            write(self.writer)
+            write(writer)
         except OSError as error:
             self._lost(error)
+
+    def _writer(self):
+        """The SummaryWriter, made (once) at the first event; None where there is none."""
+        if self._make_writer is not None:
+            make, self._make_writer = self._make_writer, None
+            try:
+                self.writer = make()
+            except OSError as error:  # a full disk, a path too long for its file name
+                self._lost(error)
+        return self.writer
 
     def _lost(self, error: OSError) -> None:
         self.writer = None
@@ -182,7 +193,7 @@ class Progress:
         make a separate sub-run). Columns in the order of `values` (the caller puts what tells
         runs apart first); booleans stay booleans and strings strings (torch's own `hparams()`
         stores a bool as 0.0/1.0). Its metrics are the run's own test/valid/train ppl scalars."""
-        if not self.writer:
+        if not self._writer():
             return
         from tensorboard.plugins.hparams import summary_v2 as api
 

@@ -41,6 +41,10 @@ def test_a_disk_that_fills_during_a_checkpoint_stops_in_one_line_and_resumes(tmp
     assert not list(run.glob(".*.tmp"))  # the cut-off temp file is gone
     listed = ptblm("runs", "--runs-dir", runs, "--json")
     assert json.loads(listed.stdout)["runs"][0]["resumable"]  # from best.pt: nothing is lost
+    events = sorted(run.glob("events.out.tfevents.*"))
+    refused = ptblm("train", "--resume", run, "--quiet")  # the disk still full
+    assert_clean_failure(refused, 1, "could not write", "last.pt")
+    assert sorted(run.glob("events.out.tfevents.*")) == events  # no event file per attempt
     small_disk.remount(runs, "size=20m")  # space freed
     result = ptblm("train", "--resume", run, "--quiet")
     assert result.returncode == 0, result.stderr

@@ -177,3 +177,14 @@ def test_a_closed_or_full_stdout_costs_no_epoch(tmp_path):
     for name in ("full", "pipe", "quiet", "resumed"):
         metrics = json.loads((tmp_path / "runs" / name / "metrics.json").read_text())
         assert metrics["status"] == "finished" and not metrics["cut_short"], name
+
+
+def test_an_event_file_is_made_at_the_first_event_not_before(tmp_path):
+    """A resume that fails before it logs anything (a full disk) left an event file per try."""
+    shown = Progress(tmp_path, verbose=False)
+    with shown.open(load_config("test"), resumed_at_step=7):
+        shown.flush()  # a checkpoint's flush is no event
+    assert not list(tmp_path.glob("events.out.tfevents.*"))
+    with shown.open(load_config("test"), resumed_at_step=7):
+        shown.scalar("valid/ppl", 100.0, 8)
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
