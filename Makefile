@@ -30,8 +30,8 @@ format:  ## rewrite the code in the project's style
 bench:  ## training throughput: ptblm vs a bare PyTorch loop, fp32 and bf16, small and medium
 	$(BIN)/python scripts/bench.py
 
-smoke:  ## a 1-minute end-to-end run of the test config on ../shared/ptb
-	$(BIN)/ptblm train --config test --corpus ../shared/ptb --max-steps 2000 --runs-dir runs --name smoke-$$(date +%s)
+smoke:  ## a 1-minute end-to-end run of the test config on ../shared/ptb (downloaded if absent)
+	$(BIN)/ptblm train --config test --data-dir ../shared --max-steps 2000 --runs-dir runs --name smoke-$$(date +%s)
 
 clean:
 	rm -rf $(VENV) .venv-oldest build *.egg-info .pytest_cache .ruff_cache
