@@ -13,7 +13,9 @@ from ptblm.model import LSTMLanguageModel
 from ptblm.step import Diverged, EagerStep, GraphStep
 
 
-def make_step(max_grad_norm=5.0, learning_rate=0.7, seed=0):
+def make_step(max_grad_norm=5.0, learning_rate=0.7, seed=0, graphed=False, scaler=None):
+    """A small model and its step: EagerStep (with `scaler`, if given) or, `graphed`, GraphStep
+    (on the CPU it runs the very update its CUDA graph would hold, uncaptured)."""
     config = load_config(
         "small",
         [
@@ -28,7 +30,15 @@ def make_step(max_grad_norm=5.0, learning_rate=0.7, seed=0):
     model = LSTMLanguageModel.from_config(config)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=learning_rate)
-    return model, EagerStep(model, optimizer, config, contextlib.nullcontext())
+    if graphed:
+        return model, GraphStep(model, optimizer, config)
+    return model, EagerStep(model, optimizer, config, contextlib.nullcontext(), scaler)
+
+
+def train(step, x, y):
+    """One window, read back: what either step made of it (Diverged where it made no update)."""
+    step(x, y)
+    return step.drain()
 
 
 def reference_sgd_step(model, x, y, state, lr, max_grad_norm):
@@ -66,6 +76,23 @@ def test_one_window_is_the_reference_sgd_step_with_global_norm_clipping(max_grad
     update = torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(model.parameters(), before)))
     # Clipped: the whole update has norm lr * max_grad_norm; else lr * norm.
     assert update.item() == pytest.approx(0.7 * min(norm, max_grad_norm), rel=1e-3)
+
+
+def test_with_a_grad_scaler_the_step_clips_and_reports_the_true_gradient():
+    """fp16's path (a GradScaler) on the CPU: the scaled gradients are unscaled before clipping,
+    so the norm reported and clipped is the true one and the update is the reference's."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    model, step = make_step(max_grad_norm=0.05, scaler=scaler)
+    reference = copy.deepcopy(model)
+    data = torch.randint(30, (4, 6), generator=torch.Generator().manual_seed(1))
+    x, y = data[:, :5], data[:, 1:]
+    step.state = state = model.initial_state(4)
+    ((mean_nll, norm),) = train(step, x, y)
+    loss, expected_norm = reference_sgd_step(reference, x, y, state, 0.7, 0.05)
+    assert norm == pytest.approx(expected_norm, rel=1e-5) and expected_norm > 0.05  # clipped
+    assert mean_nll == pytest.approx(loss / 5, rel=1e-5)
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
 
 
 def test_the_state_is_carried_detached_into_the_next_window():
@@ -158,11 +185,11 @@ def test_the_graph_steps_guard_stops_every_update_from_the_diverged_window_on():
         assert torch.equal(before, now)
 
 
-def window_with_decoder_bias(bias: float):
+def window_with_decoder_bias(bias: float, graphed: bool = False):
     """A step, and a window whose targets all avoid word 0, after which the decoder's bias for
     word 0 is `bias`: each target's loss is then about `bias` (within 2: hidden 8, weights within
     0.1), finite, with finite gradients."""
-    model, step = make_step()
+    model, step = make_step(graphed=graphed)
     with torch.no_grad():
         model.decoder.bias.zero_()
         model.decoder.bias[0] = bias
@@ -170,17 +197,17 @@ def window_with_decoder_bias(bias: float):
     return model, step, data[:, :5], data[:, 1:]
 
 
-def test_a_finite_loss_over_ten_times_log_vocab_per_token_is_divergence_on_its_own():
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "graphed"])
+def test_a_finite_loss_over_ten_times_log_vocab_per_token_is_divergence_on_its_own(graphed):
     """The bound is 10 x log(30) = 34.0 nats per token: a loss of about 30 trains, one of about
     50 (finite, with a finite gradient norm) is refused before the update."""
-    model, step, x, y = window_with_decoder_bias(30.0)
-    step(x, y)
-    ((mean_nll, norm),) = step.drain()
+    model, step, x, y = window_with_decoder_bias(30.0, graphed)
+    ((mean_nll, norm),) = train(step, x, y)
     assert 28 < mean_nll < 32 and math.isfinite(norm)  # under the bound: the update is made
-    model, step, x, y = window_with_decoder_bias(50.0)
+    model, step, x, y = window_with_decoder_bias(50.0, graphed)
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(Diverged) as raised:
-        step(x, y)
+        train(step, x, y)
     assert 48 < raised.value.mean_nll < 52  # finite, over the bound, under 5 x the bound
     assert math.isfinite(raised.value.grad_norm)  # the loss alone tripped the guard
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -198,3 +225,21 @@ def test_a_finite_loss_with_a_non_finite_gradient_is_divergence_on_its_own():
     assert raised.value.mean_nll < 10 * math.log(30)  # an ordinary loss: the gradient tripped it
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert step.drain() == []
+
+
+def test_the_graph_steps_guard_makes_no_update_after_a_diverged_window_even_a_healthy_one():
+    """Only the first window's gradient is infinite; the second is healthy, but queued after a
+    divergence that the host has not read yet: it must not update either."""
+    model, step, x, y = window_with_decoder_bias(0.0, graphed=True)
+    hook = model.decoder.bias.register_hook(lambda grad: grad * math.inf)
+    before = [p.detach().clone() for p in model.parameters()]
+    step(x, y)
+    hook.remove()
+    _, healthy = make_step(graphed=True)
+    healthy(x, y)
+    assert healthy.drain()  # the same window, without the hook, trains
+    step(x, y)
+    with pytest.raises(Diverged) as raised:
+        step.drain()
+    assert raised.value.windows_after == 1 and not math.isfinite(raised.value.grad_norm)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

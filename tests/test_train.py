@@ -1,3 +1,4 @@
+import json
 import math
 import signal
 from types import SimpleNamespace
@@ -14,6 +15,8 @@ from helpers import (
 from ptblm.config import load_config
 from ptblm.data import load_corpus
 from ptblm.errors import ConfigError, DivergenceError, Interrupted
+from ptblm.evaluate import evaluate
+from ptblm.model import perplexity
 from ptblm.results import format_summary
 from ptblm.resume import load_resumable
 from ptblm.signals import StopOnSignal
@@ -158,6 +161,8 @@ def test_run_writes_metrics_and_checkpoints_and_picks_the_best(corpus, tmp_path)
     assert metrics["variant"] == {}  # the faithful model
     best = torch.load(run / "best.pt", weights_only=True)
     assert best["best_valid_ppl"] == metrics["best_valid_ppl"]
+    # At an epoch's end no state is carried: the next epoch starts from zeros (checkpoint.py).
+    assert best["state"] is None and torch.load(run / "last.pt", weights_only=True)["state"] is None
 
 
 def test_max_steps_stops_then_validates_tests_and_saves(corpus, tmp_path):
@@ -214,6 +219,30 @@ def test_the_divergence_message_names_the_setting_that_can_have_caused_it(
     message = str(raised.value)
     assert fix in message
     assert ("at step 1 " in message) == overrides[0].startswith("init_scale")
+
+
+def test_a_divergence_found_windows_later_by_the_graphed_step_is_placed_at_its_window(
+    corpus, tmp_path, monkeypatch
+):
+    """GraphStep (CUDA's step; on the CPU it runs uncaptured) reads its windows back once per
+    log interval: the loop must count back to the window that diverged, as the eager step
+    reports it at once, and save nothing from the windows queued after it."""
+    import ptblm.train
+    from ptblm.step import GraphStep
+
+    said = {}
+    for graphed in (False, True):
+        if graphed:
+            monkeypatch.setattr(ptblm.train, "make_step", lambda m, o, c, d: GraphStep(m, o, c))
+        run_dir = tmp_path / f"graphed-{graphed}"
+        trainer = make_trainer(corpus, run_dir, "learning_rate=1e30", "max_grad_norm=1e30")
+        trainer.log_every = 50  # windows queued between two read-backs
+        with pytest.raises(DivergenceError) as raised:
+            trainer.run()
+        summary = json.loads((run_dir / "summary.json").read_text())
+        said[graphed] = (str(raised.value).split(" (epoch")[0], summary["diverged_at_step"])
+    assert isinstance(trainer.step, GraphStep) and trainer.windows_per_epoch >= 4
+    assert said[True] == said[False] == ("training diverged at step 2", 2)
 
 
 def test_bf16_trains_where_the_cpu_has_it_and_is_refused_where_not(corpus, tmp_path):
@@ -386,6 +415,13 @@ def test_eval_tokens_shortens_validation_and_test_and_says_so(corpus, tmp_path, 
     on_100 = plain_perplexity(resumed.model, corpus.test[:100])
     assert on_100 != pytest.approx(plain_perplexity(resumed.model, corpus.test), rel=1e-3)
     assert metrics["test_ppl"] == pytest.approx(on_100, rel=1e-5)
+    # Validation too (the training's batch_size 4 and num_steps 5) on the first 100 tokens only.
+    valid = [
+        perplexity(*evaluate(resumed.model, ids, 4, 5))
+        for ids in (corpus.valid[:100], corpus.valid)
+    ]
+    assert valid[0] != pytest.approx(valid[1], rel=1e-3)
+    assert metrics["valid_ppl"] == pytest.approx(valid[0], rel=1e-5)
     assert "--eval-tokens" in format_summary(metrics, tmp_path / "run")
 
 
