@@ -149,7 +149,7 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, reference):
 
 
 def test_a_finished_run_whose_last_pt_was_lost_gets_it_back_on_resume(tmp_path, reference):
-    """Its final last.pt not written (a full disk: test_cli_faults.py) and the test not run:
+    """Its final last.pt not written (a full disk: test_cli_train.py) and the test not run:
     resumed from best.pt, the run writes last.pt before testing, so last.pt holds the weights
     test_ppl was measured on, as in every finished run."""
     import shutil

@@ -36,7 +36,7 @@ def test_resolving_checkpoints(tmp_path):
 
 
 def test_a_lock_that_cannot_be_opened_is_a_checkpoint_error(tmp_path, monkeypatch):
-    """The stand-in for a read-only disk where tmpfs cannot be mounted (test_cli_faults.py)."""
+    """The stand-in for a read-only disk where tmpfs cannot be mounted (test_cli_train.py)."""
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")

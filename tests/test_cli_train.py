@@ -1,7 +1,7 @@
-"""Faults a careful user or an attacker meets, through the real `ptblm` command: full and
-read-only disks (a real tmpfs where the tests run as root), run directories from someone else
-(a .lock that is a link or a FIFO), runs cut off between their last writes, and run names that
-leave --runs-dir."""
+"""`ptblm train` (cli_train.py) against the faults a careful user or an attacker meets, through
+the real command: full and read-only disks (a real tmpfs where the tests run as root), run
+directories from someone else (a .lock that is a link or a FIFO), runs cut off between their
+last writes, and run names that leave --runs-dir."""
 
 import json
 import os
