@@ -13,8 +13,11 @@ from helpers import assert_clean_failure, make_corpus, ptblm
 from ptblm.checkpoint import CHECKPOINT_FORMAT
 from ptblm.checkpoint_load import load_checkpoint
 from ptblm.config import load_config
+from ptblm.data import load_corpus
 from ptblm.errors import CheckpointError
 from ptblm.model import LSTMLanguageModel
+from ptblm.resume import load_resumable
+from ptblm.train import Trainer
 
 
 def crafted(**changes):
@@ -137,17 +140,36 @@ def widen_the_state(checkpoint):
 def test_a_checkpoint_that_loads_but_cannot_continue_is_not_resumed(
     stopped_run, tmp_path, damage, fragment
 ):
+    """In-process, as `ptblm train --resume` does it (the command itself: the test below)."""
+    run = damaged_copy(stopped_run, tmp_path, damage)
+    before = (run / "last.pt").read_bytes()
+    checkpoint, config, path = load_resumable(run)
+    corpus = load_corpus(corpus_dir=stopped_run.parents[1] / "corpus")
+    with pytest.raises(CheckpointError) as raised:
+        Trainer(config, corpus, run, torch.device("cpu"), verbose=False, resume=(checkpoint, path))
+    assert f"{run / 'last.pt'} cannot be resumed {fragment}" in str(raised.value)
+    assert "Start a new run." in str(raised.value)
+    assert (run / "last.pt").read_bytes() == before  # refused before anything was written
+
+
+def test_ptblm_train_refuses_such_a_checkpoint_in_one_line(stopped_run, tmp_path):
+    run = damaged_copy(stopped_run, tmp_path, lambda c: c.update(window=10**9))
+    before = (run / "last.pt").read_bytes()
+    result = ptblm("train", "--resume", run, cwd=tmp_path)
+    assert_clean_failure(result, 1, f"{run / 'last.pt'} cannot be resumed (window 1000000000")
+    assert "Start a new run." in result.stderr
+    assert (run / "last.pt").read_bytes() == before
+
+
+def damaged_copy(stopped_run, tmp_path, damage):
+    """A copy of the stopped run, its last.pt (mid-epoch) changed by `damage`."""
     run = shutil.copytree(stopped_run, tmp_path / "r")
     checkpoint = torch.load(run / "last.pt", weights_only=True)
     assert 0 < checkpoint["window"] and checkpoint["state"] is not None
     checkpoint["finished"] = False
     damage(checkpoint)
     torch.save(checkpoint, run / "last.pt")
-    before = (run / "last.pt").read_bytes()
-    result = ptblm("train", "--resume", run, cwd=tmp_path)
-    assert_clean_failure(result, 1, f"{run / 'last.pt'} cannot be resumed {fragment}")
-    assert "Start a new run." in result.stderr
-    assert (run / "last.pt").read_bytes() == before  # refused before anything was written
+    return run
 
 
 def test_the_refusal_names_best_pt_when_that_is_the_checkpoint_resumed(stopped_run, tmp_path):

@@ -98,7 +98,30 @@ def test_tune_on_a_text_file_shows_its_grid_as_on_a_split(home):
         (["--dynamic", "--dynamic-segment", "501"], "--dynamic-segment 501: must be an integer"),
     ],
 )
-def test_bad_adaptive_options_are_refused_in_one_line(home, args, fragment):
+def test_bad_adaptive_options_are_refused_before_anything_is_read(
+    home, args, fragment, monkeypatch
+):
+    """In-process (the command itself, exit code and all: the test below): each is a ConfigError,
+    raised before the checkpoint or any text is read."""
+    from typer.testing import CliRunner
+
+    from ptblm.cli import app
+    from ptblm.errors import ConfigError
+
+    monkeypatch.chdir(home)
+    result = CliRunner().invoke(app, ["eval", "runs/a", *args], standalone_mode=False)
+    assert isinstance(result.exception, ConfigError), result.exception
+    assert fragment in str(result.exception) and "\n" not in str(result.exception)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--cache", "--cache-window", "0"], "--cache-window 0"),
+        (["--dynamic-lr", "1"], "go with --dynamic"),
+    ],
+)
+def test_ptblm_eval_refuses_bad_adaptive_options_in_one_line(home, args, fragment):
     result = ptblm("eval", "runs/a", *args, cwd=home)
     assert_clean_failure(result, 2, fragment)
     assert len(result.stderr.strip().splitlines()) == 1
