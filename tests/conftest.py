@@ -13,10 +13,14 @@ import pytest
 import torch
 from helpers import make_corpus, ptblm
 
-# `ptblm` run by the tests uses torch's default thread count, fixed: left to itself it adapts the
-# count to the machine's load (runtime.Threads), and runs whose results are compared bit for bit
-# must compute alike. test_runtime.py tests the adaptation.
-os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+# One thread, fixed, in this process and in every `ptblm` the tests run (unless OMP_NUM_THREADS
+# says otherwise). Fixed: left to itself ptblm adapts the count to the machine's load
+# (runtime.Threads; test_runtime.py tests that), and runs compared bit for bit must compute
+# alike. One: the suite's models are tiny, and where anything else shares the 2-core CI machine
+# two threads wait on each other (a test measured at 16 s took 402 s under such load, 20 s with
+# one thread; on an idle machine one thread costs about 10%).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # ../shared/ptb relative to the repository root (this file is <root>/tests/conftest.py).
 PTB_DIR = Path(__file__).resolve().parents[2] / "shared" / "ptb"
