@@ -225,8 +225,8 @@ def test_a_divergence_found_windows_later_by_the_graphed_step_is_placed_at_its_w
     corpus, tmp_path, monkeypatch
 ):
     """GraphStep (CUDA's step; on the CPU it runs uncaptured) reads its windows back once per
-    log interval: the loop must count back to the window that diverged, as the eager step
-    reports it at once, and save nothing from the windows queued after it."""
+    log interval: the loop must count back to the window that diverged, which the eager step
+    reports at once."""
     import ptblm.train
     from ptblm.step import GraphStep
 
