@@ -66,8 +66,7 @@ def test_one_window_is_the_reference_sgd_step_with_global_norm_clipping(max_grad
     state = model.initial_state(4)
     step.state = state
     before = [p.detach().clone() for p in model.parameters()]
-    step(x, y)
-    ((mean_nll, norm),) = step.drain()
+    ((mean_nll, norm),) = train(step, x, y)
     loss, expected_norm = reference_sgd_step(reference, x, y, state, 0.7, max_grad_norm)
     assert norm == pytest.approx(expected_norm, rel=1e-5)
     assert mean_nll == pytest.approx(loss / 5, rel=1e-5)  # the window objective / num_steps
@@ -159,18 +158,11 @@ def test_the_graph_steps_device_side_update_is_the_eager_update():
 
 
 def test_the_graph_steps_guard_stops_every_update_from_the_diverged_window_on():
-    config = load_config(
-        "small",
-        ["vocab_size=30", "hidden_size=8", "num_steps=5", "batch_size=4", "max_grad_norm=1e30"],
-    )
-    torch.manual_seed(0)
-    model = LSTMLanguageModel.from_config(config)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    step = GraphStep(model, optimizer, config)
+    model, step = make_step(max_grad_norm=1e30, learning_rate=0.1, graphed=True)
+    optimizer = step.optimizer
     data = torch.randint(30, (4, 41), generator=torch.Generator().manual_seed(3))
     window = lambda i: (data[:, 5 * i : 5 * i + 5], data[:, 5 * i + 1 : 5 * i + 6])  # noqa: E731
-    step(*window(0))
-    assert len(step.drain()) == 1
+    assert len(train(step, *window(0))) == 1
     optimizer.param_groups[0]["lr"] = 1e30
     step(*window(1))  # finite loss, a huge update: goes through and ruins the model
     after_huge = [p.detach().clone() for p in model.parameters()]
@@ -236,8 +228,7 @@ def test_the_graph_steps_guard_makes_no_update_after_a_diverged_window_even_a_he
     step(x, y)
     hook.remove()
     _, healthy = make_step(graphed=True)
-    healthy(x, y)
-    assert healthy.drain()  # the same window, without the hook, trains
+    assert train(healthy, x, y)  # the same window, without the hook, trains
     step(x, y)
     with pytest.raises(Diverged) as raised:
         step.drain()
