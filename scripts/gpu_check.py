@@ -10,15 +10,23 @@
    eager bench: scripts/gpu_probe.py (kernel time by kind, what bf16 means for cuDNN's LSTM) and
    the bench in bf16/fp16 and with TF32 -> OUT/probe.txt, OUT/bench_amp.txt, OUT/bench_tf32.txt
 4. the full runs named by --runs, started side by side (each its own process on the one GPU,
-   fp32, TF32 off, seed 0) -> OUT/<run>.log
+   fp32, TF32 off, seed 0 or each of --seeds) -> OUT/<run>.log
 5. the whole `pytest -m cuda` while they train -> OUT/tests.txt
-6. waits for the runs; copies each run's metrics.json, summary.json, config.yaml and TensorBoard
-   events to OUT/results/<config>-seed<N>-cuda/, and prints a short table last.
+6. waits for the runs, copying each run's metrics.json, summary.json, config.yaml and TensorBoard
+   events (train/grad_norm among them) to OUT/results/<config>-seed<N>-cuda/ every minute, so
+   that a lease which ends first still keeps them, and prints a short table last.
 
 With --runs-only, steps 2, 3 and 5 are left out and the runs start at once: a full large run
 trains for about 13 minutes at the 66k words/s measured on an H200, so it needs a lease of its
 own (`--runs large --runs-only`, started under setsid; the graphed step was checked equal to the
 eager one on the H200 in earlier sessions).
+
+How the start of large varies with the seed (docs/results.md: seed 0 sat at the unigram
+perplexity for epochs 5-10 on the H200), two epochs of four seeds side by side, about 3 minutes;
+--eager runs them with the eager step instead (names end in -eager):
+
+    PYTHONPATH=$PWD python3 scripts/gpu_check.py OUT --data-dir DIR --runs large \
+        --seeds 0 1 2 3 --max-steps 2654 --eval-tokens 20000 --runs-only
 
 OUT/DONE is written at the very end. DIR must hold ptb/ with the three PTB files (verified like
 a download). Try it on the CPU with tiny sizes first:
@@ -104,17 +112,19 @@ def checks(args, out: Path, pytest: list[str]) -> bool:
     return graph
 
 
-def start_run(name: str, args, out: Path, graph: bool) -> tuple[str, subprocess.Popen]:
-    run_name = f"{name}-seed{args.seed}-{args.device.split(':')[0]}"
+def start_run(name: str, seed: int, args, out: Path, graph: bool) -> tuple[str, subprocess.Popen]:
+    run_name = f"{name}-seed{seed}-{args.device.split(':')[0]}" + ("-eager" if args.eager else "")
     command = [
         sys.executable, "-m", "ptblm", "train", "--config", name, "--device", args.device,
         "--data-dir", str(args.data_dir), "--runs-dir", str(args.runs_dir), "--name", run_name,
-        "--seed", str(args.seed), "--checkpoint-every", "0",
+        "--seed", str(seed), "--checkpoint-every", "0",
     ]  # fmt: skip
-    if not graph:
+    if not graph or args.eager:
         command += ["--set", "cuda_graph=false"]
     if args.max_steps:
         command += ["--max-steps", str(args.max_steps)]
+    if args.eval_tokens:
+        command += ["--eval-tokens", str(args.eval_tokens)]
     print(f"$ {' '.join(command)} &", flush=True)
     log = (out / f"{run_name}.log").open("w")
     return run_name, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -148,8 +158,10 @@ def main() -> None:
         help="default: /dev/shm/ptblm-runs-TIMESTAMP (a new one each time), else OUT/runs",
     )  # fmt: skip
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run of each")
     parser.add_argument("--max-steps", type=int, help="cut each run short (a dry run)")
+    parser.add_argument("--eval-tokens", type=int, help="validate and test on fewer tokens")
+    parser.add_argument("--eager", action="store_true", help="runs with the eager step")
     parser.add_argument("--bench-configs", nargs="*", default=["small", "medium", "large"])
     parser.add_argument("--bench-windows", type=int, default=200)
     parser.add_argument("--tests-timeout", type=float, default=300)
@@ -180,15 +192,19 @@ def main() -> None:
 
     environment(out, args.device)
     graph = args.runs_only or checks(args, out, pytest)
-    runs = [start_run(name, args, out, graph) for name in args.runs]
+    runs = [start_run(name, seed, args, out, graph) for name in args.runs for seed in args.seeds]
     if args.device != "cpu" and not args.runs_only:
         sh([*pytest, "-m", "cuda", "tests/test_cuda.py"], out / "tests.txt", args.tests_timeout)
-    results = {}
+    results, collected = {}, time.perf_counter()
     for run_name, process in runs:
         while process.poll() is None:
             time.sleep(5)
             print(f"[{time.perf_counter() - started:.0f} s] {run_name}: "
                   f"{tail(out / f'{run_name}.log')}", flush=True)  # fmt: skip
+            if time.perf_counter() - collected >= 60:  # a lease may end before the runs
+                collected = time.perf_counter()
+                for name, _ in runs:
+                    collect(name, args, out)
         results[run_name] = (process.returncode, collect(run_name, args, out))
 
     print(f"\n{'run':28} {'exit':>4} {'valid':>8} {'test':>8} {'best.pt':>8} {'minutes':>8} "

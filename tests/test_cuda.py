@@ -113,6 +113,45 @@ def test_the_graphed_step_equals_the_eager_step(corpus, name):
         assert relative_difference(a, b) < 1e-4
 
 
+def test_the_graphed_step_draws_new_dropout_masks_every_window(corpus):
+    """The equality above has dropout off. With it on, every replay must draw new masks (masks
+    frozen into the graph would train one thinned network): the same window, from the same zero
+    state at learning rate 0, gives a different loss at every replay."""
+    config = load_config("large")  # keep_prob 0.35
+    torch.manual_seed(0)
+    model = LSTMLanguageModel.from_config(config).to(CUDA)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    step = GraphStep(model, optimizer, config)
+    x, y = next(windows(batchify(corpus.train, 20).to(CUDA), config.num_steps))
+    for _ in range(step.WARMUP + 4):
+        step.state = None
+        step(x, y)
+    assert step.graph is not None
+    replayed = [nll for nll, _ in step.drain()[step.WARMUP :]]
+    assert len(set(replayed)) == len(replayed) == 4
+
+
+def test_cudnn_draws_new_masks_between_the_layers_in_a_graph():
+    """The masks cuDNN's LSTM applies between its layers come from a state of cuDNN's own, not
+    from torch's generator: replays of one captured call on one input must differ too."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(1500, 1500, 2, batch_first=True, dropout=0.65).to(CUDA)
+    x = torch.randn(20, 35, 1500, device=CUDA)
+    side = torch.cuda.Stream()  # cuDNN's handle and dropout state made outside the capture
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        lstm(x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output, _ = lstm(x)
+    outputs = []
+    for _ in range(3):
+        graph.replay()
+        outputs.append(output.detach().clone())
+    assert not torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[1], outputs[2])
+
+
 def test_the_graphed_guard_keeps_the_weights_of_a_diverged_window(corpus):
     config = load_config("small", ["max_grad_norm=1e30", "keep_prob=1.0"])
     torch.manual_seed(0)
