@@ -25,8 +25,12 @@ How the start of large varies with the seed (docs/results.md: seed 0 sat at the 
 perplexity for epochs 5-10 on the H200), two epochs of four seeds side by side, about 3 minutes;
 --eager runs them with the eager step instead (names end in -eager):
 
-    PYTHONPATH=$PWD python3 scripts/gpu_check.py OUT --data-dir DIR --runs large \
-        --seeds 0 1 2 3 --max-steps 2654 --eval-tokens 20000 --runs-only
+    PYTHONPATH=$PWD python3 scripts/gpu_check.py /tmp/large --data-dir DIR --runs large \
+        --seeds 0 1 2 3 --max-steps 2654 --eval-tokens 20000 --runs-only \
+        --archive $OUT/large.tar.gz
+
+A lease brings back 8 files at most: --archive FILE (outside OUT) keeps all of OUT as one
+.tar.gz, rewritten every minute and at the end.
 
 OUT/DONE is written at the very end. DIR must hold ptb/ with the three PTB files (verified like
 a download). Try it on the CPU with tiny sizes first:
@@ -43,6 +47,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -146,6 +151,16 @@ def collect(run_name: str, args, out: Path) -> dict:
         return {}
 
 
+def archive(out: Path, path: Path | None) -> None:
+    """All of OUT as one .tar.gz at `path`, replaced whole (a lease may end while it is written)."""
+    if path is None:
+        return
+    partial = path.with_name(path.name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        tar.add(out, arcname=out.name)
+    os.replace(partial, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -162,6 +177,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, help="cut each run short (a dry run)")
     parser.add_argument("--eval-tokens", type=int, help="validate and test on fewer tokens")
     parser.add_argument("--eager", action="store_true", help="runs with the eager step")
+    parser.add_argument("--archive", type=Path, help="OUT as one .tar.gz here (outside OUT)")
     parser.add_argument("--bench-configs", nargs="*", default=["small", "medium", "large"])
     parser.add_argument("--bench-windows", type=int, default=200)
     parser.add_argument("--tests-timeout", type=float, default=300)
@@ -185,6 +201,10 @@ def main() -> None:
         args.runs_dir = shm / fresh if fast else out / "runs"
     args.runs_dir = args.runs_dir.resolve()
     args.data_dir = args.data_dir.resolve()
+    if args.archive is not None:
+        args.archive = args.archive.resolve()
+        if args.archive.is_relative_to(out):
+            parser.error("--archive must be outside OUT")
     started = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     os.environ.update(env)
@@ -205,6 +225,7 @@ def main() -> None:
                 collected = time.perf_counter()
                 for name, _ in runs:
                     collect(name, args, out)
+                archive(out, args.archive)
         results[run_name] = (process.returncode, collect(run_name, args, out))
 
     print(f"\n{'run':28} {'exit':>4} {'valid':>8} {'test':>8} {'best.pt':>8} {'minutes':>8} "
@@ -216,6 +237,7 @@ def main() -> None:
               f"{fmt(m.get('train_wps'), 0)}  {early}")  # fmt: skip
     print(f"total {time.perf_counter() - started:.0f} s")
     (out / "DONE").write_text("done\n")
+    archive(out, args.archive)
 
 
 def tail(log: Path) -> str:

@@ -1,0 +1,81 @@
+"""How a config's first training windows go, one line a window (docs/results.md, "large"):
+
+    python scripts/start_probe.py --config large --seed 3 --windows 160
+
+Each line: the window's perplexity, its gradient norm before clipping (max_grad_norm clips
+it), the three parameters with the largest share of that norm, the largest decoder weight and
+bias, the largest |c| of the top layer's carried state, and the share of its units whose h is
+about 0 (an LSTM whose output gates are shut gives the decoder nothing: a unigram model);
+then the validation perplexity (training batch size and num_steps, dropout off).
+
+The model, the seed and the order of random draws are `ptblm train`'s, with the eager step, so
+on the CPU the windows are the ones that run trains. Needs PTB under --data-dir (or --corpus).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+
+import torch
+
+from ptblm.config import load_config
+from ptblm.data import batchify, load_corpus, windows
+from ptblm.evaluate import evaluate
+from ptblm.model import LSTMLanguageModel, perplexity
+from ptblm.runtime import seed_everything
+from ptblm.step import EagerStep
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default="large")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--windows", type=int, default=160)
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--corpus", help="a corpus of your own instead of PTB")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+
+    config = load_config(args.config, [f"seed={args.seed}", *args.set])
+    corpus = load_corpus(args.data_dir, args.corpus)
+    device = torch.device(args.device)
+    seed_everything(config.seed)  # then the model: the order `ptblm train` draws in
+    model = LSTMLanguageModel.from_config(config).to(device)
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate
+    )
+    step = EagerStep(model, optimizer, config, contextlib.nullcontext())
+    data = batchify(corpus.train, config.batch_size).to(device)
+    step.state = model.initial_state(config.batch_size, device)
+    model.train()
+    trained = 0
+    for x, y in windows(data, config.num_steps, 0, args.windows):
+        step(x, y)
+        trained += 1
+        [(nll, norm)] = step.drain()
+        clipped = min(1.0, config.max_grad_norm / norm) if norm > 0 else 1.0
+        shares = sorted(
+            ((p.grad.norm().item() / clipped, name) for name, p in zip(names, step.parameters)),
+            reverse=True,
+        )[:3]
+        h, c = (tensor[-1] for tensor in step.state)  # the top layer
+        print(
+            f"{trained:5d} ppl {math.exp(min(nll, 700)):11.1f} grad {norm:7.1f} ("
+            + ", ".join(f"{name} {value:.1f}" for value, name in shares)
+            + f") max|decoder.weight| {model.decoder.weight.abs().max():.2f}"
+            f" max|decoder.bias| {model.decoder.bias.abs().max():.2f}"
+            f" max|c| {c.abs().max():.1f} h~0 {(h.abs() < 0.01).float().mean():.3f}",
+            flush=True,
+        )
+    nll, tokens = evaluate(model, corpus.valid, config.batch_size, config.num_steps)
+    print(f"valid perplexity after {trained} windows: {perplexity(nll, tokens):.2f}")
+
+
+if __name__ == "__main__":
+    main()
