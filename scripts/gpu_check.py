@@ -118,13 +118,14 @@ def checks(args, out: Path, pytest: list[str]) -> bool:
 
 
 def start_run(name: str, seed: int, args, out: Path, graph: bool) -> tuple[str, subprocess.Popen]:
-    run_name = f"{name}-seed{seed}-{args.device.split(':')[0]}" + ("-eager" if args.eager else "")
+    eager = args.eager or not graph
+    run_name = f"{name}-seed{seed}-{args.device.split(':')[0]}" + ("-eager" if eager else "")
     command = [
         sys.executable, "-m", "ptblm", "train", "--config", name, "--device", args.device,
         "--data-dir", str(args.data_dir), "--runs-dir", str(args.runs_dir), "--name", run_name,
         "--seed", str(seed), "--checkpoint-every", "0",
     ]  # fmt: skip
-    if not graph or args.eager:
+    if eager:
         command += ["--set", "cuda_graph=false"]
     if args.max_steps:
         command += ["--max-steps", str(args.max_steps)]
@@ -152,13 +153,24 @@ def collect(run_name: str, args, out: Path) -> dict:
 
 
 def archive(out: Path, path: Path | None) -> None:
-    """All of OUT as one .tar.gz at `path`, replaced whole (a lease may end while it is written)."""
+    """All of OUT but checkpoints (and run directories kept in it) as one .tar.gz at `path`,
+    replaced whole: a lease may end while it is written. A failure is said, not raised: the
+    runs go on."""
     if path is None:
         return
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = Path(info.name).parts
+        skip = info.name.endswith((".pt", ".tmp", ".partial")) or parts[1:2] == ("runs",)
+        return None if skip else info
+
     partial = path.with_name(path.name + ".partial")
-    with tarfile.open(partial, "w:gz") as tar:
-        tar.add(out, arcname=out.name)
-    os.replace(partial, path)
+    try:
+        with tarfile.open(partial, "w:gz", compresslevel=6) as tar:
+            tar.add(out, arcname=out.name, filter=keep)
+        os.replace(partial, path)
+    except OSError as error:
+        print(f"archive {path}: {error}", flush=True)
 
 
 def main() -> None:
@@ -205,6 +217,8 @@ def main() -> None:
         args.archive = args.archive.resolve()
         if args.archive.is_relative_to(out):
             parser.error("--archive must be outside OUT")
+        if not args.archive.parent.is_dir():
+            parser.error(f"--archive: no folder {args.archive.parent}")
     started = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     os.environ.update(env)
@@ -212,7 +226,8 @@ def main() -> None:
 
     environment(out, args.device)
     graph = args.runs_only or checks(args, out, pytest)
-    runs = [start_run(name, seed, args, out, graph) for name in args.runs for seed in args.seeds]
+    seeds = dict.fromkeys(args.seeds)  # a seed given twice would reuse its run's name
+    runs = [start_run(name, seed, args, out, graph) for name in args.runs for seed in seeds]
     if args.device != "cpu" and not args.runs_only:
         sh([*pytest, "-m", "cuda", "tests/test_cuda.py"], out / "tests.txt", args.tests_timeout)
     results, collected = {}, time.perf_counter()

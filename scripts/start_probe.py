@@ -8,8 +8,9 @@ bias, the largest |c| of the top layer's carried state, and the share of its uni
 about 0 (an LSTM whose output gates are shut gives the decoder nothing: a unigram model);
 then the validation perplexity (training batch size and num_steps, dropout off).
 
-The model, the seed and the order of random draws are `ptblm train`'s, with the eager step, so
-on the CPU the windows are the ones that run trains. Needs PTB under --data-dir (or --corpus).
+The model, the seed, the order of random draws and the update are `ptblm train`'s (fp32, the
+eager step), so on the CPU the windows are that run's: seed 3's first 160 windows gave its
+training perplexity to the last digit shown. Needs PTB under --data-dir (or --corpus).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from ptblm.config import load_config
 from ptblm.data import batchify, load_corpus, windows
 from ptblm.evaluate import evaluate
 from ptblm.model import LSTMLanguageModel, perplexity
-from ptblm.runtime import seed_everything
-from ptblm.step import EagerStep
+from ptblm.runtime import configure_tf32, seed_everything
+from ptblm.step import Diverged, EagerStep
 
 
 def main() -> None:
@@ -42,13 +43,19 @@ def main() -> None:
     args = parser.parse_args()
 
     config = load_config(args.config, [f"seed={args.seed}", *args.set])
+    if config.precision != "fp32":
+        parser.error("fp32 only (the step here has no autocast or GradScaler)")
     corpus = load_corpus(args.data_dir, args.corpus)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        configure_tf32(config.allow_tf32)
     seed_everything(config.seed)  # then the model: the order `ptblm train` draws in
     model = LSTMLanguageModel.from_config(config).to(device)
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
-        [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
     )
     step = EagerStep(model, optimizer, config, contextlib.nullcontext())
     data = batchify(corpus.train, config.batch_size).to(device)
@@ -56,7 +63,11 @@ def main() -> None:
     model.train()
     trained = 0
     for x, y in windows(data, config.num_steps, 0, args.windows):
-        step(x, y)
+        try:
+            step(x, y)
+        except Diverged as diverged:
+            message = f"window {trained + 1} diverged: loss per token {diverged.mean_nll:g}"
+            raise SystemExit(message) from None
         trained += 1
         [(nll, norm)] = step.drain()
         clipped = min(1.0, config.max_grad_norm / norm) if norm > 0 else 1.0

@@ -131,11 +131,13 @@ def test_the_graphed_step_draws_new_dropout_masks_every_window(corpus):
     assert len(set(replayed)) == len(replayed) == 4
 
 
-def test_cudnn_draws_new_masks_between_the_layers_in_a_graph():
+@pytest.mark.parametrize("dropout", [0.65, 0.0], ids=["dropout", "control"])
+def test_cudnn_draws_new_masks_between_the_layers_in_a_graph(dropout):
     """The masks cuDNN's LSTM applies between its layers come from a state of cuDNN's own, not
-    from torch's generator: replays of one captured call on one input must differ too."""
+    from torch's generator: replays of one captured call on one input must differ, and, without
+    dropout (the control), must not."""
     torch.manual_seed(0)
-    lstm = torch.nn.LSTM(1500, 1500, 2, batch_first=True, dropout=0.65).to(CUDA)
+    lstm = torch.nn.LSTM(1500, 1500, 2, batch_first=True, dropout=dropout).to(CUDA)
     x = torch.randn(20, 35, 1500, device=CUDA)
     side = torch.cuda.Stream()  # cuDNN's handle and dropout state made outside the capture
     side.wait_stream(torch.cuda.current_stream())
@@ -149,33 +151,33 @@ def test_cudnn_draws_new_masks_between_the_layers_in_a_graph():
     for _ in range(3):
         graph.replay()
         outputs.append(output.detach().clone())
-    assert not torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[1], outputs[2])
+    differ = [not torch.equal(a, b) for a, b in zip(outputs, outputs[1:])]
+    assert differ == [dropout > 0] * 2
 
 
-def test_the_graphed_guard_keeps_the_weights_of_a_diverged_window(corpus):
-    """Captured, as test_step checks it uncaptured on the CPU: a window at a huge learning rate
-    (finite loss and gradient) goes through and ruins the model; the next one diverges, and
-    neither it nor the window queued after it changes the weights."""
-    config = load_config("small", ["max_grad_norm=1e30", "keep_prob=1.0"])
+def test_the_graphed_guard_is_sticky(corpus):
+    """Captured, as test_step checks it uncaptured on the CPU: a window whose carried state is NaN
+    diverges, and neither it nor the healthy window queued after it (its state reset to zeros)
+    changes the weights."""
+    config = load_config("small", ["keep_prob=1.0"])
     torch.manual_seed(0)
     model = LSTMLanguageModel.from_config(config).to(CUDA)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
     step = GraphStep(model, optimizer, config)
-    data = batchify(corpus.train, 20).to(CUDA)
-    batches = windows(data, config.num_steps)
-    for _ in range(step.WARMUP + 1):  # through the capture, at a harmless learning rate
+    batches = windows(batchify(corpus.train, 20).to(CUDA), config.num_steps)
+    for _ in range(step.WARMUP + 1):
         step(*next(batches))
-    assert step.graph is not None
-    optimizer.param_groups[0]["lr"] = 1e30
+    assert step.graph is not None and len(step.drain()) == step.WARMUP + 1
+    kept = [p.detach().clone() for p in model.parameters()]
+    nan = torch.full_like(step.h, math.nan)
+    step.state = nan, nan
     step(*next(batches))
-    assert len(step.drain()) == step.WARMUP + 2  # the huge update was made
-    ruined = [p.detach().clone() for p in model.parameters()]
-    for _ in range(2):
-        step(*next(batches))
+    step.state = None  # healthy on its own: only the guard's sticky flag can refuse it
+    step(*next(batches))
     with pytest.raises(Diverged) as raised:
         step.drain()
-    assert raised.value.windows_after == 1
-    assert all(torch.equal(a, b) for a, b in zip(ruined, model.parameters()))
+    assert raised.value.windows_after == 1 and math.isnan(raised.value.mean_nll)
+    assert all(torch.equal(a, b) for a, b in zip(kept, model.parameters()))
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
