@@ -45,6 +45,18 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
+def seeded_model(config):
+    """The config's model from seed 0, on the GPU. Built anew for each step compared: a deep copy
+    would split nn.LSTM's one block of weights, which cuDNN then copies on every call (with a
+    warning)."""
+    torch.manual_seed(0)
+    return LSTMLanguageModel.from_config(config).to(CUDA)
+
+
+def sgd(model, lr=1.0):
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+
 def trainer(corpus, run_dir, name, *overrides, device=CUDA, max_steps=6):
     config = load_config(name, ["checkpoint_every=0", *overrides])
     return Trainer(config, corpus, run_dir, device, max_steps=max_steps, verbose=False)
@@ -73,18 +85,7 @@ def test_the_graphed_step_equals_the_eager_step(corpus, name):
     """Dropout off (its masks come from other random draws in a graph), the learning rate
     changed half way (a device tensor inside the graph)."""
     config = load_config(name, ["keep_prob=1.0"])
-
-    # Built twice from one seed: a deep copy would split nn.LSTM's one block of weights, which
-    # cuDNN then copies on every call (with a warning).
-    def seeded_model():
-        torch.manual_seed(0)
-        return LSTMLanguageModel.from_config(config).to(CUDA)
-
-    eager_model, graph_model = seeded_model(), seeded_model()
-
-    def sgd(model):
-        return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
-
+    eager_model, graph_model = seeded_model(config), seeded_model(config)
     eager = EagerStep(eager_model, sgd(eager_model), config, contextlib.nullcontext())
     graphed = GraphStep(graph_model, sgd(graph_model), config)
     eager.state = eager_model.initial_state(20, CUDA)
@@ -118,10 +119,8 @@ def test_the_graphed_step_draws_new_dropout_masks_every_window(corpus):
     frozen into the graph would train one thinned network): the same window, from the same zero
     state at learning rate 0, gives a different loss at every replay."""
     config = load_config("large")  # keep_prob 0.35
-    torch.manual_seed(0)
-    model = LSTMLanguageModel.from_config(config).to(CUDA)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
-    step = GraphStep(model, optimizer, config)
+    model = seeded_model(config)
+    step = GraphStep(model, sgd(model, lr=0.0), config)
     x, y = next(windows(batchify(corpus.train, 20).to(CUDA), config.num_steps))
     for _ in range(step.WARMUP + 4):
         step.state = None
@@ -160,10 +159,8 @@ def test_the_graphed_guard_is_sticky(corpus):
     diverges, and neither it nor the healthy window queued after it (its state reset to zeros)
     changes the weights."""
     config = load_config("small", ["keep_prob=1.0"])
-    torch.manual_seed(0)
-    model = LSTMLanguageModel.from_config(config).to(CUDA)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
-    step = GraphStep(model, optimizer, config)
+    model = seeded_model(config)
+    step = GraphStep(model, sgd(model), config)
     batches = windows(batchify(corpus.train, 20).to(CUDA), config.num_steps)
     for _ in range(step.WARMUP + 1):
         step(*next(batches))
