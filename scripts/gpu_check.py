@@ -171,6 +171,7 @@ def archive(out: Path, path: Path | None) -> None:
         os.replace(partial, path)
     except OSError as error:
         print(f"archive {path}: {error}", flush=True)
+        partial.unlink(missing_ok=True)
 
 
 def main() -> None:
