@@ -23,6 +23,7 @@ import torch
 
 from ptblm.config import load_config
 from ptblm.data import batchify, load_corpus, windows
+from ptblm.errors import PtblmError
 from ptblm.evaluate import evaluate
 from ptblm.model import LSTMLanguageModel, perplexity
 from ptblm.runtime import configure_tf32, seed_everything
@@ -89,4 +90,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PtblmError as error:  # a bad config, no corpus: said in one line, as ptblm says it
+        raise SystemExit(f"start_probe.py: {error}") from None
