@@ -202,11 +202,13 @@ def test_resume_on_the_gpu_continues_the_run(corpus, tmp_path, keep_prob):
     half.save("last.pt")
     half.run_dir._lock.close()  # as the process would at its exit
     path = tmp_path / "half" / "last.pt"
+    checkpoint = load_checkpoint(path)
+    # A resume keeps the checkpoint's --max-steps: read it as a 20-window run stopped after 10.
+    checkpoint["max_steps"] = 20
     config = load_config("medium", options)
     resumed = Trainer(
-        config, corpus, tmp_path / "half", CUDA, max_steps=20, verbose=False,
-        resume=(load_checkpoint(path), path),
-    )  # fmt: skip
+        config, corpus, tmp_path / "half", CUDA, verbose=False, resume=(checkpoint, path)
+    )
     resumed.train_epoch(StopOnSignal())
     resumed.account(1.0)
     assert resumed.run_state.global_step == whole.run_state.global_step == 20
