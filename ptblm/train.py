@@ -39,6 +39,7 @@ from ptblm.run_files import BEST, LAST
 from ptblm.run_state import RunState
 from ptblm.runtime import Threads, configure_tf32, seed_everything
 from ptblm.signals import StopOnSignal
+from ptblm.stall import StallWatch, stall_message, top_layer_figures
 from ptblm.step import Diverged, make_step
 
 
@@ -106,6 +107,7 @@ class Trainer:
         total = self.windows_per_epoch * config.max_max_epoch
         self.log_every = log_every(self.run_state.max_steps or total)
         self.shown = False  # the figures, once in this process, from its first window
+        self.stall_watch = StallWatch()
         self._process_start = time.perf_counter()
         self._wall_before = self.run_state.wall_seconds
 
@@ -260,6 +262,12 @@ class Trainer:
         first = not self.shown  # the first window this process trains: a line in a log too
         where = (run.epoch, run.window, self.windows_per_epoch, run.global_step)
         self.progress.train_point(*where, first, lr=lr, **figures)
+        if self.dist.is_main:
+            share, max_cell = top_layer_figures(self.step.state)
+            self.progress.scalar("train/top_silent", share, run.global_step)
+            self.progress.scalar("train/top_max_cell", max_cell, run.global_step)
+            if self.stall_watch.warn_now(share, max_cell):
+                self.progress.warn(stall_message(share, max_cell))
         if self.threads:
             self.threads.adjust()  # other work may have started or ended
 

@@ -28,6 +28,8 @@ TAGS = [
     "train/lr",
     "train/grad_norm",
     "train/wps",
+    "train/top_silent",
+    "train/top_max_cell",
     "valid/ppl",
     "test/ppl",
 ]
