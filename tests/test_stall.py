@@ -60,13 +60,15 @@ def short_run(corpus, run_dir):
     trainer.run()
     events = EventAccumulator(str(run_dir))
     events.Reload()
-    return [[event.value for event in events.Scalars(f"train/{tag}")] for tag in (
-        "top_silent", "top_max_cell"
-    )]  # fmt: skip
+    return [
+        [event.value for event in events.Scalars(f"train/{tag}")]
+        for tag in ("top_silent", "top_max_cell")
+    ]
 
 
-def test_a_run_whose_top_layer_goes_silent_is_warned_about_once(corpus, tmp_path, monkeypatch,
-                                                                 capsys):  # fmt: skip
+def test_a_run_whose_top_layer_goes_silent_is_warned_about_once(
+    corpus, tmp_path, monkeypatch, capsys
+):
     step = EagerStep.__call__
 
     def silencing(self, x, y):  # as the stalled large seeds: h about 0, |c| in the thousands
