@@ -10,7 +10,9 @@ start that recovered). The decoder then sees nothing and learns word frequencies
 so until epoch 11 of 55.
 
 Both figures come from the carried state at each log point (TensorBoard: train/top_silent,
-train/top_max_cell); two points in a row past both limits give one warning.
+train/top_max_cell). A warning, once, when both have been past their limits at every log point
+for STALL_WINDOWS windows: a start can stall for a moment and recover (one CPU seed did, within
+15 windows), where the stalls that lasted had not ended 150 windows later.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 SILENT_H = 0.01  # |h| under this: the unit puts out nothing
 SILENT_SHARE = 0.95  # of the top layer's units (rows x units)
 MAX_CELL = 100.0  # largest |c| of the top layer
-POINTS = 2  # log points in a row
+STALL_WINDOWS = 100  # stalled at every log point for this many training windows
 
 
 def top_layer_figures(state: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
@@ -33,16 +35,19 @@ def top_layer_figures(state: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, 
 
 
 class StallWatch:
-    """Counts log points in a row with a silent top layer; says when to warn (once)."""
+    """Follows the log points' figures; says when to warn (once a process)."""
 
     def __init__(self) -> None:
-        self.points = 0
+        self.stalled_since: int | None = None  # the step of the streak's first stalled point
         self.warned = False
 
-    def warn_now(self, share: float, max_cell: float) -> bool:
-        stalled = share >= SILENT_SHARE and max_cell >= MAX_CELL
-        self.points = self.points + 1 if stalled else 0
-        if self.points < POINTS or self.warned:
+    def warn_now(self, step: int, share: float, max_cell: float) -> bool:
+        if share < SILENT_SHARE or max_cell < MAX_CELL:
+            self.stalled_since = None
+            return False
+        if self.stalled_since is None:
+            self.stalled_since = step
+        if self.warned or step - self.stalled_since < STALL_WINDOWS:
             return False
         self.warned = True
         return True

@@ -266,7 +266,7 @@ class Trainer:
             share, max_cell = top_layer_figures(self.step.state)
             self.progress.scalar("train/top_silent", share, run.global_step)
             self.progress.scalar("train/top_max_cell", max_cell, run.global_step)
-            if self.stall_watch.warn_now(share, max_cell):
+            if self.stall_watch.warn_now(run.global_step, share, max_cell):
                 self.progress.warn(stall_message(share, max_cell))
         if self.threads:
             self.threads.adjust()  # other work may have started or ended

@@ -5,7 +5,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ptblm.config import load_config
 from ptblm.data import load_corpus
-from ptblm.stall import MAX_CELL, SILENT_SHARE, StallWatch, top_layer_figures
+from ptblm.stall import MAX_CELL, SILENT_SHARE, STALL_WINDOWS, StallWatch, top_layer_figures
 from ptblm.step import EagerStep
 from ptblm.train import Trainer
 
@@ -24,23 +24,32 @@ def test_the_figures_are_the_top_layers_alone():
     assert max_cell == 250.0
 
 
-def test_the_watch_warns_once_at_the_second_stalled_point_in_a_row():
+STALLED_FIGURES, HEALTHY = (0.99, 5000.0), (0.5, 3.0)
+
+
+def test_the_watch_warns_once_when_a_stall_has_lasted_its_windows():
     watch = StallWatch()
-    stalled, healthy = (0.99, 5000.0), (0.5, 3.0)
-    points = [stalled, healthy, stalled, stalled, stalled, healthy, stalled, stalled]
-    assert [watch.warn_now(*point) for point in points] == [
-        False, False, False, True, False, False, False, False
-    ]  # fmt: skip
+    points = [STALLED_FIGURES, HEALTHY] + [STALLED_FIGURES] * 4 + [HEALTHY] + [STALLED_FIGURES] * 4
+    steps = range(50, 50 * len(points) + 1, 50)  # a point every 50 windows
+    warned = [step for step, point in zip(steps, points) if watch.warn_now(step, *point)]
+    assert warned == [150 + STALL_WINDOWS]  # the streak from 150 on; once only
+
+
+def test_a_stall_that_ends_within_its_windows_is_not_warned_about():
+    """CPU seed 6 of large: stalled at windows 35 and 42, recovered by 49 (a point every 7)."""
+    watch = StallWatch()
+    points = [HEALTHY] * 4 + [STALLED_FIGURES] * 2 + [HEALTHY] * 20
+    assert not any(watch.warn_now(7 * (k + 1), *point) for k, point in enumerate(points))
 
 
 @pytest.mark.parametrize(
     "point",
-    [(SILENT_SHARE - 0.01, 5000.0), (1.0, MAX_CELL - 1), (0.5, 3.0)],
+    [(SILENT_SHARE - 0.01, 5000.0), (1.0, MAX_CELL - 1), HEALTHY],
     ids=["units-speak", "cells-bounded", "healthy"],
 )
 def test_one_figure_within_its_limit_is_no_stall(point):
     watch = StallWatch()
-    assert not any(watch.warn_now(*point) for _ in range(5))
+    assert not any(watch.warn_now(step, *point) for step in range(50, 1000, 50))
 
 
 @pytest.fixture
