@@ -2,17 +2,17 @@
 frequencies alone (docs/results.md, "large").
 
 The published recipe's first windows are violent: gradient norms of 400-2,000, each clipped to
-max_grad_norm at learning rate 1. In large on an H200 that start saturated the top layer's
-gates in 4 of 12 seeds: its carried cell state grew without bound (|c| into the hundreds or
-thousands, where the runs that trained stayed under 60) while 97-99.8% of its units put out
-about 0 (|h| < 0.01; about half in the runs that trained, 96% at a moment of the most violent
-start that recovered). The decoder then sees nothing and learns word frequencies; seed 0 stayed
-so until epoch 11 of 55.
+max_grad_norm at learning rate 1. In large that start saturated the top layer's gates in 4 of 12
+seeds on an H200 and in 4 of 12 on a CPU: its carried cell state grew without bound (|c| into the
+hundreds or thousands, where the runs that trained stayed under 60) while 97-100% of its units
+put out about 0 (|h| < 0.01; about half in the runs that trained, 96% at a moment of the most
+violent start that recovered). The decoder then sees nothing and learns word frequencies; on the
+H200, seed 0 stayed so until epoch 11 of 55.
 
 Both figures come from the carried state at each log point (TensorBoard: train/top_silent,
 train/top_max_cell). A warning, once, when both have been past their limits at every log point
 for STALL_WINDOWS windows: a start can stall for a moment and recover (one CPU seed did, within
-15 windows), where the stalls that lasted had not ended 150 windows later.
+20 windows), where the stalls that lasted had not ended 150 windows later.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def stall_message(share: float, max_cell: float) -> str:
         f"training has stalled: {share:.1%} of the top LSTM layer's units put out about 0 and "
         f"its cell state has grown to |c| = {max_cell:,.0f}, so the model predicts word "
         "frequencies alone (the published large recipe's violent start did this with 4 of 12 "
-        "seeds on an H200; seed 0 stayed stalled until epoch 11 of 55, see docs/results.md). "
+        "seeds on an H200 and 4 of 12 on a CPU; on the H200, seed 0 stayed stalled until epoch "
+        "11 of 55, see docs/results.md). "
         "To lose no more time, stop it (Ctrl-C) and train again with another --seed."
     )
