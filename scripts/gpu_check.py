@@ -21,12 +21,12 @@ trains for about 13 minutes at the 66k words/s measured on an H200, so it needs 
 own (`--runs large --runs-only`, started under setsid; the graphed step was checked equal to the
 eager one on the H200 in earlier sessions).
 
-How the start of large varies with the seed (docs/results.md: seed 0 sat at the unigram
-perplexity for epochs 5-10 on the H200), two epochs of four seeds side by side, about 3 minutes;
---eager runs them with the eager step instead (names end in -eager):
+How the start of large varies with the seed (docs/results.md: 4 of 12 seeds stall), one epoch
+of several seeds side by side: eight took 158 s on the H200; --eager runs them with the eager
+step instead (names end in -eager):
 
     PYTHONPATH=$PWD python3 scripts/gpu_check.py /tmp/large --data-dir DIR --runs large \
-        --seeds 0 1 2 3 --max-steps 2654 --eval-tokens 20000 --runs-only \
+        --seeds 4 5 6 7 8 9 10 11 --max-steps 1327 --eval-tokens 20000 --runs-only \
         --archive $OUT/large.tar.gz
 
 A lease brings back 8 files at most: --archive FILE (outside OUT) keeps all of OUT as one
