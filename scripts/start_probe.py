@@ -4,9 +4,10 @@
 
 Each line: the window's perplexity, its gradient norm before clipping (max_grad_norm clips
 it), the three parameters with the largest share of that norm, the largest decoder weight and
-bias, the largest |c| of the top layer's carried state and the share of its units whose h is
-about 0 (|h| < 0.01; about half of them in a large run that trains well); then the validation
-perplexity (training batch size and num_steps, dropout off).
+bias, and the top layer's two figures that ptblm/stall.py watches: the largest |c| of its
+carried state and the share of its units whose h is about 0 (|h| < 0.01; about half of them in a
+large run that trains well); then the validation perplexity (training batch size and num_steps,
+dropout off).
 
 The model, the seed, the order of random draws and the update are `ptblm train`'s (fp32, the
 eager step), so on the CPU the windows are that run's: seed 3's first 160 windows gave its
@@ -27,6 +28,7 @@ from ptblm.errors import PtblmError
 from ptblm.evaluate import evaluate
 from ptblm.model import LSTMLanguageModel, perplexity
 from ptblm.runtime import configure_tf32, seed_everything
+from ptblm.stall import top_layer_figures
 from ptblm.step import Diverged, EagerStep
 
 
@@ -76,13 +78,13 @@ def main() -> None:
             ((p.grad.norm().item() / clipped, name) for name, p in zip(names, step.parameters)),
             reverse=True,
         )[:3]
-        h, c = (tensor[-1] for tensor in step.state)  # the top layer
+        silent, max_cell = top_layer_figures(step.state)
         print(
             f"{trained:5d} ppl {math.exp(min(nll, 700)):11.1f} grad {norm:7.1f} ("
             + ", ".join(f"{name} {value:.1f}" for value, name in shares)
             + f") max|decoder.weight| {model.decoder.weight.abs().max():.2f}"
             f" max|decoder.bias| {model.decoder.bias.abs().max():.2f}"
-            f" max|c| {c.abs().max():.1f} h~0 {(h.abs() < 0.01).float().mean():.3f}",
+            f" max|c| {max_cell:.1f} h~0 {silent:.3f}",
             flush=True,
         )
     nll, tokens = evaluate(model, corpus.valid, config.batch_size, config.num_steps)
