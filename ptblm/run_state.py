@@ -18,7 +18,10 @@ from ptblm.published import published_row
 from ptblm.run_files import strict
 
 # Fields a checkpoint of an older ptblm may lack, and what they meant then.
-OPTIONAL = {"config_name": None, "max_steps": None, "eval_tokens": None, "interval_seconds": 0.0}
+OPTIONAL = {
+    "config_name": None, "max_steps": None, "eval_tokens": None, "interval_seconds": 0.0,
+    "stalled_since": None, "stall_warned_at": None,
+}  # fmt: skip
 # Float fields that may be inf or NaN; the others (sums of losses, seconds) are finite and >= 0.
 # A ppl may be inf; under fp16 a gradient norm that overflowed (the GradScaler skips the window)
 # is inf or NaN, and so is the interval's sum of norms.
@@ -27,7 +30,7 @@ UNBOUNDED = ("best_valid_ppl", "norm_sum")
 
 def _fits(entry: dataclasses.Field, value: Any) -> bool:
     """Is `value` of the kind the field's default is (a limit: None or an integer >= 1)?"""
-    if entry.name in OPTIONAL and OPTIONAL[entry.name] is None:
+    if entry.name in OPTIONAL and OPTIONAL[entry.name] is None:  # a step, a limit or a name
         kind = str if entry.name == "config_name" else int
         return value is None or (type(value) is kind and (kind is str or value >= 1))
     default = entry.default_factory() if entry.default is dataclasses.MISSING else entry.default
@@ -62,6 +65,10 @@ class RunState:
     best_valid_ppl: float = math.inf
     best_step: int = -1  # global_step of best.pt (-1: none yet)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # a stalled start (stall.py): the step of the current streak's first stalled log point, and
+    # the step at which the run was warned about it
+    stalled_since: int | None = None
+    stall_warned_at: int | None = None
     # the clock, across resumes
     train_seconds: float = 0.0  # time spent in training windows (evaluation excluded)
     timed_tokens: int = 0  # training tokens processed in that time
@@ -178,7 +185,8 @@ class RunState:
         """What summary.json holds: where the run stands, small enough to list dozens of runs.
 
         status: stopped (at `epochs_completed`, `window`), finished (with test_ppl and
-        best_test_ppl in `results`) or diverged (with diverged_at_step). Infinite or NaN
+        best_test_ppl in `results`) or diverged (with diverged_at_step). `stall`: null, or the step
+        of the stall warning and whether the latest log point was still stalled. Infinite or NaN
         perplexities become null. `on_ptb`: trained on the PTB files, so that a published row
         with the same config applies.
         """
@@ -201,6 +209,12 @@ class RunState:
                 "best_valid_ppl": self.best_valid_ppl,
                 "test_ppl": None,
                 "best_test_ppl": None,
+                "stall": None
+                if self.stall_warned_at is None
+                else {
+                    "warned_at_step": self.stall_warned_at,
+                    "ongoing": self.stalled_since is not None,
+                },
                 "train_wps": self.timed_tokens / self.train_seconds if self.train_seconds else None,
                 "wall_seconds": self.wall_seconds,
                 "published": None

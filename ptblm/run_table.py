@@ -7,6 +7,8 @@ Its status:
     finished    trained and tested
     stopped     stopped before the end; `ptblm train --resume RUN` continues it
     diverged    the loss or gradient became NaN or infinite
+and, after it, "stalled at step N" where training warned of a stalled start (stall.py), with
+", recovered" once the latest log point no longer was.
 Runs whose configs differ only in their seed are summarised as mean +- std beside the published
 row.
 """
@@ -82,6 +84,13 @@ def _clean(summary: dict[str, Any]) -> dict[str, Any]:
     row["config_name"] = _typed(row.get("config_name"), str)
     row["variant"] = _typed(row.get("variant"), dict) or {}
     row["published"] = _typed(row.get("published"), dict)
+    stall = _typed(row.get("stall"), dict) or {}
+    step = _typed(stall.get("warned_at_step"), int)
+    row["stall"] = (
+        None
+        if step is None
+        else {"warned_at_step": step, "ongoing": stall.get("ongoing") is not False}
+    )
     row["seed"] = _typed(row["config"].get("seed"), int)
     row["precision"] = _typed(row["config"].get("precision"), str)
     return row
@@ -165,6 +174,15 @@ def _changed(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _status(row: dict[str, Any]) -> str:
+    """Where the run stands, and a stalled start (stall.py) if it was warned about."""
+    stall = row["stall"]
+    if stall is None:
+        return _standing(row)
+    recovered = "" if stall["ongoing"] else ", recovered"
+    return f"{_standing(row)}; stalled at step {stall['warned_at_step']}{recovered}"
+
+
+def _standing(row: dict[str, Any]) -> str:
     status = row["status"]
     if status == "stopped":
         if not row["resumable"]:

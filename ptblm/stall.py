@@ -12,12 +12,19 @@ H200, seed 0 stayed so until epoch 11 of 55.
 Both figures come from the carried state at each log point (TensorBoard: train/top_silent,
 train/top_max_cell). A warning, once, when both have been past their limits at every log point
 for STALL_WINDOWS windows: a start can stall for a moment and recover (one CPU seed did, within
-20 windows), where the stalls that lasted had not ended 150 windows later.
+20 windows), where the stalls that lasted had not ended 150 windows later. The run's state keeps
+the streak and the warning, so that summary.json and `ptblm runs` show a stalled run (and one
+that has recovered since) to whoever did not watch its output.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from ptblm.run_state import RunState
 
 SILENT_H = 0.01  # |h| under this: the unit puts out nothing
 SILENT_SHARE = 0.95  # of the top layer's units (rows x units)
@@ -34,26 +41,21 @@ def top_layer_figures(state: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, 
     return share, max_cell
 
 
-class StallWatch:
-    """Follows the log points' figures; says when to warn (once a process)."""
-
-    def __init__(self) -> None:
-        self.stalled_since: int | None = None  # the step of the streak's first stalled point
-        self.warned = False
-
-    def warn_now(self, step: int, share: float, max_cell: float) -> bool:
-        if share < SILENT_SHARE or max_cell < MAX_CELL:
-            self.stalled_since = None
-            return False
-        if self.stalled_since is None:
-            self.stalled_since = step
-        if self.warned or step - self.stalled_since < STALL_WINDOWS:
-            return False
-        self.warned = True
-        return True
+def follow(run: RunState, share: float, max_cell: float) -> bool:
+    """Follow one log point's figures at `run.global_step` in the run's state (a resumed run
+    goes on counting where it stopped); True when to warn: once a run."""
+    if share < SILENT_SHARE or max_cell < MAX_CELL:
+        run.stalled_since = None
+        return False
+    if run.stalled_since is None:
+        run.stalled_since = run.global_step
+    if run.stall_warned_at is not None or run.global_step - run.stalled_since < STALL_WINDOWS:
+        return False
+    run.stall_warned_at = run.global_step
+    return True
 
 
-def stall_message(share: float, max_cell: float) -> str:
+def message(share: float, max_cell: float) -> str:
     return (
         f"training has stalled: {share:.1%} of the top LSTM layer's units put out about 0 and "
         f"its cell state has grown to |c| = {max_cell:,.0f}, so the model predicts word "

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ptblm import stall
 from ptblm.checkpoint import restore_training, training_checkpoint
 from ptblm.config import Config, learning_rate_at
 from ptblm.data import Corpus, batchify, check_corpus_fits, num_windows, windows
@@ -39,7 +40,6 @@ from ptblm.run_files import BEST, LAST
 from ptblm.run_state import RunState
 from ptblm.runtime import Threads, configure_tf32, seed_everything
 from ptblm.signals import StopOnSignal
-from ptblm.stall import StallWatch, stall_message, top_layer_figures
 from ptblm.step import Diverged, make_step
 
 
@@ -107,7 +107,6 @@ class Trainer:
         total = self.windows_per_epoch * config.max_max_epoch
         self.log_every = log_every(self.run_state.max_steps or total)
         self.shown = False  # the figures, once in this process, from its first window
-        self.stall_watch = StallWatch()
         self._process_start = time.perf_counter()
         self._wall_before = self.run_state.wall_seconds
 
@@ -263,11 +262,11 @@ class Trainer:
         where = (run.epoch, run.window, self.windows_per_epoch, run.global_step)
         self.progress.train_point(*where, first, lr=lr, **figures)
         if self.dist.is_main:
-            share, max_cell = top_layer_figures(self.step.state)
+            share, max_cell = stall.top_layer_figures(self.step.state)
             self.progress.scalar("train/top_silent", share, run.global_step)
             self.progress.scalar("train/top_max_cell", max_cell, run.global_step)
-            if self.stall_watch.warn_now(run.global_step, share, max_cell):
-                self.progress.warn(stall_message(share, max_cell))
+            if stall.follow(run, share, max_cell):
+                self.progress.warn(stall.message(share, max_cell))
         if self.threads:
             self.threads.adjust()  # other work may have started or ended
 

@@ -233,3 +233,22 @@ def test_a_seed_group_stands_beside_the_published_row(tmp_path):
         "best.pt test 115.50 +- 1.41; published small: valid 119.98, test 115.91 "
         "(these runs' model adds tie_weights: True)"
     )
+
+
+@pytest.mark.parametrize(
+    "stall, said",
+    [
+        ({"warned_at_step": 150, "ongoing": True}, "finished; stalled at step 150"),
+        ({"warned_at_step": 150, "ongoing": False}, "finished; stalled at step 150, recovered"),
+        ({"warned_at_step": "150", "ongoing": False}, "finished"),  # an edited file
+        (7, "finished"),
+        (None, "finished"),
+    ],
+)
+def test_a_stalled_start_is_shown_after_the_status(tmp_path, stall, said):
+    run = tmp_path / "large-1"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 1\n")
+    (run / "summary.json").write_text(json.dumps({"status": "finished", "stall": stall}))
+    row = render(read_runs(tmp_path), [], tmp_path).splitlines()[1]
+    assert said in row and ("stalled" in row) == ("stalled" in said)
