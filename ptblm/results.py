@@ -17,7 +17,8 @@ from ptblm.run_state import RunState
 from ptblm.runtime import Threads, device_description
 
 METRICS_ONLY = (
-    "train_ppl", "epochs", "device", "threads", "world_size", "precision", "versions", "history",
+    "train_ppl", "epochs", "device", "threads", "windows_by_threads", "world_size", "precision",
+    "versions", "history",
 )  # fmt: skip
 
 
@@ -36,6 +37,7 @@ def run_metrics(
         "epochs": len(state.history),  # epochs validated (the last one partial if cut short)
         "device": device_description(device),
         "threads": threads.describe() if threads else torch.get_num_threads(),
+        "windows_by_threads": state.windows_by_threads,
         "world_size": world_size,
         "precision": summary["config"]["precision"],
         "versions": {
@@ -95,6 +97,15 @@ def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
         lines.append(
             f"{'published':>10} {published['train']:8.2f} {published['valid']:8.2f} "
             f"{published['test']:8.2f}   (the tutorial's {published['config']} row{beside})"
+        )
+    by_threads = metrics.get("windows_by_threads") or {}
+    if metrics["device"].startswith("cpu") and len(by_threads) > 1:
+        counts = sorted(by_threads.items(), key=lambda item: -item[1])
+        used = ", ".join(f"{threads} for {windows:,}" for threads, windows in counts)
+        lines.append(
+            f"CPU threads followed the machine's load (windows trained: {used}): a sum over "
+            f"another count rounds differently, so a run repeats to the last digit only with "
+            f"--threads N."
         )
     untested = metrics.get("best_untested")
     tested = "not tested (missing or damaged)" if untested else f"test {ppl('best_test_ppl', 0)}"

@@ -6,6 +6,7 @@ so that it continues exactly; summary.json is written from it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from ptblm.run_files import strict
 # Fields a checkpoint of an older ptblm may lack, and what they meant then.
 OPTIONAL = {
     "config_name": None, "max_steps": None, "eval_tokens": None, "interval_seconds": 0.0,
-    "stalled_since": None, "stall_warned_at": None,
+    "stalled_since": None, "stall_warned_at": None, "windows_by_threads": {},
 }  # fmt: skip
 # Float fields that may be inf or NaN; the others (sums of losses, seconds) are finite and >= 0.
 # A ppl may be inf; under fp16 a gradient norm that overflowed (the GradScaler skips the window)
@@ -34,6 +35,11 @@ def _fits(entry: dataclasses.Field, value: Any) -> bool:
         kind = str if entry.name == "config_name" else int
         return value is None or (type(value) is kind and (kind is str or value >= 1))
     default = entry.default_factory() if entry.default is dataclasses.MISSING else entry.default
+    if isinstance(default, dict):  # windows_by_threads
+        return isinstance(value, dict) and all(
+            type(key) is str and key.isdigit() and type(count) is int and count >= 0
+            for key, count in value.items()
+        )
     if isinstance(default, list):
         return isinstance(value, list) and all(isinstance(item, dict) for item in value)
     if isinstance(default, float):
@@ -73,6 +79,9 @@ class RunState:
     train_seconds: float = 0.0  # time spent in training windows (evaluation excluded)
     timed_tokens: int = 0  # training tokens processed in that time
     wall_seconds: float = 0.0  # wall-clock time of the run so far
+    # CPU threads torch computed with ("2") -> training windows trained so: with the count
+    # adapted to the load (runtime.Threads), sums round differently from one run to the next
+    windows_by_threads: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,7 +91,9 @@ class RunState:
         """The state a checkpoint saved (KeyError names a missing field)."""
         names = [entry.name for entry in dataclasses.fields(cls) if entry.name not in OPTIONAL]
         values = {name: checkpoint[name] for name in names}
-        values.update({name: checkpoint.get(name, default) for name, default in OPTIONAL.items()})
+        values.update(
+            {name: copy.copy(checkpoint.get(name, default)) for name, default in OPTIONAL.items()}
+        )
         for name, value in values.items():
             if not _fits(cls.__dataclass_fields__[name], value):
                 # a damaged or crafted file: it failed deep inside training, or ran on silently
@@ -120,17 +131,22 @@ class RunState:
         """Words/s since the last log point, `seconds` of them not banked yet."""
         return self.interval_tokens() / max(self.interval_seconds + seconds, 1e-9)
 
-    def close_interval(self, seconds: float, tokens_per_window: int) -> dict[str, float]:
-        """Count the windows since the last log point as `seconds` of training (and any banked)
-        and start the next interval; return their loss, the epoch's ppl so far, their mean
-        gradient norm and wps."""
+    def close_interval(
+        self, seconds: float, tokens_per_window: int, threads: int
+    ) -> dict[str, float]:
+        """Count the windows since the last log point as `seconds` of training (and any banked),
+        trained with `threads` CPU threads, and start the next interval; return their loss, the
+        epoch's ppl so far, their mean gradient norm and wps."""
         tokens = self.interval_tokens()
+        windows = tokens // tokens_per_window
         figures = {
             "loss": (self.train_nll - self.logged_nll) / tokens,
             "ppl": self.train_ppl(),
-            "grad_norm": self.norm_sum / (tokens // tokens_per_window),
+            "grad_norm": self.norm_sum / windows,
             "wps": self.interval_wps(seconds),
         }
+        key = str(threads)
+        self.windows_by_threads[key] = self.windows_by_threads.get(key, 0) + windows
         self.train_seconds += self.interval_seconds + seconds
         self.timed_tokens += tokens
         self.logged_nll, self.logged_tokens, self.norm_sum = self.train_nll, self.train_tokens, 0.0

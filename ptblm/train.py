@@ -257,7 +257,7 @@ class Trainer:
     def log_interval(self, lr: float, seconds: float) -> None:
         """Account the windows since the last point as training time, and show them."""
         run = self.run_state
-        figures = run.close_interval(seconds, self.tokens_per_window)
+        figures = run.close_interval(seconds, self.tokens_per_window, torch.get_num_threads())
         first = not self.shown  # the first window this process trains: a line in a log too
         where = (run.epoch, run.window, self.windows_per_epoch, run.global_step)
         self.progress.train_point(*where, first, lr=lr, **figures)

@@ -135,6 +135,12 @@ def widen_the_state(checkpoint):
         (lambda c: c.update(eval_tokens=-5), "(its eval_tokens is -5)"),
         (lambda c: c.update(max_steps=True), "(its max_steps is True)"),
         (lambda c: c.update(finished=1), "(its finished is 1)"),
+        (lambda c: c.update(stalled_since=0), "(its stalled_since is 0)"),
+        (
+            lambda c: c.update(windows_by_threads={"2": "x"}),
+            "(its windows_by_threads is {'2': 'x'})",
+        ),
+        (lambda c: c.update(windows_by_threads={2: 5}), "(its windows_by_threads is {2: 5})"),
     ],
 )
 def test_a_checkpoint_that_loads_but_cannot_continue_is_not_resumed(

@@ -62,3 +62,16 @@ def test_a_run_tested_on_a_prefix_says_so():
         "comparable with the table." in text
     )
     assert "published" not in text and len(text.splitlines()) == 4
+
+
+def test_threads_that_followed_the_load_are_said():
+    text = format_summary(metrics(windows_by_threads={"1": 310, "2": 12_705}), RUN_DIR)
+    assert (
+        "CPU threads followed the machine's load (windows trained: 2 for 12,705, 1 for 310): a "
+        "sum over another count rounds differently, so a run repeats to the last digit only "
+        "with --threads N."
+    ) in text.splitlines()
+    for alone in ({"2": 13_015}, {}):
+        assert "threads followed" not in format_summary(metrics(windows_by_threads=alone), RUN_DIR)
+    on_gpu = metrics(windows_by_threads={"1": 310, "2": 12_705}, device="cuda: NVIDIA H200")
+    assert "threads followed" not in format_summary(on_gpu, RUN_DIR)

@@ -10,18 +10,19 @@ TOKENS = 20 * 35  # one window of small
 def test_an_interval_reports_its_own_windows_and_the_epochs_perplexity():
     run = RunState()
     run.add_windows([(5.0, 2.0), (4.0, 4.0)], TOKENS)
-    first = run.close_interval(2.0, TOKENS)
+    first = run.close_interval(2.0, TOKENS, 2)
     assert first == pytest.approx(
         {"loss": 4.5, "ppl": math.exp(4.5), "grad_norm": 3.0, "wps": 2 * TOKENS / 2.0}
     )
     run.add_windows([(3.0, 1.0)], TOKENS)
     assert run.interval_tokens() == TOKENS
-    second = run.close_interval(0.5, TOKENS)
+    second = run.close_interval(0.5, TOKENS, 1)
     # loss and gradient norm of the new window only; perplexity over the epoch so far
     assert second == pytest.approx(
         {"loss": 3.0, "ppl": math.exp(4.0), "grad_norm": 1.0, "wps": TOKENS / 0.5}
     )
     assert (run.train_seconds, run.timed_tokens) == (2.5, 3 * TOKENS)
+    assert run.windows_by_threads == {"2": 2, "1": 1}
     run.start_epoch()
     assert (run.train_nll, run.train_tokens, run.interval_tokens(), run.norm_sum) == (0, 0, 0, 0)
     assert run.timed_tokens == 3 * TOKENS  # the clock runs across epochs
@@ -36,11 +37,16 @@ def test_time_banked_at_a_checkpoint_counts_after_a_resume():
     resumed = RunState.from_checkpoint(run.to_dict())
     assert resumed.interval_wps(1.0) == pytest.approx(3 * TOKENS / 4.0)
     resumed.add_windows([(5.0, 2.0)], TOKENS)
-    assert resumed.close_interval(1.0, TOKENS)["wps"] == pytest.approx(4 * TOKENS / 4.0)
+    assert resumed.close_interval(1.0, TOKENS, 2)["wps"] == pytest.approx(4 * TOKENS / 4.0)
     assert (resumed.train_seconds, resumed.interval_seconds) == (4.0, 0.0)
+    assert resumed.windows_by_threads == {"2": 4}
     older = run.to_dict()
-    del older["interval_seconds"]  # a checkpoint of an older ptblm
-    assert RunState.from_checkpoint(older).interval_seconds == 0.0
+    for name in ("interval_seconds", "windows_by_threads"):
+        del older[name]  # a checkpoint of an older ptblm
+    first, second = RunState.from_checkpoint(older), RunState.from_checkpoint(older)
+    assert first.interval_seconds == 0.0 and first.windows_by_threads == {}
+    first.close_interval(1.0, TOKENS, 2)
+    assert second.windows_by_threads == {}  # each state its own
 
 
 def test_end_epoch_moves_on_keeps_the_best_and_finishes_after_the_last_epoch():

@@ -156,6 +156,9 @@ def test_run_writes_metrics_and_checkpoints_and_picks_the_best(corpus, tmp_path)
     assert [h["learning_rate"] for h in metrics["history"]] == [0.5, 0.25, 0.125]
     assert metrics["best_valid_ppl"] == min(h["valid_ppl"] for h in metrics["history"])
     assert metrics["global_step"] == 3 * trainer.windows_per_epoch
+    # every window counted once, with the threads torch computed with (this process: fixed)
+    threads = str(torch.get_num_threads())
+    assert metrics["windows_by_threads"] == {threads: metrics["global_step"]}
     assert 1 < metrics["test_ppl"] < len(corpus.vocab)  # it learned something
     assert metrics["train_wps"] > 0
     assert metrics["variant"] == {}  # the faithful model
