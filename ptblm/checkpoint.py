@@ -2,13 +2,15 @@
 
 A checkpoint (best.pt, last.pt) holds:
     format              CHECKPOINT_FORMAT
-    model, optimizer    state dicts; scaler: the fp16 GradScaler's state dict (None otherwise)
+    model, optimizer    state dicts; scaler: the GradScaler's state dict (fp16 or bf16 on CUDA;
+                        None otherwise)
     config, config_name the Config as a dict, and the name it was started with
     vocab               the words in id order; corpus_dir: a --corpus directory (None for PTB);
                         data_dir: the --data-dir whose ptb/ it trained on (None for a --corpus)
     splits_sha256       each split's Corpus.fingerprints: a resume is refused another text
-    state               the carried LSTM (h, c) of all batch rows for the next window (None at an
-                        epoch boundary)
+    state               the carried LSTM (h, c) of all batch rows for the next window (at an
+                        epoch boundary None, or zeros from the graphed step: either way the next
+                        epoch starts from zeros)
     max_steps           the run's --max-steps limit (None for none)
     eval_tokens         its --eval-tokens limit (None for none)
     world_size          the number of torchrun processes that trained it

@@ -75,7 +75,8 @@ class CheckpointError(PtblmError):
 
 
 class DivergenceError(PtblmError):
-    """The loss or the gradient norm became NaN or infinite."""
+    """The loss or the gradient norm became NaN or infinite, or the loss grew far past an
+    untrained model's (step.DIVERGED_LOSS_FACTOR)."""
 
 
 class RankFailed(PtblmError):
@@ -83,7 +84,8 @@ class RankFailed(PtblmError):
 
 
 class Interrupted(PtblmError):
-    """SIGINT or SIGTERM stopped a run after it saved last.pt (exit 130 or 143)."""
+    """SIGINT, SIGTERM or SIGHUP stopped a run after it saved last.pt (exit 130, 143 or 129), or
+    Ctrl-C stopped `ptblm generate` (exit 130; it saves nothing)."""
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)

@@ -1,6 +1,7 @@
 """What a run shows while it trains: TensorBoard scalars, a progress bar or plain lines, messages.
 
-- TensorBoard: `train/loss`, `train/ppl`, `train/lr`, `train/grad_norm`, `train/wps` every
+- TensorBoard: `train/loss`, `train/ppl`, `train/lr`, `train/grad_norm`, `train/wps` (and from
+  the trainer, `train/top_silent` and `train/top_max_cell`: stall.py) every
   log_every(run's windows) training windows (50, or fewer for a short run; and at each epoch's
   end), `valid/ppl` per epoch, `test/ppl`, the
   config as text and the HParams entry. The x axis is the number of training windows.

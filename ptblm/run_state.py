@@ -24,8 +24,8 @@ OPTIONAL = {
     "stalled_since": None, "stall_warned_at": None, "windows_by_threads": {},
 }  # fmt: skip
 # Float fields that may be inf or NaN; the others (sums of losses, seconds) are finite and >= 0.
-# A ppl may be inf; under fp16 a gradient norm that overflowed (the GradScaler skips the window)
-# is inf or NaN, and so is the interval's sum of norms.
+# A ppl may be inf; under AMP on CUDA a gradient norm that overflowed (the GradScaler skips the
+# window) is inf or NaN, and so is the interval's sum of norms.
 UNBOUNDED = ("best_valid_ppl", "norm_sum")
 
 

@@ -6,7 +6,8 @@ Its status:
     training    a process holds the run's .lock now (the epoch shown is its last checkpoint's)
     finished    trained and tested
     stopped     stopped before the end; `ptblm train --resume RUN` continues it
-    diverged    the loss or gradient became NaN or infinite
+    diverged    the loss or gradient became NaN or infinite, or the loss grew far past an
+                untrained model's
 and, after it, "stalled at step N" where training warned of a stalled start (stall.py), with
 ", recovered" once the latest log point no longer was.
 Runs whose configs differ only in their seed are summarised as mean +- std beside the published

@@ -217,7 +217,6 @@ class Threads:
     """
 
     def __init__(self, requested: int | None = None):
-        self.requested = requested
         self.adaptive = requested is None and "OMP_NUM_THREADS" not in os.environ
         if requested is not None and requested > (cores := cpu_count()):
             # More threads than cores only wait on one another (and by the thousand, crash).

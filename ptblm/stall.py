@@ -10,11 +10,12 @@ violent start that recovered). The decoder then sees nothing and learns word fre
 H200, seed 0 stayed so until epoch 11 of 55.
 
 Both figures come from the carried state at each log point (TensorBoard: train/top_silent,
-train/top_max_cell). A warning, once, when both have been past their limits at every log point
-for STALL_WINDOWS windows: a start can stall for a moment and recover (one CPU seed did, within
-20 windows), where the stalls that lasted had not ended 150 windows later. The run's state keeps
-the streak and the warning, so that summary.json and `ptblm runs` show a stalled run (and one
-that has recovered since) to whoever did not watch its output.
+train/top_max_cell; under torchrun, of rank 0's rows). A warning, once, when both have been past
+their limits at every log point for STALL_WINDOWS windows: a start can stall for a moment and
+recover (one CPU seed did, within 20 windows), where the stalls that lasted had not ended 150
+windows later. The run's state keeps the streak and the warning, so that summary.json and
+`ptblm runs` show a stalled run (and one that has recovered since) to whoever did not watch its
+output.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     logits, state = model(x, state)          state carried from the previous window
     loss = window_loss(logits, y)            sum over steps of the batch-mean cross-entropy
-    loss.backward()                          (fp16: scaled, then unscaled before clipping)
+    loss.backward()                          (AMP on CUDA: scaled, unscaled before clipping)
     clip all gradients to global norm max_grad_norm
     guard: a diverged window never reaches the weights
     SGD update at the epoch's learning rate
@@ -102,7 +102,8 @@ class EagerStep:
         window_nll, norm = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()
         window_nll = self.dist.sum([window_nll], grad_norm.device)[0] / self.dist.world_size
         mean_nll = window_nll / y.size(1)
-        # With fp16 a non-finite gradient is an overflow the GradScaler skips, not divergence.
+        # Under AMP on CUDA a non-finite gradient is an overflow the GradScaler skips, not
+        # divergence.
         if not (math.isfinite(mean_nll) and mean_nll <= self.loss_bound) or (
             not math.isfinite(norm) and not self.scaler
         ):
