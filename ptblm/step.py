@@ -30,25 +30,9 @@ from torch import nn
 
 from ptblm.config import Config
 from ptblm.distributed import SINGLE_PROCESS, Distributed
+from ptblm.divergence import DIVERGED_LOSS_FACTOR, Diverged
 from ptblm.model import State, detach_state, window_loss
 from ptblm.runtime import autocast_context, make_scaler
-
-# A huge learning rate saturates the LSTM's gates before anything becomes NaN, so a per-token loss
-# far beyond the untrained model's log(vocab_size) counts as divergence too.
-DIVERGED_LOSS_FACTOR = 10
-
-
-class Diverged(Exception):  # noqa: N818 (a signal to the loop, which words the user's message)
-    """The window's loss or gradient norm is not finite or over the bound; no update was made.
-
-    `windows_after`: how many windows were queued after the diverged one (GraphStep only; they
-    made no update either).
-    """
-
-    def __init__(self, mean_nll: float, grad_norm: float, windows_after: int = 0):
-        super().__init__(mean_nll, grad_norm)
-        self.mean_nll, self.grad_norm = mean_nll, grad_norm
-        self.windows_after = windows_after
 
 
 class EagerStep:

@@ -28,6 +28,7 @@ from ptblm.checkpoint import restore_training, training_checkpoint
 from ptblm.config import Config, learning_rate_at
 from ptblm.data import Corpus, batchify, check_corpus_fits, num_windows, windows
 from ptblm.distributed import SINGLE_PROCESS, Distributed
+from ptblm.divergence import Diverged, divergence_error
 from ptblm.errors import CheckpointError, DivergenceError, Interrupted, shell_word
 from ptblm.evaluate import evaluate, test_perplexity
 from ptblm.memory import check_training_fits
@@ -40,7 +41,7 @@ from ptblm.run_files import BEST, LAST
 from ptblm.run_state import RunState
 from ptblm.runtime import Threads, configure_tf32, seed_everything
 from ptblm.signals import StopOnSignal
-from ptblm.step import Diverged, make_step
+from ptblm.step import make_step
 
 
 class EpochEnd(enum.Enum):
@@ -116,10 +117,13 @@ class Trainer:
         """Train to the end (or max_steps), test, write metrics.json; return the metrics
         (None on ranks other than 0, which only train)."""
         run = self.run_state
-        if run.finished and (metrics := self.run_dir.read_metrics()) is not None:
-            self.progress.say(f"{self.run_dir.path} has finished already.")
-            self.run_dir.complete_summary(metrics)  # if a full disk or a kill cut it off
-            return metrics
+        if run.finished:  # and tested, if rank 0 finds its metrics.json: it decides for all
+            metrics = self.run_dir.read_metrics() if self.dist.is_main else None
+            if self.dist.any(metrics is not None, self.device):
+                if metrics is not None:
+                    self.progress.say(f"{self.run_dir.path} has finished already.")
+                    self.run_dir.complete_summary(metrics)  # if a full disk or a kill cut it off
+                return metrics
         announce = self.dist.is_main and self.progress.verbose
         with (  # signals first: TensorBoard's import takes a while
             StopOnSignal(exit_on_second=not self.dist.enabled, announce=announce) as stop,
@@ -279,23 +283,7 @@ class Trainer:
                 step = run.global_step + 1
                 self.run_dir.write_summary(self.summary("diverged", diverged_at_step=step))
         saved = resumable_checkpoint(self.run_dir.path)
-        kept = f"The last checkpoint, {saved}, is intact." if saved else "No checkpoint was saved."
-        return DivergenceError(
-            f"training diverged at step {run.global_step + 1} (epoch {run.epoch + 1}, window "
-            f"{run.window + 1}, learning rate {lr:g}): loss per token {diverged.mean_nll:g}, "
-            f"gradient norm {diverged.grad_norm:g}. {kept} {self.divergence_fix()}"
-        )
-
-    def divergence_fix(self) -> str:
-        """What to change: the first window's loss and gradient come from the initial weights
-        alone (no update has been made), any later one's from the updates."""
-        config = self.config
-        if self.run_state.global_step == 0:
-            fix = "Lower init_scale (--set init_scale=...)"
-        else:
-            decay = ", weight_decay" if config.weight_decay else ""
-            fix = f"Lower learning_rate{decay} or max_grad_norm (--set learning_rate=...)"
-        return fix + (", or use --precision fp32." if config.precision != "fp32" else ".")
+        return divergence_error(diverged, run, lr, self.config, saved)
 
     def test_best(self, test_ppl: float, stop: StopOnSignal) -> float | None:
         """best.pt's test perplexity; None, with a warning, where best.pt is missing or damaged:

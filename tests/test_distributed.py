@@ -67,6 +67,10 @@ def test_two_processes_train_the_same_model_as_one(trained):
     again = ptblm("train", "--resume", runs / "two")
     assert again.returncode == 0, again.stderr
     assert "has finished already" in again.stdout
+    twice = torchrun("train", "--resume", runs / "two")  # every rank hears it from rank 0
+    assert twice.returncode == 0, twice.stderr
+    assert twice.stdout.count("has finished already") == 1
+    assert twice.stdout.count("Run directory:") == 1  # the results, printed by rank 0 alone
 
 
 def test_batch_size_must_divide_by_the_processes(tmp_path, corpus):
