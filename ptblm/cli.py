@@ -174,7 +174,15 @@ def main() -> None:
         leave(error.exit_code)
     except OSError as error:
         if not stdout_failed(error):
-            raise
+            if error.filename is None:
+                raise
+            # A file or directory the library met unprepared, as an unreadable (another user's)
+            # run directory: named, with the system's reason, no traceback.
+            fix = " Check its permissions, or use another path." * isinstance(
+                error, PermissionError
+            )
+            print(f"error: {error.filename}: {error.strerror or error}.{fix}", file=sys.stderr)
+            leave(1)
         from ptblm.progress import silence_stdout
 
         silence_stdout()  # and so no error again at exit, when Python flushes it

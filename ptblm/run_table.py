@@ -99,6 +99,15 @@ def _clean(summary: dict[str, Any]) -> dict[str, Any]:
 
 def read_run(run_dir: Path) -> dict[str, Any] | None:
     """One row of the table; None for a directory that is not a ptblm run."""
+    try:
+        return _read_run(run_dir)
+    except OSError as error:  # a directory another user keeps to themselves (Permission denied)
+        why = error.strerror or type(error).__name__
+        row = {"name": run_dir.name, "path": str(run_dir), **_clean({})}
+        return {**row, "resumable": False, "unreadable": why}
+
+
+def _read_run(run_dir: Path) -> dict[str, Any] | None:
     if not (run_dir / CONFIG_FILE).is_file():
         return None
     summary = read_json(run_dir / SUMMARY_FILE) or _from_older_ptblm(run_dir)
@@ -124,7 +133,14 @@ def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
             f"{runs_dir}: no such runs directory. Train a run first (ptblm train --config small), "
             f"or point --runs-dir at the directory your runs are in."
         )
-    rows = (read_run(path) for path in sorted(runs_dir.iterdir()) if path.is_dir())
+    try:
+        paths = sorted(runs_dir.iterdir())
+    except OSError as error:
+        raise DataError(
+            f"{runs_dir}: cannot be listed ({error.strerror}). Point --runs-dir at a directory "
+            f"you can read."
+        ) from None
+    rows = (read_run(path) for path in paths if path.is_dir())
     return [row for row in rows if row is not None]
 
 
@@ -196,7 +212,11 @@ def _standing(row: dict[str, Any]) -> str:
     if status == "diverged":
         return f"diverged at step {row['diverged_at_step'] or '?'}"
     if status == "unreadable":
-        return f"{SUMMARY_FILE} unreadable"
+        return (
+            f"unreadable: {row['unreadable']}"
+            if "unreadable" in row
+            else f"{SUMMARY_FILE} unreadable"
+        )
     if status == "finished" and row.get("cut_short"):
         epochs = row["epochs_trained"]
         status += ", cut short" + (f" at epoch {epochs:.2f}" if epochs is not None else "")

@@ -556,3 +556,27 @@ def test_a_path_of_bytes_that_are_not_utf8_is_shown_escaped_or_refused(tmp_path)
         "it: give it a --name."
     )  # fmt: skip
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_directory_the_user_may_not_read_is_one_line_not_a_traceback(tmp_path):
+    """`ptblm eval` of another user's run (mode 0700), simulated: root reads everything."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    code = (
+        "import sys, pathlib\n"
+        "is_file = pathlib.Path.is_file\n"
+        "def denied(path):\n"
+        "    if path.parent.name == 'theirs':\n"
+        "        raise PermissionError(13, 'Permission denied', str(path))\n"
+        "    return is_file(path)\n"
+        "pathlib.Path.is_file = denied\n"
+        "from ptblm.cli import main\n"
+        "sys.argv = ['ptblm', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "eval", str(theirs)], capture_output=True, text=True
+    )
+    assert_clean_failure(
+        result, 1, f"error: {theirs / 'best.pt'}: Permission denied. Check its permissions"
+    )

@@ -4,10 +4,12 @@ import json
 import shutil
 import signal
 import statistics
+from pathlib import Path
 
 import pytest
 from helpers import HeldRun, assert_clean_failure, make_corpus, ptblm
 
+from ptblm.errors import DataError
 from ptblm.run_table import read_runs, render, seed_groups
 
 SETTINGS = [
@@ -252,3 +254,34 @@ def test_a_stalled_start_is_shown_after_the_status(tmp_path, stall, said):
     (run / "summary.json").write_text(json.dumps({"status": "finished", "stall": stall}))
     row = render(read_runs(tmp_path), [], tmp_path).splitlines()[1]
     assert said in row and ("stalled" in row) == ("stalled" in said)
+
+
+def test_a_run_directory_that_cannot_be_read_is_listed_as_such(tmp_path, monkeypatch):
+    """Another user's run, mode 0700 (simulated: root reads it all the same)."""
+    for name in ("mine", "theirs"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text("seed: 1\n")
+    (tmp_path / "mine" / "summary.json").write_text('{"status": "finished"}')
+    is_file = Path.is_file
+
+    def denied(path):
+        if path.parent.name == "theirs":
+            raise PermissionError(13, "Permission denied", str(path))
+        return is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", denied)
+    rows = read_runs(tmp_path)
+    assert [(row["name"], row["status"]) for row in rows] == [
+        ("mine", "finished"), ("theirs", "unreadable"),
+    ]  # fmt: skip
+    lines = render(rows, seed_groups(rows), tmp_path).splitlines()
+    assert "unreadable: Permission denied" in lines[2] and lines[2].startswith("theirs")
+
+
+def test_a_runs_directory_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch):
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    with pytest.raises(DataError, match=r"cannot be listed \(Permission denied\)\. Point --runs"):
+        read_runs(tmp_path)
