@@ -101,3 +101,8 @@ def test_tune_chooses_the_lowest_validation_perplexity_of_its_grid(monkeypatch):
         assert math.isfinite(point["valid_ppl"])
     plain = perplexity(*evaluate(model, valid))
     assert min(t["valid_ppl"] for t in tried) < plain
+    # the chosen cache, scored anew on its own: the figure tune reported for it
+    assert adapted_perplexity(model, valid, cache=cache) == pytest.approx(best["valid_ppl"])
+    worst = max(cache_points, key=lambda t: t["valid_ppl"])["CacheSettings"]
+    other = CacheSettings(window=worst["window"], theta=worst["theta"], lam=worst["lambda"])
+    assert adapted_perplexity(model, valid, cache=other) > best["valid_ppl"]
