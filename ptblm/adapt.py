@@ -1,7 +1,7 @@
 """Evaluation that adapts to the text it scores: the continuous cache (cache.py), dynamic
 evaluation (dynamic.py), or both, in the table's test protocol (batch size 1, the whole stream,
-every token after the first predicted once), and `--tune`, which chooses their settings on the
-validation split, never on test.
+every token after the first predicted once), with settings given or chosen on the validation
+split by `--tune` (tune.py).
 
     for each window of the stream (dynamic: a segment of N predictions):
         h, state = model.features(x, state)            dynamic: with gradients
@@ -12,8 +12,6 @@ validation split, never on test.
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -26,12 +24,6 @@ from ptblm.dynamic import DynamicEvaluation, DynamicSettings
 from ptblm.errors import counted
 from ptblm.evaluate import TEST_NUM_STEPS, test_perplexity
 from ptblm.model import LSTMLanguageModel, detach_state, perplexity
-
-# --tune's grids, searched on the validation split. The cache's covers the values Grave et al.
-# report for PTB (windows 100-2000, theta around 0.3, lambda around 0.1); dynamic evaluation's,
-# SGD step sizes around the trained model's final scale and Krause's small decays.
-CACHE_GRID = {"window": [100, 500, 2000], "theta": [0.1, 0.3, 0.6], "lam": [0.05, 0.1, 0.2]}
-DYNAMIC_GRID = {"lr": [0.1, 0.3, 1.0], "decay": [0.0, 0.01]}
 
 
 class Adaptation:
@@ -116,66 +108,12 @@ def stream_logprobs(
     return torch.cat(scored)
 
 
-def model_passes(model: LSTMLanguageModel, ids: torch.Tensor) -> list:
-    """The plain model's (h, log p(y), y) of every window of the stream: what the cache's grid
-    mixes with, made once."""
-    device = next(model.parameters()).device
-    adaptation = Adaptation(model)
-    state, passes = model.initial_state(1, device), []
-    try:
-        for x, y in windows(ids.to(device)[None, :], TEST_NUM_STEPS, partial=True):
-            hidden, logprob, state = adaptation.model_pass(x, y, state)
-            passes.append((hidden, logprob, y[0]))
-    finally:
-        adaptation.close()
-    return passes
-
-
-def mixed(passes: list, cache: CacheSettings) -> torch.Tensor:
-    memory = ContinuousCache(cache)
-    return torch.cat([memory.mix(h, logprob, y).cpu() for h, logprob, y in passes])
-
-
 def mean_perplexity(logprobs: torch.Tensor) -> float:
     return perplexity(-logprobs.sum().item(), logprobs.numel())
 
 
 def adapted_perplexity(model, ids, cache=None, dynamic=None) -> float:
     return mean_perplexity(stream_logprobs(model, ids, cache, dynamic))
-
-
-def grid(given: Any, values: dict[str, list]) -> list:
-    """`given` with each point of the grid in place of its values (the rest, such as dynamic
-    evaluation's segment, as given)."""
-    points = itertools.product(*values.values())
-    return [dataclasses.replace(given, **dict(zip(values, point))) for point in points]
-
-
-def tune(
-    model: LSTMLanguageModel,
-    valid: torch.Tensor,
-    cache: CacheSettings | None,
-    dynamic: DynamicSettings | None,
-) -> tuple[CacheSettings | None, DynamicSettings | None, list[dict[str, Any]]]:
-    """The settings with the lowest validation perplexity, searched one technique at a time
-    (the cache on the plain model, dynamic evaluation without the cache) over the grid's values
-    of each one given, and every grid point's validation perplexity."""
-    tried: list[dict[str, Any]] = []
-
-    def best(given, values, run):
-        results = []
-        for settings in grid(given, values):
-            ppl = run(settings)
-            tried.append({type(given).__name__: settings.as_dict(), "valid_ppl": ppl})
-            results.append((ppl, settings))
-        return min(results, key=lambda result: result[0])[1]
-
-    if cache:  # the model's pass does not depend on the cache: made once for the whole grid
-        passes = model_passes(model, valid)
-        cache = best(cache, CACHE_GRID, lambda s: mean_perplexity(mixed(passes, s)))
-    if dynamic:
-        dynamic = best(dynamic, DYNAMIC_GRID, lambda s: adapted_perplexity(model, valid, None, s))
-    return cache, dynamic, tried
 
 
 def evaluate_adapted(
@@ -200,14 +138,6 @@ def evaluate_adapted(
     }
 
 
-def settle(model, valid, cache, dynamic, tuning):
-    """The settings to use (tuned on `valid`, the validation split, with --tune) and the grid's
-    results (None without --tune)."""
-    if not tuning:
-        return cache, dynamic, None
-    return tune(model, valid(), cache, dynamic)
-
-
 def evaluate_checkpoint_adapted(
     path: Path,
     split: str,
@@ -221,6 +151,7 @@ def evaluate_checkpoint_adapted(
 ) -> dict[str, Any]:
     """`ptblm eval RUN --cache/--dynamic [--tune]` on a split: the JSON-ready result."""
     from ptblm.ensemble import load_members, member_corpus
+    from ptblm.tune import settle
 
     (member,) = load_members([path], device, cell)
     corpus = member_corpus(member, data_dir, corpus_dir)  # loaded once, for --tune and the split
@@ -248,6 +179,7 @@ def score_text_adapted(
     from ptblm.checkpoint import vocab_dict
     from ptblm.ensemble import load_members, member_corpus
     from ptblm.text import TextScorer, check_covered, read_lines
+    from ptblm.tune import settle
 
     (member,) = load_members([path], device, cell)
     valid = lambda: member_corpus(member, data_dir, corpus_dir).valid  # noqa: E731 (--tune only)

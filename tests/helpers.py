@@ -282,3 +282,13 @@ def as_text(words: list[str]) -> str:
         else:
             line.append(word)
     return "\n".join([*lines, " ".join(line)])
+
+
+def tiny_model(seed: int = 0):
+    """An untrained model of 30 words, 2 layers of 12 units (keep_prob 1, init_scale 0.1)."""
+    import torch
+
+    from ptblm.model import LSTMLanguageModel
+
+    torch.manual_seed(seed)
+    return LSTMLanguageModel(30, 12, 2, 1.0, 0.1)

@@ -1,20 +1,14 @@
-"""Scoring a stream with the cache and dynamic evaluation, and --tune, on tiny models."""
-
-import math
+"""Scoring a stream with the cache and dynamic evaluation, on tiny models."""
 
 import pytest
 import torch
+from helpers import tiny_model
 
-from ptblm.adapt import adapted_perplexity, stream_logprobs, tune
+from ptblm.adapt import adapted_perplexity, stream_logprobs
 from ptblm.cache import CacheSettings
 from ptblm.dynamic import DynamicSettings
 from ptblm.evaluate import evaluate
 from ptblm.model import LSTMLanguageModel, perplexity
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return LSTMLanguageModel(30, 12, 2, 1.0, 0.1)
 
 
 def test_plain_and_lr_zero_dynamic_evaluation_are_exactly_the_test_protocol():
@@ -76,33 +70,3 @@ def test_a_repeated_sentence_is_far_more_predictable_with_either():
     assert adapted_perplexity(model, ids, cache=cache) < plain / 3
     assert adapted_perplexity(model, ids, dynamic=dynamic) < plain / 3
     assert adapted_perplexity(model, ids, cache=cache, dynamic=dynamic) < plain / 3
-
-
-def test_tune_chooses_the_lowest_validation_perplexity_of_its_grid(monkeypatch):
-    import ptblm.adapt as adapt
-
-    monkeypatch.setattr(adapt, "CACHE_GRID", {"window": [5, 50], "theta": [0.5], "lam": [0.0, 0.4]})
-    monkeypatch.setattr(adapt, "DYNAMIC_GRID", {"lr": [0.0, 3.0], "decay": [0.0]})
-    model = tiny_model()
-    valid = torch.randint(30, (13,), generator=torch.Generator().manual_seed(4)).repeat(12)
-    given = DynamicSettings(segment=7)  # not on the grid: kept
-    cache, dynamic, tried = tune(model, valid, CacheSettings(), given)
-    assert len(tried) == 4 + 2
-    cache_points = [t for t in tried if "CacheSettings" in t]
-    best = min(cache_points, key=lambda t: t["valid_ppl"])
-    assert best["CacheSettings"] == {
-        "window": cache.window,
-        "theta": cache.theta,
-        "lambda": cache.lam,
-    }
-    assert cache.lam == 0.4 and dynamic.lr == 3.0  # a repeating text rewards both
-    assert dynamic.segment == 7 and all(t["DynamicSettings"]["segment"] == 7 for t in tried[4:])
-    for point in tried:
-        assert math.isfinite(point["valid_ppl"])
-    plain = perplexity(*evaluate(model, valid))
-    assert min(t["valid_ppl"] for t in tried) < plain
-    # the chosen cache, scored anew on its own: the figure tune reported for it
-    assert adapted_perplexity(model, valid, cache=cache) == pytest.approx(best["valid_ppl"])
-    worst = max(cache_points, key=lambda t: t["valid_ppl"])["CacheSettings"]
-    other = CacheSettings(window=worst["window"], theta=worst["theta"], lam=worst["lambda"])
-    assert adapted_perplexity(model, valid, cache=other) > best["valid_ppl"]
