@@ -189,7 +189,7 @@ def _new_trainer(
     label = config_label(config_arg)
     if name is None:  # named after the config file
         check_run_path("--config", label, "the run is named after it: give it a --name")
-    corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, verbose)
+    corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, device, verbose)
     # The ranks' clocks may straddle a second: rank 0 names the run.
     default = dist.broadcast(default_run_name(label))
     return Trainer(
@@ -217,7 +217,7 @@ def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose, 
     checkpoint, saved, path = load_resumable(run_dir)
     corpus_dir = corpus_dir_for(checkpoint, corpus_dir)
     data_dir = data_dir_for(checkpoint, data_dir)
-    corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, verbose)
+    corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, device, verbose)
     check_same_text(checkpoint, corpus, path)
     trainer = Trainer(
         saved,

@@ -30,7 +30,7 @@ from ptblm.download import (
     open_regular_file,
     sha256_of,
 )
-from ptblm.errors import ConfigError, DataError, counted
+from ptblm.errors import ConfigError, DataError, RankFailed, counted
 
 EOS = "<eos>"
 
@@ -157,12 +157,20 @@ def load_corpus(
     return Corpus(vocab=vocab, folder=folder, custom=corpus_dir is not None, **ids)
 
 
-def load_corpus_on_all_ranks(data_dir, corpus_dir, dist: Distributed, verbose: bool) -> Corpus:
-    """Every rank loads the corpus; rank 0 downloads it first, the others wait for it."""
+def load_corpus_on_all_ranks(
+    data_dir, corpus_dir, dist: Distributed, device: torch.device, verbose: bool
+) -> Corpus:
+    """Every rank loads the corpus; rank 0 downloads it first, the others wait for it and stop
+    with it if it fails (a collective under torchrun)."""
     if dist.enabled:
+        failure = None
         if dist.is_main and corpus_dir is None:
-            download_ptb(data_dir, progress=verbose)
-        dist.barrier()
+            try:
+                download_ptb(data_dir, progress=verbose)
+            except DataError as error:
+                failure = error
+        if dist.any(failure is not None, device):
+            raise failure or RankFailed("rank 0 could not download the corpus.")
     return load_corpus(data_dir, corpus_dir, progress=verbose and dist.is_main)
 
 

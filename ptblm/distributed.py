@@ -50,10 +50,6 @@ class Distributed:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
-    def barrier(self) -> None:
-        if self.enabled:
-            torch.distributed.barrier()
-
 
 SINGLE_PROCESS = Distributed()
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from helpers import HeldRun, assert_clean_failure, make_corpus, ptblm
+from helpers import HeldRun, assert_clean_failure, dead_url, make_corpus, ptblm
 
 # No dropout: with it each rank draws its own masks, so the runs could not be compared.
 SETTINGS = [
@@ -19,8 +19,8 @@ SETTINGS = [
 ]  # fmt: skip
 
 
-def torchrun(*args, processes=2):
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+def torchrun(*args, processes=2, env=None):
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **(env or {})}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += [f"--nproc_per_node={processes}", "-m", "ptblm", *map(str, args)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -90,6 +90,20 @@ def test_batch_size_must_divide_by_the_processes(tmp_path, corpus):
     assert result.stderr.splitlines().count(message) == 1, result.stderr
     assert result.stderr.count("does not divide") == 1
     assert "ptblm/train.py" not in result.stderr and "ptblm/cli.py" not in result.stderr
+
+
+def test_a_download_that_fails_on_rank_0_stops_every_rank_with_its_message(tmp_path):
+    """Rank 0 downloads while the others wait: its failure must reach them, not leave them
+    waiting in a barrier until torchrun tears them down."""
+    result = torchrun(
+        "train", *SETTINGS, "--data-dir", tmp_path / "data", "--runs-dir", tmp_path / "runs",
+        env={"PTBLM_DATA_URL": dead_url()},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert re.search(r"exitcode\s*: 1 ", first_failure(result.stderr)), result.stderr
+    assert result.stderr.count("error: could not download") == 1, result.stderr
+    assert "ptblm/data.py" not in result.stderr and "ptblm/cli.py" not in result.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def first_failure(stderr: str) -> str:
