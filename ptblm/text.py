@@ -8,8 +8,9 @@ a word the vocabulary lacks is read as `<unk>` and counted. Two ways to read the
   `--text ptb.test.txt` gives `ptblm eval`'s test perplexity. The model was trained and tested
   on sentences in sequence, so this is the reading its perplexity is comparable in.
 - reset each line: every line is scored on its own from a zero state fed `<eos>` (what the model
-  saw before every sentence in training); all its words and its closing `<eos>` are predicted,
-  and its score does not depend on the lines before it (reranking independent sentences).
+  saw before every sentence in training); all its words and its closing `<eos>` are predicted
+  (a last line without a newline too), and its score does not depend on the lines before it
+  (reranking independent sentences).
 
 The file is streamed: read a line at a time, scored a window (TEST_NUM_STEPS tokens) at a time,
 each line's row handed on as soon as its last token is scored. Memory stays that of one window
@@ -175,6 +176,8 @@ class TextScorer:
 
     def _each_line(self, lines: Iterable[str]) -> Iterator[_Row]:
         for number, text in enumerate(lines):
+            if text.strip() and not text.endswith("\n"):  # a last line closes as the others do
+                text += "\n"
             line = to_line(number, text, self.vocab)
             row = _Row(number, line, 0)
             if line.ids:

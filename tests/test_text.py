@@ -55,6 +55,9 @@ def test_reset_each_line_scores_every_line_on_its_own():
     for ours, theirs in zip(lines, swapped[1:], strict=True):
         assert ours["logprob"] == pytest.approx(theirs["logprob"], rel=1e-9)
     assert lines[3]["logprob"] == pytest.approx(swapped[0]["logprob"], rel=1e-9)
+    # the last line, without its newline, still ends with a predicted <eos>
+    _, unclosed = score_text([model()], VOCAB, TEXT.removesuffix("\n"), reset_each_line=True)
+    assert unclosed == lines
     alone = ["<eos>", "the", "zebra", "sat", "on", "a", "mat", "<eos>"]
     nll, _ = evaluate(model(), ids_of(alone), batch_size=1, num_steps=100)
     assert lines[2]["logprob"] == pytest.approx(-nll, rel=1e-6)
@@ -92,7 +95,7 @@ def test_a_one_token_text_has_nothing_to_predict_unless_reset():
     with pytest.raises(DataError, match="one token"):
         score_text([model()], VOCAB, "cat")
     total, _ = score_text([model()], VOCAB, "cat", reset_each_line=True)
-    assert total["tokens"] == 1
+    assert total["tokens"] == 2  # "cat" and the <eos> that closes it, each from what precedes
 
 
 def test_a_file_is_scored_as_it_is_read():
