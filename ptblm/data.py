@@ -179,12 +179,20 @@ def check_corpus_fits(
 ) -> None:
     """Refuse, before any training, a corpus or a process count that does not fit the config:
     each split needs one window (the test split: batch_size 1, the table's protocol), and so
-    does the prefix that `eval_tokens` (--eval-tokens) validates on."""
+    does the prefix that `eval_tokens` (--eval-tokens) validates on, which must be a prefix of
+    one split at least."""
     least = config.batch_size * (config.num_steps + 1)  # one validation window
     if eval_tokens is not None and eval_tokens < least:
         raise ConfigError(
             f"--eval-tokens {eval_tokens}: validation needs one window of batch_size x "
             f"(num_steps + 1) = {least} tokens at least."
+        )
+    valid, test = corpus.valid.numel(), corpus.test.numel()
+    if eval_tokens is not None and eval_tokens >= max(valid, test):
+        raise ConfigError(
+            f"--eval-tokens {eval_tokens}: the valid and test splits hold {valid:,} and "
+            f"{test:,} tokens, so they would be evaluated whole, yet the run marked as tested on "
+            f"a prefix. Leave --eval-tokens out to evaluate them whole."
         )
     if config.batch_size % world_size:
         raise ConfigError(

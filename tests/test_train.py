@@ -412,6 +412,10 @@ def test_eval_tokens_shortens_validation_and_test_and_says_so(corpus, tmp_path, 
 
     with pytest.raises(ConfigError, match="--eval-tokens 10: validation needs .* 24 tokens"):
         make_trainer(corpus, tmp_path / "tiny", max_steps=3, eval_tokens=10)
+    longest = max(corpus.valid.numel(), corpus.test.numel())
+    with pytest.raises(ConfigError, match=f"--eval-tokens {longest}: the valid and test splits"):
+        make_trainer(corpus, tmp_path / "whole", max_steps=3, eval_tokens=longest)
+    make_trainer(corpus, tmp_path / "one-prefix", max_steps=3, eval_tokens=longest - 1)
     trainer = make_trainer(corpus, tmp_path / "run", max_steps=3, eval_tokens=100)
     # Stopped after 2 windows and resumed: the resumed run still tests on 100 tokens only.
     metrics, resumed = interrupt_then_resume(monkeypatch, trainer, windows=2)
