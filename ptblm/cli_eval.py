@@ -38,8 +38,9 @@ Targets = Annotated[
     list[Path] | None,
     typer.Argument(
         metavar="RUN_OR_CKPT",
-        help="Run directories (their best.pt, else last.pt) or checkpoint files; several are evaluated as an "
-        "ensemble. Default: the newest run.",
+        help="Run directories (their best.pt, else last.pt; a run's name alone looks under "
+        "--runs-dir) or checkpoint files; several are evaluated as an ensemble. Default: the "
+        "newest run.",
         show_default=False,
     ),
 ]

@@ -24,6 +24,7 @@ from ptblm.cli_options import (
 from ptblm.config import PRECISIONS, SEED_LIMIT, load_config, resolve_config_path
 from ptblm.download import DEFAULT_DATA_DIR
 from ptblm.errors import ConfigError, quote, shell_word
+from ptblm.run_files import run_path
 
 
 def train(
@@ -91,7 +92,8 @@ def train(
         typer.Option(
             "--resume",
             metavar="RUN_DIR",
-            help="Continue the run in this directory from its last.pt.",
+            help="Continue the run in this directory (or of this name under --runs-dir) from "
+            "its last.pt.",
         ),
     ] = None,
     quiet: Annotated[
@@ -133,7 +135,13 @@ def train(
     try:
         if resume is not None:
             trainer = _resume_trainer(
-                resume, data_dir, corpus, torch_device, dist, not quiet, compute_threads
+                run_path(resume, runs_dir),
+                data_dir,
+                corpus,
+                torch_device,
+                dist,
+                not quiet,
+                compute_threads,
             )
         else:
             limits = {"max_steps": max_steps, "eval_tokens": eval_tokens}

@@ -36,6 +36,7 @@ from ptblm.run_files import (
     SUMMARY_FILE,
     open_regular,
     read_json,
+    run_path,
 )
 
 
@@ -235,7 +236,7 @@ def newest_run(runs_dir: Path) -> Path:
 def resolve_checkpoint(target: Path | None, runs_dir: Path) -> Path:
     """A checkpoint file as given, or a run directory's best.pt, else its last.pt (newest run when
     None)."""
-    run_dir = newest_run(runs_dir) if target is None else Path(target)
+    run_dir = newest_run(runs_dir) if target is None else run_path(target, runs_dir)
     if run_dir.is_file():
         return run_dir
     if not run_dir.is_dir():

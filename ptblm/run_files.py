@@ -130,3 +130,13 @@ def config_name_of(run_dir: Path, depth: int = 0) -> str | None:
                 return config_name_of(path.parent, depth + 1) or path.stem
             return path.stem
     return None
+
+
+def run_path(target: Path | str, runs_dir: Path) -> Path:
+    """`target` as given; where nothing is there and it is a bare name (as `ptblm runs` lists
+    them), the run of that name under runs_dir, if there is one."""
+    target = Path(target)
+    under = Path(runs_dir) / target
+    if len(target.parts) == 1 and not target.exists() and under.exists():
+        return under
+    return target

@@ -302,6 +302,32 @@ def test_eval_from_another_folder_reads_the_corpus_the_run_trained_with(trained_
     )
 
 
+def test_a_run_is_named_as_ptblm_runs_lists_it(trained_run):
+    """The name alone, looked up under --runs-dir (./runs by default), for eval, generate and
+    --resume; a path is taken as it is."""
+    home, run, _ = trained_run
+    offline = {"PTBLM_DATA_URL": dead_url()}
+    listed = json.loads(ptblm("runs", "--runs-dir", run.parent, "--json").stdout)["runs"]
+    name = next(row["name"] for row in listed if row["path"] == str(run))
+    by_path = ptblm("eval", run, "--json", env=offline)
+    by_name = ptblm("eval", name, "--runs-dir", run.parent, "--json", env=offline)
+    in_home = ptblm("eval", name, "--json", cwd=home, env=offline)  # ./runs
+    assert by_path.returncode == by_name.returncode == in_home.returncode == 0, by_name.stderr
+    scored = [json.loads(result.stdout) for result in (by_path, by_name, in_home)]
+    # the same checkpoint (shown as found: relative to the folder eval ran in)
+    assert {(s["perplexity"], (home / s["checkpoint"]).resolve()) for s in scored} == {
+        (scored[0]["perplexity"], (run / "best.pt").resolve())
+    }
+    words = ptblm("generate", name, "--runs-dir", run.parent, "--words", "5", "--seed", "1")
+    assert words.returncode == 0 and len(words.stdout.split()) >= 5, words.stderr
+    resumed = ptblm("train", "--resume", name, "--runs-dir", run.parent, env=offline)
+    assert resumed.returncode == 0 and "has finished already" in resumed.stdout, resumed.stderr
+    assert_clean_failure(
+        ptblm("eval", "no-such-run", "--runs-dir", run.parent), 1,
+        "no-such-run: no such run directory or checkpoint file",
+    )  # fmt: skip
+
+
 def test_train_writes_the_run_directory(trained_run):
     home, run, result = trained_run
     assert (home / "data" / "ptb" / "ptb.train.txt").is_file()
