@@ -8,6 +8,7 @@ the final name, never a part of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -52,6 +53,11 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         pass
     finally:
         os.close(directory)
+
+
+def refused_by_permission(error: BaseException) -> bool:
+    """Did the write fail for want of permission (a read-only or immutable place), not space?"""
+    return isinstance(error, PermissionError) or getattr(error, "errno", None) == errno.EROFS
 
 
 def remove_stale_temp_files(folder: Path) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from ptblm import __version__
-from ptblm.atomic import atomic_write
+from ptblm.atomic import atomic_write, refused_by_permission
 from ptblm.config import Config, build_config
 from ptblm.data import Corpus
 from ptblm.distributed import Distributed
@@ -61,9 +61,10 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             free = shutil.disk_usage(path.parent).free
             reason += f"; {free / 2**20:.1f} MB free there"
+        fix = "Make it writable" if refused_by_permission(error) else "Free some space"
         raise CheckpointError(
             f"could not write {path} ({reason}); the previous checkpoint there, if any, is "
-            f"intact. Free some space or choose another --runs-dir."
+            f"intact. {fix} or choose another --runs-dir."
         ) from None
 
 

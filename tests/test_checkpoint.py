@@ -22,17 +22,27 @@ def test_round_trip_restores_the_model_exactly(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
 
 
-def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("failure", "fix"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "Free some space"),
+        (PermissionError(errno.EPERM, "Operation not permitted"), "Make it writable"),  # chattr +i
+        (OSError(errno.EROFS, "Read-only file system"), "Make it writable"),
+    ],
+)
+def test_a_refused_write_keeps_the_previous_checkpoint_and_says_why(
+    tmp_path, monkeypatch, failure, fix
+):
     path = tmp_path / "last.pt"
     save_checkpoint(path, make_checkpoint())
     before = path.read_bytes()
 
-    def full_disk(obj, file):
+    def refused(obj, file):
         file.write(b"half a checkpoint")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise failure
 
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(CheckpointError, match="No space left on device.*intact"):
+    monkeypatch.setattr(torch, "save", refused)
+    with pytest.raises(CheckpointError, match=f"{failure.strerror}.*intact. {fix} or choose"):
         save_checkpoint(path, make_checkpoint(window=4))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
