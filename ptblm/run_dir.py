@@ -245,6 +245,12 @@ def resolve_checkpoint(target: Path | None, runs_dir: Path) -> Path:
     for name in (BEST, LAST):
         if (run_dir / name).is_file():
             return run_dir / name
+    summary = read_json(run_dir / SUMMARY_FILE) or {}
+    if summary.get("status") == "diverged":
+        raise CheckpointError(
+            f"{run_dir} diverged at step {summary.get('diverged_at_step', '?')} before its first "
+            f"checkpoint: it has no weights to evaluate. Train it again with a lower learning_rate."
+        )
     if (run_dir / CONFIG_FILE).is_file():
         raise CheckpointError(
             f"{run_dir} holds no checkpoint yet: a run saves one at the end of each epoch (and "

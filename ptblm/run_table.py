@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ptblm.config import load_config, shipped_configs
-from ptblm.errors import DataError
+from ptblm.errors import DataError, shell_word
 from ptblm.run_files import (
     BEST,
     CONFIG_FILE,
@@ -128,6 +128,13 @@ def _read_run(run_dir: Path) -> dict[str, Any] | None:
 def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
     """Every run directly under runs_dir, by name (a run's name starts with its config)."""
     runs_dir = Path(runs_dir)
+    if (runs_dir / CONFIG_FILE).is_file():  # a run itself
+        raise DataError(
+            f"{runs_dir} is a run directory, not a directory of runs: use --runs-dir "
+            f"{shell_word(runs_dir.parent)}."
+        )
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise DataError(f"--runs-dir {runs_dir} is a file: give the directory your runs are in.")
     if not runs_dir.is_dir():
         raise DataError(
             f"{runs_dir}: no such runs directory. Train a run first (ptblm train --config small), "

@@ -224,3 +224,18 @@ def test_a_window_longer_than_a_row_is_refused_not_a_nan_or_a_traceback(two_runs
         assert_clean_failure(refused, 2, f"rows of {row:,}", f"Use --num-steps {row - 1} or less.")
         longest = eval_json(two_runs, *runs, "--batch-size", "4", "--num-steps", str(row - 1))
         assert longest["tokens"] == 4 * (row - 1) and math.isfinite(longest["perplexity"])
+
+
+def test_a_run_that_diverged_before_its_first_checkpoint_says_so(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", vocab_size=40)
+    trained = ptblm(
+        "train", "-c", "test", "--set", "vocab_size=40", "--set", "learning_rate=1e30",
+        "--set", "max_grad_norm=1e30", "--quiet", "--corpus", corpus, "--name", "wild",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert_clean_failure(trained, 1, "training diverged at step", "No checkpoint was saved")
+    step = json.loads((tmp_path / "runs/wild/summary.json").read_text())["diverged_at_step"]
+    assert_clean_failure(
+        ptblm("eval", "runs/wild", cwd=tmp_path), 1,
+        f"runs/wild diverged at step {step} before its first checkpoint: it has no weights",
+    )  # fmt: skip

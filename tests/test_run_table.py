@@ -285,3 +285,17 @@ def test_a_runs_directory_that_cannot_be_listed_is_one_line(tmp_path, monkeypatc
     monkeypatch.setattr(Path, "iterdir", denied)
     with pytest.raises(DataError, match=r"cannot be listed \(Permission denied\)\. Point --runs"):
         read_runs(tmp_path)
+
+
+def test_a_runs_directory_that_is_a_run_or_a_file_says_what_to_give(tmp_path):
+    run = tmp_path / "runs" / "small-1"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 1\n")
+    assert_clean_failure(
+        ptblm("runs", "--runs-dir", run), 1,
+        f"{run} is a run directory, not a directory of runs: use --runs-dir {tmp_path / 'runs'}",
+    )  # fmt: skip
+    (tmp_path / "notes.txt").write_text("x")
+    assert_clean_failure(
+        ptblm("runs", "--runs-dir", tmp_path / "notes.txt"), 1, "notes.txt is a file: give the"
+    )
