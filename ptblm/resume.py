@@ -82,6 +82,8 @@ def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config, Path]:
         other = ({run_dir / LAST, run_dir / BEST} - {path}).pop()
         if not other.is_file():
             hint = "The run has no other checkpoint to resume from: start it again."
+        elif not _loads(other):
+            hint = f"Its {other.name} cannot be read either: start the run again."
         else:
             older = (
                 "written at the end of the run's best epoch"
@@ -111,3 +113,11 @@ def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config, Path]:
             f"run with ptblm train --config {shell_word(config_file)}."
         )
     return checkpoint, saved, path
+
+
+def _loads(path: Path) -> bool:
+    try:
+        load_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True

@@ -34,6 +34,7 @@ from ptblm.run_files import (
     LOCK_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
+    is_locked,
     open_regular,
     read_json,
     run_path,
@@ -82,6 +83,11 @@ class RunDirectory:
             except FileExistsError:
                 if resumable_checkpoint(self.path) is None:
                     failure = ConfigError(never_saved(self.path))
+                elif is_locked(self.path):
+                    failure = ConfigError(
+                        f"{self.path} already exists, and another ptblm process is training it "
+                        f"now: wait for it, or choose another --name."
+                    )
                 elif self.read_metrics() is not None:
                     failure = ConfigError(
                         f"{self.path} already exists, a finished run. Choose another --name, or "

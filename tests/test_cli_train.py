@@ -139,6 +139,17 @@ def test_a_name_taken_by_a_live_run_or_by_no_run_never_says_rm_r(tiny_corpus_dir
         live.release()
         returncode, _, stderr = live.finish()
     assert returncode == 0, stderr
+    saved = [*TINY[2:], "--max-steps", 4, "--checkpoint-every", 1]
+    live = HeldRun(tiny_corpus_dir, runs, "saved", "after:last.pt:1", settings=saved)
+    live.wait_held()  # training, with a checkpoint: not a run to --resume now
+    try:
+        result = train(tiny_corpus_dir, runs, "saved")
+        assert_clean_failure(result, 2, "another ptblm process is training it now: wait for it")
+        assert "--resume" not in result.stderr
+    finally:
+        live.release()
+        returncode, _, stderr = live.finish()
+    assert returncode == 0, stderr
     (runs / "thesis").mkdir()
     (runs / "thesis" / "thesis.tex").write_text("x")
     result = train(tiny_corpus_dir, runs, "thesis")

@@ -386,6 +386,10 @@ def test_a_damaged_last_pt_says_how_to_resume_from_best_pt_and_that_works(tmp_pa
     with pytest.raises(CheckpointError) as refused:
         load_resumable(tmp_path)
     assert f"(mv {best} {best}.damaged) to resume from last.pt, an older one" in str(refused.value)
+    last.write_bytes(b"damaged too")  # both: moving either aside would not help
+    with pytest.raises(CheckpointError, match="pt cannot be read either: start the run") as refused:
+        load_resumable(tmp_path)
+    assert "mv " not in str(refused.value)
 
 
 def test_a_suggested_command_pastes_as_it_stands_for_a_name_with_a_space_or_a_star(tmp_path):
