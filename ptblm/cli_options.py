@@ -63,38 +63,52 @@ Threads = Annotated[
 ]
 
 # ptblm eval's adaptive evaluation (adapt.py); unset values take CacheSettings' and
-# DynamicSettings' defaults, the values tuned for the small reproduction.
+# DynamicSettings' defaults, the values tuned for the small reproduction, which the help states
+# (test_cli_eval checks that they agree).
 Cache = Annotated[
     bool, typer.Option("--cache", help="Mix in a continuous cache (Grave et al. 2017).")
 ]
 CacheWindow = Annotated[
     int | None,
-    typer.Option("--cache-window", metavar="N", help="Positions the cache looks back (>= 1)."),
+    typer.Option(
+        "--cache-window", metavar="N", help="Positions the cache looks back, >= 1 (default 500)."
+    ),
 ]
 CacheTheta = Annotated[
     float | None,
-    typer.Option("--cache-theta", metavar="X", help="Scale of the cache's dot products (>= 0)."),
+    typer.Option(
+        "--cache-theta", metavar="X", help="Scale of the cache's dot products, >= 0 (default 0.3)."
+    ),
 ]
 CacheLambda = Annotated[
     float | None,
-    typer.Option("--cache-lambda", metavar="X", help="The cache's weight in the mixture, [0, 1]."),
+    typer.Option(
+        "--cache-lambda",
+        metavar="X",
+        help="The cache's weight in the mixture, [0, 1] (default 0.1).",
+    ),
 ]
 Dynamic = Annotated[
     bool,
     typer.Option("--dynamic", help="Dynamic evaluation: learn from the text as it is scored."),
 ]
 DynamicLr = Annotated[
-    float | None, typer.Option("--dynamic-lr", metavar="X", help="Step size per segment (>= 0).")
+    float | None,
+    typer.Option("--dynamic-lr", metavar="X", help="Step size per segment, >= 0 (default 0.3)."),
 ]
 DynamicDecay = Annotated[
     float | None,
     typer.Option(
-        "--dynamic-decay", metavar="X", help="Pull towards the trained weights per segment, [0, 1]."
+        "--dynamic-decay",
+        metavar="X",
+        help="Pull towards the trained weights per segment, [0, 1] (default 0).",
     ),
 ]
 DynamicSegment = Annotated[
     int | None,
-    typer.Option("--dynamic-segment", metavar="N", help="Predictions per update (>= 1)."),
+    typer.Option(
+        "--dynamic-segment", metavar="N", help="Predictions per update, 1 to 500 (default 20)."
+    ),
 ]
 Tune = Annotated[
     bool,

@@ -52,11 +52,12 @@ def run_metrics(
 
 
 def hparams(config: Config, state: RunState) -> dict[str, Any]:
-    """TensorBoard's HParams row: seed, config name and --max-steps first (the columns that tell
-    runs apart), then every config field."""
+    """TensorBoard's HParams row: seed, config name, --max-steps and --eval-tokens first (the
+    columns that tell runs apart; 0: none), then every config field."""
     fields = config.to_dict()
     first = {"seed": fields.pop("seed"), "config_name": state.config_name or ""}
-    return {**first, "max_steps": state.max_steps or 0, **fields}
+    limits = {"max_steps": state.max_steps or 0, "eval_tokens": state.eval_tokens or 0}
+    return {**first, **limits, **fields}
 
 
 def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:

@@ -381,10 +381,12 @@ def test_tensorboard_reads_the_scalars_and_hparams(trained_run):
     assert session.session_start_info.hparams["hidden_size"].number_value == 2
     assert session.session_start_info.hparams["config_name"].string_value == "test"
     assert session.session_start_info.hparams["max_steps"].number_value == 300
+    assert session.session_start_info.hparams["eval_tokens"].number_value == 0  # tested whole
     # Booleans as booleans (torch's hparams() writes 0.0), and what tells runs apart first.
     assert session.session_start_info.hparams["tie_weights"].WhichOneof("kind") == "bool_value"
     columns = [info.name for info in experiment.experiment.hparam_infos]
-    assert columns[:3] == ["seed", "config_name", "max_steps"] and "tie_weights" in columns
+    assert columns[:4] == ["seed", "config_name", "max_steps", "eval_tokens"]
+    assert "tie_weights" in columns
     metric_order = [m.name.tag for m in experiment.experiment.metric_infos]
     assert metric_order[0] == "test/ppl"
     # A point every 1/20 of a short run (300 windows: every 15), every 50 in a long one.

@@ -239,3 +239,29 @@ def test_a_run_that_diverged_before_its_first_checkpoint_says_so(tmp_path):
         ptblm("eval", "runs/wild", cwd=tmp_path), 1,
         f"runs/wild diverged at step {step} before its first checkpoint: it has no weights",
     )  # fmt: skip
+
+
+def test_the_help_states_the_adaptive_settings_defaults_and_limits():
+    from ptblm.cache import CacheSettings
+    from ptblm.dynamic import DynamicSettings
+    from ptblm.evaluate import TEST_NUM_STEPS
+
+    result = ptblm("eval", "--help")
+    assert result.returncode == 0, result.stderr
+    words = " ".join(result.stdout.split())  # as wrapped to any width
+    options = {
+        option: words.split(f" {option} ")[1].split(" --")[0]
+        for option in ("--cache-window", "--cache-theta", "--cache-lambda", "--dynamic-lr",
+                       "--dynamic-decay", "--dynamic-segment")
+    }  # fmt: skip
+    cache, dynamic = CacheSettings(), DynamicSettings()
+    for option, value in (
+        ("--cache-window", cache.window),
+        ("--cache-theta", cache.theta),
+        ("--cache-lambda", cache.lam),
+        ("--dynamic-lr", dynamic.lr),
+        ("--dynamic-decay", dynamic.decay),
+        ("--dynamic-segment", dynamic.segment),
+    ):
+        assert f"(default {value:g})" in options[option], options[option]
+    assert f"1 to {TEST_NUM_STEPS} " in options["--dynamic-segment"]
