@@ -102,13 +102,22 @@ def train(
 ) -> None:
     """Train a model, validate each epoch, test with the table's protocol, save the run."""
     overrides = list(overrides or [])
+    set_keys = {override.partition("=")[0].strip() for override in overrides}
     for key, value in (
         ("seed", seed),
         ("precision", precision),
         ("checkpoint_every", checkpoint_every),
     ):
         if value is not None:
+            if key in set_keys:  # which one was meant? neither silently
+                flag = f"--{key.replace('_', '-')}"
+                raise ConfigError(f"{flag} and --set {key}=... both set {key}: give one of them.")
             overrides.append(f"{key}={value}")
+    if corpus is not None and data_dir is not None:
+        raise ConfigError(
+            "--corpus and --data-dir both say where the text is: --corpus DIR trains on the "
+            "files in DIR, --data-dir DIR on PTB in DIR/ptb (downloaded if absent). Give one."
+        )
     _check_train_options(config, overrides, resume, name, max_steps, eval_tokens)
     # In the flags' own words (load_config would name `seed` and `precision`)
     if precision is not None and precision not in PRECISIONS:

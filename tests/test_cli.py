@@ -111,6 +111,26 @@ def test_config_show_prints_the_resolved_config_with_overrides(tmp_path):
             ["--config", "small", "--set", "recurrent_dropout=0.2"],
             ["'recurrent_dropout' needs cell: reference"],
         ),
+        (
+            None,
+            ["--config", "small", "--seed", "3", "--set", "seed=4"],
+            ["--seed and --set seed=... both set seed: give one of them."],
+        ),
+        (
+            None,
+            ["--config", "small", "--precision", "bf16", "--set", "precision=fp32"],
+            ["--precision and --set precision=... both set precision"],
+        ),
+        (
+            None,
+            ["--config", "small", "--checkpoint-every", "5", "--set", "checkpoint_every=7"],
+            ["--checkpoint-every and --set checkpoint_every=... both set checkpoint_every"],
+        ),
+        (
+            None,
+            ["--config", "small", "--corpus", "c", "--data-dir", "d"],
+            ["--corpus and --data-dir both say where the text is", "Give one."],
+        ),
     ],
     ids=[
         "unknown-name",
@@ -126,6 +146,10 @@ def test_config_show_prints_the_resolved_config_with_overrides(tmp_path):
         "bad-device",
         "bad-variants",
         "recurrent-dropout-with-fused",
+        "seed-twice",
+        "precision-twice",
+        "checkpoint-every-twice",
+        "corpus-and-data-dir",
     ],
 )
 def test_bad_configs_are_refused_with_exit_2(tmp_path, yaml_text, args, fragments):
