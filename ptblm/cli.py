@@ -68,7 +68,8 @@ def _main(
 def download(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
     """Download the three PTB files into DATA_DIR/ptb/ and verify their sha256.
 
-    Set PTBLM_DATA_URL to fetch from a mirror (http, https or file URL of the folder).
+    Set PTBLM_DATA_URL to fetch from a mirror (http, https or file URL of the folder, or the
+    folder itself).
     """
     from ptblm.download import SHA256, download_ptb
 

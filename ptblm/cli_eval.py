@@ -194,13 +194,20 @@ def _eval_split(paths, split, batch_size, num_steps, data_dir, corpus, device, c
 
 
 def _note_eval_tokens(result: dict[str, Any], split: str) -> None:
-    """On stderr: a run validated and tested on a prefix (--eval-tokens) printed other numbers."""
-    if result.get("run_eval_tokens") and split != "train":
-        typer.echo(
-            f"Note: its run validated and tested on the first {result['run_eval_tokens']} tokens "
-            f"of the valid and test splits (--eval-tokens); this is the whole {split} split.",
-            err=True,
-        )
+    """On stderr: a run validated and tested on a prefix (--eval-tokens) printed other numbers
+    (an ensemble: any of its members' runs)."""
+    members = result.get("members", [])
+    limits = [entry.get("run_eval_tokens") for entry in [result, *members]]
+    prefixes = [limit for limit in limits if limit]
+    if not prefixes or split == "train":
+        return
+    whose = f"{len(prefixes)} of its {len(members)} members' runs" if members else "its run"
+    tokens = " / ".join(str(n) for n in sorted(set(prefixes)))
+    typer.echo(
+        f"Note: {whose} validated and tested on the first {tokens} tokens of the valid and test "
+        f"splits (--eval-tokens); this is the whole {split} split.",
+        err=True,
+    )
 
 
 def _adaptation(cache, dynamic, cache_values, dynamic_values, tune):

@@ -71,6 +71,8 @@ def generate(
     torch_device = resolve_device(device)
     path = checkpoints_of([target] if target else None, runs_dir)[0]
     checkpoint = load_checkpoint(path)
+    if target is None:  # which run "the newest" was
+        typer.echo(f"from {path}", err=True)
     vocab_words = checkpoint["vocab"]
     vocab = vocab_dict(vocab_words)
     prompt_ids, unknown = word_ids(prompt.split(), vocab)

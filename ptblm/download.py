@@ -142,7 +142,8 @@ def download_ptb(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, progress: bool 
     """Make sure `<data_dir>/ptb/` holds the three verified PTB files; return that folder.
 
     Files already there with the right checksum are never fetched again. The base URL is
-    $PTBLM_DATA_URL if set (the file names are appended), else docs/reference.md's canonical one.
+    $PTBLM_DATA_URL if set (an http, https or file URL, or a local folder; the file names are
+    appended), else docs/reference.md's canonical one.
     With `progress`, a bar per file on a terminal and a line per file on stderr.
     """
     folder = Path(data_dir) / "ptb"
@@ -168,6 +169,8 @@ def download_ptb(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, progress: bool 
 
 def _download_into(folder: Path, progress: bool) -> Path:
     base = os.environ.get(URL_ENV, "").strip() or DEFAULT_URL
+    if "://" not in base and Path(base).is_dir():  # a local folder, as a file URL would name it
+        base = Path(base).resolve().as_uri()
     remove_stale_temp_files(folder)  # left by a download killed with -9
     fetched = []
     for name, expected in SHA256.items():

@@ -226,7 +226,7 @@ def _standing(row: dict[str, Any]) -> str:
         )
     if status == "finished" and row.get("cut_short"):
         epochs = row["epochs_trained"]
-        status += ", cut short" + (f" at epoch {epochs:.2f}" if epochs is not None else "")
+        status += ", cut short" + (f" at epoch {epochs:.3g}" if epochs is not None else "")
     if status.startswith("finished") and row.get("eval_tokens"):
         status += f", tested on {row['eval_tokens']} tokens"
     return status

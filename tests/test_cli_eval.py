@@ -212,6 +212,11 @@ def test_eval_of_a_run_tested_on_a_prefix_scores_the_whole_split_and_says_so(tmp
     assert trained.returncode == 0 and "--eval-tokens" not in trained.stderr  # trained on it all
     ensemble = eval_json(tmp_path, "runs/quick", "runs/quick/last.pt")
     assert [member["run_eval_tokens"] for member in ensemble["members"]] == [100, 100]
+    shown = ptblm("eval", "runs/quick", "runs/quick/last.pt", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "Note: 2 of its 2 members' runs validated and tested on the first 100 tokens" in (
+        shown.stderr
+    )
 
 
 def test_a_window_longer_than_a_row_is_refused_not_a_nan_or_a_traceback(two_runs):

@@ -4,6 +4,7 @@ bad options refused; for a long text, the words show as they are drawn, Ctrl-C k
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -175,3 +176,12 @@ def test_a_model_without_eos_is_a_checkpoint_fault(tmp_path):
     )
     result = ptblm("generate", str(path), "--seed", "1")
     assert_clean_failure(result, 1, "has no <eos>: generation starts from one")
+
+
+def test_generate_without_a_run_says_which_it_took(two_runs):
+    newest = json.loads(ptblm("eval", "--json", cwd=two_runs).stdout)["checkpoint"]
+    taken = ptblm("generate", "--words", "5", "--seed", "1", cwd=two_runs)
+    assert taken.returncode == 0, taken.stderr
+    assert f"from {newest}" in taken.stderr.splitlines()
+    named = ptblm("generate", "runs/a", "--words", "5", "--seed", "1", cwd=two_runs)
+    assert not any(line.startswith("from ") for line in named.stderr.splitlines())

@@ -185,8 +185,10 @@ def test_a_stale_temporary_file_of_a_killed_download_is_removed(tmp_path, mirror
     assert sorted(os.listdir(folder)) == sorted(PTB_SHA256)
 
 
-def test_download_from_file_url(tmp_path, ptb_dir, fast_download):
-    fast_download.setenv("PTBLM_DATA_URL", ptb_dir.as_uri())
+@pytest.mark.parametrize("given", ["file-url", "folder"])
+def test_download_from_file_url_or_a_local_folder(tmp_path, ptb_dir, fast_download, given):
+    mirror = ptb_dir.as_uri() if given == "file-url" else os.path.relpath(ptb_dir)
+    fast_download.setenv("PTBLM_DATA_URL", mirror)
     folder = download_ptb(tmp_path / "data", progress=False)
     assert sorted(os.listdir(folder)) == sorted(PTB_SHA256)
     for name, digest in PTB_SHA256.items():
