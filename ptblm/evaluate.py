@@ -100,7 +100,13 @@ def check_one_window(tokens: int, batch_size: int, num_steps: int, split: str) -
     """With batch_size > 1 only full windows are evaluated (the validation protocol): a window
     longer than a row leaves none, and no perplexity to give."""
     row = tokens // batch_size
-    if batch_size > 1 and row >= 2 and num_windows(row, num_steps) == 0:
+    if row < 2:
+        raise ConfigError(
+            f"--batch-size {batch_size}: the {split} split's {tokens:,} tokens make rows of "
+            f"{row}, and a row needs 2 at least (an input and its target). Use --batch-size "
+            f"{tokens // 2} or less."
+        )
+    if batch_size > 1 and num_windows(row, num_steps) == 0:
         raise ConfigError(
             f"--num-steps {num_steps} with --batch-size {batch_size}: the {split} split's "
             f"{tokens:,} tokens make rows of {row:,}, too short for one window of {num_steps:,} "
@@ -133,8 +139,8 @@ def evaluate_checkpoints(
     if num_steps is None:
         num_steps = TEST_NUM_STEPS if batch_size == 1 else first.config.num_steps
     split_tokens = corpus.split(split).numel()
-    check_window_fits(split_tokens, batch_size, num_steps, first.config, device)
     check_one_window(split_tokens, batch_size, num_steps, split)
+    check_window_fits(split_tokens, batch_size, num_steps, first.config, device)
     started = time.perf_counter()
     result: dict[str, Any] = {"split": split, "batch_size": batch_size, "num_steps": num_steps}
     if len(members) == 1:  # the trainer's own evaluation, to the last bit

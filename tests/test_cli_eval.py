@@ -159,6 +159,7 @@ def test_bad_text_files_are_refused(two_runs, content, code, message):
         (["--reset-each-line"], "--per-line and --reset-each-line go with --text FILE."),
         (["--text", "x.txt", "--batch-size", "4"], "drop --split, --batch-size and --num-steps"),
         (["--text", "x.txt", "--num-steps", "4"], "drop --split, --batch-size and --num-steps"),
+        (["--batch-size", "100000"], "--batch-size 100000: the test split's"),
     ],
 )
 def test_eval_option_misuse_exits_2(two_runs, args, message):
