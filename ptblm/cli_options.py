@@ -71,7 +71,9 @@ Cache = Annotated[
 CacheWindow = Annotated[
     int | None,
     typer.Option(
-        "--cache-window", metavar="N", help="Positions the cache looks back, >= 1 (default 500)."
+        "--cache-window",
+        metavar="N",
+        help="Positions the cache looks back, 1 to 1,000,000 (default 500).",
     ),
 ]
 CacheTheta = Annotated[

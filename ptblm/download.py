@@ -68,7 +68,7 @@ def _manual_hint(folder: Path) -> str:
     return (
         f"Place {', '.join(SHA256)} in {folder} by hand (mkdir -p it first; from "
         f"{DEFAULT_URL}/ or Mikolov's simple-examples.tgz), or point {URL_ENV} at a mirror "
-        f"(http, https or file URL)."
+        f"(http, https or file URL, or a local folder)."
     )
 
 
@@ -169,7 +169,12 @@ def download_ptb(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, progress: bool 
 
 def _download_into(folder: Path, progress: bool) -> Path:
     base = os.environ.get(URL_ENV, "").strip() or DEFAULT_URL
-    if "://" not in base and Path(base).is_dir():  # a local folder, as a file URL would name it
+    if "://" not in base:  # a local folder, as a file URL would name it
+        if not Path(base).is_dir():
+            raise DataError(
+                f"{URL_ENV}={base} is neither a URL (http://, https://, file://) nor a folder "
+                f"here. {_manual_hint(folder)}"
+            )
         base = Path(base).resolve().as_uri()
     remove_stale_temp_files(folder)  # left by a download killed with -9
     fetched = []

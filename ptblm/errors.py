@@ -76,7 +76,7 @@ class CheckpointError(PtblmError):
 
 class DivergenceError(PtblmError):
     """The loss or the gradient norm became NaN or infinite, or the loss grew far past an
-    untrained model's (step.DIVERGED_LOSS_FACTOR)."""
+    untrained model's (divergence.DIVERGED_LOSS_FACTOR)."""
 
 
 class RankFailed(PtblmError):

@@ -104,7 +104,7 @@ def check_one_window(tokens: int, batch_size: int, num_steps: int, split: str) -
         raise ConfigError(
             f"--batch-size {batch_size}: the {split} split's {tokens:,} tokens make rows of "
             f"{row}, and a row needs 2 at least (an input and its target). Use --batch-size "
-            f"{tokens // 2} or less."
+            f"{max(1, tokens // (num_steps + 1))} or less."
         )
     if batch_size > 1 and num_windows(row, num_steps) == 0:
         raise ConfigError(

@@ -103,10 +103,14 @@ def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
     if metrics["device"].startswith("cpu") and len(by_threads) > 1:
         counts = sorted(by_threads.items(), key=lambda item: -item[1])
         used = ", ".join(f"{threads} for {windows:,}" for threads, windows in counts)
+        why = (
+            "followed the machine's load"
+            if metrics.get("threads") == "auto"
+            else "changed between its resumes"
+        )
         lines.append(
-            f"CPU threads followed the machine's load (windows trained: {used}): a sum over "
-            f"another count rounds differently, so a run repeats to the last digit only with "
-            f"--threads N."
+            f"CPU threads {why} (windows trained: {used}): a sum over another count rounds "
+            f"differently, so a run repeats to the last digit only with one --threads N."
         )
     untested = metrics.get("best_untested")
     tested = "not tested (missing or damaged)" if untested else f"test {ppl('best_test_ppl', 0)}"

@@ -255,7 +255,8 @@ def resolve_checkpoint(target: Path | None, runs_dir: Path) -> Path:
     if summary.get("status") == "diverged":
         raise CheckpointError(
             f"{run_dir} diverged at step {summary.get('diverged_at_step', '?')} before its first "
-            f"checkpoint: it has no weights to evaluate. Train it again with a lower learning_rate."
+            f"checkpoint: it has no weights to evaluate. Train it again with the change its "
+            f"training's last message named."
         )
     if (run_dir / CONFIG_FILE).is_file():
         raise CheckpointError(

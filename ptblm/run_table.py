@@ -8,6 +8,8 @@ Its status:
     stopped     stopped before the end; `ptblm train --resume RUN` continues it
     diverged    the loss or gradient became NaN or infinite, or the loss grew far past an
                 untrained model's
+    unreadable  its summary.json cannot be read, or the directory itself (another user's:
+                "unreadable: Permission denied")
 and, after it, "stalled at step N" where training warned of a stalled start (stall.py), with
 ", recovered" once the latest log point no longer was.
 Runs whose configs differ only in their seed are summarised as mean +- std beside the published
@@ -128,21 +130,23 @@ def _read_run(run_dir: Path) -> dict[str, Any] | None:
 def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
     """Every run directly under runs_dir, by name (a run's name starts with its config)."""
     runs_dir = Path(runs_dir)
-    if (runs_dir / CONFIG_FILE).is_file():  # a run itself
-        raise DataError(
-            f"{runs_dir} is a run directory, not a directory of runs: use --runs-dir "
-            f"{shell_word(runs_dir.parent)}."
-        )
-    if runs_dir.exists() and not runs_dir.is_dir():
-        raise DataError(f"--runs-dir {runs_dir} is a file: give the directory your runs are in.")
-    if not runs_dir.is_dir():
-        raise DataError(
-            f"{runs_dir}: no such runs directory. Train a run first (ptblm train --config small), "
-            f"or point --runs-dir at the directory your runs are in."
-        )
     try:
+        if (runs_dir / CONFIG_FILE).is_file():  # a run itself
+            raise DataError(
+                f"{runs_dir} is a run directory, not a directory of runs: use --runs-dir "
+                f"{shell_word(runs_dir.parent)}."
+            )
+        if runs_dir.exists() and not runs_dir.is_dir():
+            raise DataError(
+                f"--runs-dir {runs_dir} is a file: give the directory your runs are in."
+            )
+        if not runs_dir.is_dir():
+            raise DataError(
+                f"{runs_dir}: no such runs directory. Train a run first (ptblm train --config "
+                f"small), or point --runs-dir at the directory your runs are in."
+            )
         paths = sorted(runs_dir.iterdir())
-    except OSError as error:
+    except OSError as error:  # another user's directory (Permission denied)
         raise DataError(
             f"{runs_dir}: cannot be listed ({error.strerror}). Point --runs-dir at a directory "
             f"you can read."
@@ -226,7 +230,9 @@ def _standing(row: dict[str, Any]) -> str:
         )
     if status == "finished" and row.get("cut_short"):
         epochs = row["epochs_trained"]
-        status += ", cut short" + (f" at epoch {epochs:.3g}" if epochs is not None else "")
+        status += ", cut short"
+        if epochs is not None:  # 0.0129 of a short smoke run; 54.98 of 55, not "55"
+            status += f" at epoch {epochs:.3g}" if epochs < 1 else f" at epoch {epochs:.2f}"
     if status.startswith("finished") and row.get("eval_tokens"):
         status += f", tested on {row['eval_tokens']} tokens"
     return status

@@ -24,12 +24,13 @@ import torch
 
 from ptblm.config import load_config
 from ptblm.data import batchify, load_corpus, windows
+from ptblm.divergence import Diverged
 from ptblm.errors import PtblmError
 from ptblm.evaluate import evaluate
 from ptblm.model import LSTMLanguageModel, perplexity
 from ptblm.runtime import configure_tf32, seed_everything
 from ptblm.stall import top_layer_figures
-from ptblm.step import Diverged, EagerStep
+from ptblm.step import EagerStep
 
 
 def main() -> None:

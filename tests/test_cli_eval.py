@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -159,11 +160,20 @@ def test_bad_text_files_are_refused(two_runs, content, code, message):
         (["--reset-each-line"], "--per-line and --reset-each-line go with --text FILE."),
         (["--text", "x.txt", "--batch-size", "4"], "drop --split, --batch-size and --num-steps"),
         (["--text", "x.txt", "--num-steps", "4"], "drop --split, --batch-size and --num-steps"),
-        (["--batch-size", "100000"], "--batch-size 100000: the test split's"),
     ],
 )
 def test_eval_option_misuse_exits_2(two_runs, args, message):
     assert_clean_failure(ptblm("eval", "runs/a", *args, cwd=two_runs), 2, message)
+
+
+def test_a_batch_too_large_for_the_split_suggests_one_that_fits(two_runs):
+    refused = ptblm("eval", "runs/a", "--batch-size", "100000", cwd=two_runs)
+    assert_clean_failure(refused, 2, "--batch-size 100000: the test split's")
+    largest = int(re.search(r"Use --batch-size (\d+) or less", refused.stderr).group(1))
+    assert eval_json(two_runs, "runs/a", "--batch-size", str(largest))["batch_size"] == largest
+    assert_clean_failure(
+        ptblm("eval", "runs/a", "--batch-size", str(largest + 1), cwd=two_runs), 2, "--num-steps"
+    )
 
 
 def test_a_text_file_given_as_the_run_points_at_text(two_runs):
@@ -248,7 +258,7 @@ def test_a_run_that_diverged_before_its_first_checkpoint_says_so(tmp_path):
 
 
 def test_the_help_states_the_adaptive_settings_defaults_and_limits():
-    from ptblm.cache import CacheSettings
+    from ptblm.cache import WINDOW_MAX, CacheSettings
     from ptblm.dynamic import DynamicSettings
     from ptblm.evaluate import TEST_NUM_STEPS
 
@@ -271,3 +281,4 @@ def test_the_help_states_the_adaptive_settings_defaults_and_limits():
     ):
         assert f"(default {value:g})" in options[option], options[option]
     assert f"1 to {TEST_NUM_STEPS} " in options["--dynamic-segment"]
+    assert f"1 to {WINDOW_MAX:,} " in options["--cache-window"]

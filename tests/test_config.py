@@ -472,8 +472,9 @@ def test_the_largest_float_values_accepted_still_build_and_train(tmp_path):
 
     import torch
 
+    from ptblm.divergence import Diverged
     from ptblm.model import LSTMLanguageModel
-    from ptblm.step import Diverged, EagerStep
+    from ptblm.step import EagerStep
 
     overrides = ["init_scale=1.7e38", "learning_rate=3.4e38", "weight_decay=3.4e38",
                  "forget_bias=-3.4e38", "vocab_size=12", "hidden_size=4"]  # fmt: skip

@@ -19,11 +19,12 @@ from ptblm.checkpoint import model_from_checkpoint
 from ptblm.checkpoint_load import load_checkpoint
 from ptblm.config import load_config
 from ptblm.data import batchify, load_corpus, windows
+from ptblm.divergence import Diverged
 from ptblm.evaluate import evaluate
 from ptblm.model import LSTMLanguageModel
 from ptblm.runtime import configure_tf32
 from ptblm.signals import StopOnSignal
-from ptblm.step import Diverged, EagerStep, GraphStep
+from ptblm.step import EagerStep, GraphStep
 from ptblm.train import Trainer
 
 pytestmark = pytest.mark.cuda

@@ -195,6 +195,13 @@ def test_download_from_file_url_or_a_local_folder(tmp_path, ptb_dir, fast_downlo
         assert sha256(folder / name) == digest
 
 
+def test_a_mirror_that_is_neither_a_url_nor_a_folder_is_named(tmp_path, fast_download):
+    fast_download.setenv("PTBLM_DATA_URL", str(tmp_path / "no-such-folder"))
+    with pytest.raises(DataError, match=r"no-such-folder is neither a URL .* nor a folder here"):
+        download_ptb(tmp_path / "data", progress=False)
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize("name", ["ptb.train.txt", "ptb.valid.txt"])
 def test_existing_corrupted_file(tmp_path, ptb_dir, fast_download, name):
     # Never fetched: whatever happens, the URL leads nowhere.

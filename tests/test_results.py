@@ -65,12 +65,15 @@ def test_a_run_tested_on_a_prefix_says_so():
 
 
 def test_threads_that_followed_the_load_are_said():
-    text = format_summary(metrics(windows_by_threads={"1": 310, "2": 12_705}), RUN_DIR)
+    varied = {"1": 310, "2": 12_705}
+    text = format_summary(metrics(threads="auto", windows_by_threads=varied), RUN_DIR)
     assert (
         "CPU threads followed the machine's load (windows trained: 2 for 12,705, 1 for 310): a "
         "sum over another count rounds differently, so a run repeats to the last digit only "
-        "with --threads N."
+        "with one --threads N."
     ) in text.splitlines()
+    resumed = format_summary(metrics(threads=2, windows_by_threads=varied), RUN_DIR)
+    assert "CPU threads changed between its resumes (windows trained: 2 for 12,705" in resumed
     for alone in ({"2": 13_015}, {}):
         assert "threads followed" not in format_summary(metrics(windows_by_threads=alone), RUN_DIR)
     on_gpu = metrics(windows_by_threads={"1": 310, "2": 12_705}, device="cuda: NVIDIA H200")

@@ -279,12 +279,23 @@ def test_a_run_directory_that_cannot_be_read_is_listed_as_such(tmp_path, monkeyp
 
 
 def test_a_runs_directory_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch):
-    def denied(path):
-        raise PermissionError(13, "Permission denied", str(path))
+    """Another user's 0700 runs directory: nothing in it can be looked at, not even whether it
+    holds a config.yaml (simulated: root reads it all the same)."""
+    stat = Path.stat
 
-    monkeypatch.setattr(Path, "iterdir", denied)
-    with pytest.raises(DataError, match=r"cannot be listed \(Permission denied\)\. Point --runs"):
+    def denied(path, **options):
+        if path.parent == tmp_path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return stat(path, **options)
+
+    monkeypatch.setattr(Path, "stat", denied)
+    monkeypatch.setattr(Path, "iterdir", lambda path: denied(path / "x"))
+    with pytest.raises(DataError) as raised:
         read_runs(tmp_path)
+    assert str(raised.value) == (
+        f"{tmp_path}: cannot be listed (Permission denied). Point --runs-dir at a directory you "
+        f"can read."
+    )
 
 
 def test_a_runs_directory_that_is_a_run_or_a_file_says_what_to_give(tmp_path):

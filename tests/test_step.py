@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from ptblm.config import load_config
+from ptblm.divergence import Diverged
 from ptblm.model import LSTMLanguageModel
-from ptblm.step import Diverged, EagerStep, GraphStep
+from ptblm.step import EagerStep, GraphStep
 
 
 def make_step(max_grad_norm=5.0, learning_rate=0.7, seed=0, graphed=False, scaler=None):
