@@ -179,10 +179,10 @@ def main() -> None:
                 raise
             # A file or directory the library met unprepared, as an unreadable (another user's)
             # run directory: named, with the system's reason, no traceback.
-            fix = " Check its permissions, or use another path." * isinstance(
-                error, PermissionError
-            )
-            print(f"error: {error.filename}: {error.strerror or error}.{fix}", file=sys.stderr)
+            denied = isinstance(error, PermissionError)
+            fix = " Check its permissions, or use another path." if denied else ""
+            with contextlib.suppress(OSError):  # a terminal that hung up: the code still says
+                print(f"error: {error.filename}: {error.strerror or error}.{fix}", file=sys.stderr)
             leave(1)
         from ptblm.progress import silence_stdout
 
