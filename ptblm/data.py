@@ -191,8 +191,8 @@ def check_corpus_fits(
     if eval_tokens is not None and eval_tokens >= max(valid, test):
         raise ConfigError(
             f"--eval-tokens {eval_tokens}: the valid and test splits hold {valid:,} and "
-            f"{test:,} tokens, so they would be evaluated whole, yet the run marked as tested on "
-            f"a prefix. Leave --eval-tokens out to evaluate them whole."
+            f"{test:,} tokens, so they would be evaluated whole, yet the run would be marked as "
+            f"tested on a prefix. Leave --eval-tokens out to evaluate them whole."
         )
     if config.batch_size % world_size:
         raise ConfigError(
