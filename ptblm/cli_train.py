@@ -126,6 +126,8 @@ def train(
         raise ConfigError(f"--seed {seed}: use an integer from 0 to {SEED_LIMIT - 1}.")
     for option, value in (("--runs-dir", runs_dir), ("--name", name), ("--resume", resume)):
         check_run_path(option, value)
+    if resume is not None:
+        resume = run_path(resume, runs_dir)  # a run's name as `ptblm runs` lists it
     # Checked before torch is imported (seconds): a typo is reported at once.
     new_config = load_config(config, overrides) if resume is None else None
     from ptblm.distributed import init_distributed, shutdown
@@ -144,13 +146,7 @@ def train(
     try:
         if resume is not None:
             trainer = _resume_trainer(
-                run_path(resume, runs_dir),
-                data_dir,
-                corpus,
-                torch_device,
-                dist,
-                not quiet,
-                compute_threads,
+                resume, data_dir, corpus, torch_device, dist, not quiet, compute_threads
             )
         else:
             limits = {"max_steps": max_steps, "eval_tokens": eval_tokens}
