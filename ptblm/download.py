@@ -177,7 +177,6 @@ def _download_into(folder: Path, progress: bool) -> Path:
             )
         base = Path(base).resolve().as_uri()
     remove_stale_temp_files(folder)  # left by a download killed with -9
-    fetched = []
     for name, expected in SHA256.items():
         path = folder / name
         if path.exists():
@@ -199,9 +198,6 @@ def _download_into(folder: Path, progress: bool) -> Path:
             raise DataError(f"cannot write to {folder}. Choose a writable one with --data-dir DIR.")
         url = f"{base.rstrip('/')}/{name}"
         size = _fetch(url, path, expected, show_bar=progress and sys.stderr.isatty())
-        fetched.append(name)
         if progress:
             print(f"downloaded {url} ({size / 1e6:.1f} MB), sha256 verified", file=sys.stderr)
-    if progress and fetched:
-        print(f"{folder}: the three PTB files are downloaded and verified.", file=sys.stderr)
     return folder

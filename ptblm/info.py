@@ -117,8 +117,10 @@ def render(info: dict[str, Any]) -> str:
         files = data["files"]
         state = ", ".join(f"{name} {status}" for name, status in files.items())
         bad = [name for name, status in files.items() if status == "wrong sha256"]
-        # download refuses to replace a file it did not write: it must be removed first
-        then = f"remove {' and '.join(bad)}, then " if bad else ""
-        state += f" ({then}ptblm download fetches them)"
+        if set(files.values()) - {"verified", "missing", "wrong sha256"}:  # an OSError's reason
+            state += " (--data-dir DIR must be a folder you may read; the files go in DIR/ptb/)"
+        else:  # download refuses to replace a file it did not write: it must be removed first
+            then = f"remove {' and '.join(bad)}, then " if bad else ""
+            state += f" ({then}ptblm download fetches them)"
     lines.append(f"data       {data['folder']}: {state}")
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 
 import os
 
-from ptblm.info import collect
+from ptblm.info import collect, render
 
 
 def test_cores_are_those_this_process_may_run_on(tmp_path, monkeypatch):
@@ -10,3 +10,11 @@ def test_cores_are_those_this_process_may_run_on(tmp_path, monkeypatch):
     than the cores allowed."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert collect(tmp_path)["cpu"]["cores"] == 1
+
+
+def test_a_data_dir_that_is_a_file_is_not_sent_to_download(tmp_path):
+    """`ptblm download` cannot fetch into a file: info said it would."""
+    (tmp_path / "data").write_text("")
+    line = render(collect(tmp_path / "data")).splitlines()[-1]
+    assert "ptb.train.txt Not a directory" in line
+    assert "ptblm download" not in line and "must be a folder" in line
