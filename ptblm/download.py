@@ -167,15 +167,20 @@ def download_ptb(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, progress: bool 
         raise
 
 
-def _download_into(folder: Path, progress: bool) -> Path:
+def _base_url(folder: Path) -> str:
+    """$PTBLM_DATA_URL (a local folder as its file URL) or the canonical one."""
     base = os.environ.get(URL_ENV, "").strip() or DEFAULT_URL
-    if "://" not in base:  # a local folder, as a file URL would name it
-        if not Path(base).is_dir():
-            raise DataError(
-                f"{URL_ENV}={base} is neither a URL (http://, https://, file://) nor a folder "
-                f"here. {_manual_hint(folder)}"
-            )
-        base = Path(base).resolve().as_uri()
+    if "://" in base:
+        return base
+    if not Path(base).is_dir():
+        raise DataError(
+            f"{URL_ENV}={base} is neither a URL (http://, https://, file://) nor a folder "
+            f"here. {_manual_hint(folder)}"
+        )
+    return Path(base).resolve().as_uri()
+
+
+def _download_into(folder: Path, progress: bool) -> Path:
     remove_stale_temp_files(folder)  # left by a download killed with -9
     for name, expected in SHA256.items():
         path = folder / name
@@ -196,7 +201,8 @@ def _download_into(folder: Path, progress: bool) -> Path:
             continue
         if not os.access(folder, os.W_OK):
             raise DataError(f"cannot write to {folder}. Choose a writable one with --data-dir DIR.")
-        url = f"{base.rstrip('/')}/{name}"
+        # Read only now: a mirror named for a machine where the files were never needed.
+        url = f"{_base_url(folder).rstrip('/')}/{name}"
         size = _fetch(url, path, expected, show_bar=progress and sys.stderr.isatty())
         if progress:
             print(f"downloaded {url} ({size / 1e6:.1f} MB), sha256 verified", file=sys.stderr)

@@ -202,6 +202,17 @@ def test_a_mirror_that_is_neither_a_url_nor_a_folder_is_named(tmp_path, fast_dow
     assert not (tmp_path / "data").exists()
 
 
+def test_a_mirror_is_not_read_while_the_files_are_there(tmp_path, ptb_dir, fast_download):
+    """A PTBLM_DATA_URL in a shell profile, naming a mount this machine lacks, blocked every
+    command although the verified files were in place."""
+    fast_download.setenv("PTBLM_DATA_URL", str(tmp_path / "no-such-folder"))
+    folder = tmp_path / "data" / "ptb"
+    folder.mkdir(parents=True)
+    for name in PTB_SHA256:
+        shutil.copyfile(ptb_dir / name, folder / name)
+    assert download_ptb(tmp_path / "data", progress=False) == folder
+
+
 @pytest.mark.parametrize("name", ["ptb.train.txt", "ptb.valid.txt"])
 def test_existing_corrupted_file(tmp_path, ptb_dir, fast_download, name):
     # Never fetched: whatever happens, the URL leads nowhere.
