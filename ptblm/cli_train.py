@@ -24,7 +24,7 @@ from ptblm.cli_options import (
 from ptblm.config import PRECISIONS, SEED_LIMIT, load_config, resolve_config_path
 from ptblm.download import DEFAULT_DATA_DIR
 from ptblm.errors import ConfigError, quote, shell_word
-from ptblm.run_files import run_path
+from ptblm.run_files import CONFIG_FILE, run_path
 
 
 def train(
@@ -232,17 +232,22 @@ def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose, 
     data_dir = data_dir_for(checkpoint, data_dir)
     corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, device, verbose)
     check_same_text(checkpoint, corpus, path)
+    lost_config = not (run_dir / CONFIG_FILE).exists()
+    limits = {key: checkpoint[key] for key in ("max_steps", "eval_tokens")}
     trainer = Trainer(
         saved,
         corpus,
         run_dir,
         device,
         command=command_line(),
+        again=again_flags(data_dir, corpus_dir, **limits),  # for a config.yaml written anew
         verbose=verbose,
         resume=(checkpoint, path),
         dist=dist,
         threads=threads,
     )
+    if lost_config:
+        trainer.progress.say(f"{run_dir / CONFIG_FILE} was missing: written anew from {path.name}.")
     if not checkpoint["finished"]:
         trainer.progress.say(
             f"Resuming {run_dir} at step {checkpoint['global_step']} "
@@ -269,7 +274,7 @@ def again_flags(data_dir: Path, corpus_dir: Path | None, **limits: int | None) -
 def config_label(config_arg: str) -> str:
     """The name a run is listed under: a shipped config's or a YAML file's, or for another run's
     config.yaml (its "Train again with" line) that run's own."""
-    from ptblm.run_files import CONFIG_FILE, config_name_of
+    from ptblm.run_files import config_name_of
 
     path = resolve_config_path(config_arg)
     return (config_name_of(path.parent) if path.name == CONFIG_FILE else None) or path.stem

@@ -65,15 +65,15 @@ def _position(path: Path) -> tuple[int, int] | None:
 def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config, Path]:
     """The checkpoint of a run that may be resumed (resumable_checkpoint), its config and its
     path. A run continues with the config it started with: a config.yaml edited since is refused,
-    naming the keys that differ."""
+    naming the keys that differ; a lost one is written anew on resume (RunDirectory.reopen)."""
     config_file = run_dir / CONFIG_FILE
-    if not run_dir.is_dir() or not config_file.is_file():
+    path = resumable_checkpoint(run_dir) if run_dir.is_dir() else None
+    if path is None and not config_file.is_file():
         raise CheckpointError(
             f"{run_dir} is not a ptblm run directory (it needs {CONFIG_FILE}, and {LAST} or "
             f"{BEST}). Name the directory a `ptblm train` run wrote, e.g. "
             f"runs/small-20261122-101500."
         )
-    path = resumable_checkpoint(run_dir)
     if path is None:
         raise CheckpointError(never_saved(run_dir, resuming=True))
     try:
@@ -97,10 +97,17 @@ def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config, Path]:
             )
         raise CheckpointError(f"{error} {hint}") from None
     saved = checkpoint_config(checkpoint, path)
+    if not config_file.exists():
+        return checkpoint, saved, path
     try:
         edited = load_config(str(config_file))
     except ConfigError as error:
-        raise CheckpointError(f"{config_file} was edited and no longer loads: {error}") from None
+        aside = shell_word(f"{config_file}.damaged")
+        raise CheckpointError(
+            f"{config_file} no longer loads: {error}\nThe run continues with the config it "
+            f"started with, which {path.name} holds: restore {CONFIG_FILE}, or move it aside "
+            f"(mv {shell_word(config_file)} {aside}) and resume: ptblm writes it anew."
+        ) from None
     changed = [
         f"{key}: {value!r} in {CONFIG_FILE}, {getattr(saved, key)!r} in {path.name}"
         for key, value in edited.to_dict().items()

@@ -71,15 +71,7 @@ class RunDirectory:
                 self._make(unique)
                 made = True
                 self.lock()
-                header = (
-                    f"Resolved config of this run (ptblm {__version__}), written by:\n"
-                    f"  {command}\n"
-                    f"Train again with: ptblm train --config "
-                    f"{shell_word(self.path / CONFIG_FILE)}{again}"
-                )
-                # Comments only may hold a path that is not UTF-8: escaped, the file stays UTF-8.
-                text = config_to_yaml(config, header).encode(errors="backslashreplace")
-                atomic_write(self.path / CONFIG_FILE, lambda file: file.write(text))
+                self._write_config(config, command, again)
             except FileExistsError:
                 if resumable_checkpoint(self.path) is None:
                     failure = ConfigError(never_saved(self.path))
@@ -124,6 +116,17 @@ class RunDirectory:
             raise failure or RankFailed("rank 0 could not create the run directory.")
         self.path = Path(dist.broadcast(str(self.path)))
 
+    def _write_config(self, config: Config, command: str, again: str) -> None:
+        """config.yaml, headed by the command that wrote it and how to train the same run again."""
+        header = (
+            f"Resolved config of this run (ptblm {__version__}), written by:\n"
+            f"  {command}\n"
+            f"Train again with: ptblm train --config {shell_word(self.path / CONFIG_FILE)}{again}"
+        )
+        # Comments only may hold a path that is not UTF-8: escaped, the file stays UTF-8.
+        text = config_to_yaml(config, header).encode(errors="backslashreplace")
+        atomic_write(self.path / CONFIG_FILE, lambda file: file.write(text))
+
     def _make(self, unique: bool) -> None:
         """mkdir the run directory: atomic, so two processes never both take one name."""
         name = self.path.name
@@ -137,17 +140,27 @@ class RunDirectory:
                 self.path = self.path.with_name(f"{name}-{number}")
         self.path.mkdir(parents=True, exist_ok=False)
 
-    def reopen(self, dist: Distributed, device: torch.device) -> None:
-        """Take over an existing run (resume): rank 0 locks it and removes the temp file that a
-        process killed while saving left behind (never the checkpoint itself); if that fails, no
-        rank trains on (a collective under torchrun)."""
+    def reopen(
+        self, config: Config, command: str, again: str, dist: Distributed, device: torch.device
+    ) -> None:
+        """Take over an existing run (resume): rank 0 locks it, removes the temp file that a
+        process killed while saving left behind (never the checkpoint itself) and writes a lost
+        config.yaml anew from `config`, the checkpoint's; if that fails, no rank trains on (a
+        collective under torchrun)."""
         failure = None
         if dist.is_main:
             try:
                 self.lock()
                 remove_stale_temp_files(self.path)
+                if not (self.path / CONFIG_FILE).exists():
+                    self._write_config(config, command, again)
             except CheckpointError as error:
                 failure = error
+            except OSError as error:
+                failure = CheckpointError(
+                    f"cannot write {self.path / CONFIG_FILE} ({error.strerror}). Make the run "
+                    f"directory writable, or copy the run to a writable place and resume that copy."
+                )
         if dist.any(failure is not None, device):
             raise failure or RankFailed("rank 0 could not take over the run directory.")
 

@@ -99,7 +99,7 @@ class Trainer:
             self.run_state = RunState(config_name, max_steps, eval_tokens)
             self.run_dir.create(config, command, dist, device, again, unique_name)
         else:  # everything the checkpoint holds, --max-steps and --eval-tokens included
-            self.run_dir.reopen(dist, device)
+            self.run_dir.reopen(config, command, again, dist, device)
             self.run_state, self.step.state = restore_training(
                 *resume, self.model, self.optimizer, self.step.scaler,
                 self.rank_rows, self.windows_per_epoch, dist, device,

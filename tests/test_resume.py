@@ -183,6 +183,30 @@ def test_resume_refuses_an_edited_config(tmp_path, reference):
     assert_clean_failure(ptblm("train", "--resume", run), 1, "no longer loads")
 
 
+def test_a_config_yaml_that_no_longer_loads_is_written_anew_once_moved_aside(tmp_path, reference):
+    """A damaged config.yaml left the run unresumable, with no way forward: the message says to
+    move it aside, and the resume that follows writes it again from the checkpoint's config."""
+    import shlex
+    import shutil
+
+    run = tmp_path / "damaged"
+    shutil.copytree(reference, run)
+    original = (run / "config.yaml").read_text().replace(str(reference), str(run))  # the copy
+    (run / "config.yaml").write_bytes(os.urandom(64))
+    result = ptblm("train", "--resume", run)
+    assert_clean_failure(result, 1, "no longer loads", "move it aside")
+    move = result.stderr[result.stderr.index("(mv ") + 1 : result.stderr.index(") and resume")]
+    assert shlex.split(move) == ["mv", str(run / "config.yaml"), f"{run / 'config.yaml'}.damaged"]
+    (run / "config.yaml").rename(run / "config.yaml.damaged")
+    result = ptblm("train", "--resume", run)
+    assert result.returncode == 0, result.stderr
+    assert "config.yaml was missing: written anew from last.pt" in result.stdout + result.stderr
+    rewritten = (run / "config.yaml").read_text().splitlines()
+    # All but the command that wrote it, "Train again with" and its --corpus included.
+    assert rewritten[2:] == original.splitlines()[2:] and "--resume" in rewritten[1]
+    assert load_config(str(run / "config.yaml")) == load_config(str(reference / "config.yaml"))
+
+
 @pytest.mark.parametrize(
     "option", [["--set", "learning_rate=0.1"], ["--seed", "-1"], ["--precision", "fp8"]]
 )
