@@ -22,17 +22,17 @@ class StopOnSignal:
     Under torchrun a Ctrl-C reaches each worker twice within milliseconds (from the terminal and
     forwarded by torchrun), so there `exit_on_second` is off: torchrun itself escalates to
     SIGKILL if the workers do not stop in time. `announce` says on stderr that the signal was
-    heard (rank 0 only).
+    heard (rank 0 only), and on leaving at once, `on_quit`: how to continue.
     """
 
     EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
     if hasattr(signal, "SIGHUP"):  # not on Windows
         EXIT_CODES[signal.SIGHUP] = 129
 
-    def __init__(self, exit_on_second: bool = True, announce: bool = False):
+    def __init__(self, exit_on_second: bool = True, announce: bool = False, on_quit: str = ""):
         self.received: int | None = None
         self.exit_on_second = exit_on_second
-        self.announce = announce
+        self.announce, self.on_quit = announce, on_quit
         self._previous = {}
 
     def __enter__(self):
@@ -55,12 +55,18 @@ class StopOnSignal:
             if self.announce:
                 again = " (Ctrl-C again to quit at once)" if self.exit_on_second else ""
                 name = signal.Signals(signum).name
-                # os.write, not print: a handler may run in the middle of another print. A
-                # terminal that hung up fails it: the run stops and saves all the same.
-                with contextlib.suppress(OSError):
-                    os.write(2, f"\n{name}: stopping after this window{again}...\n".encode())
+                self._say(f"\n{name}: stopping after this window{again}...\n")
         elif signum == signal.SIGINT and self.exit_on_second:
+            if self.announce and self.on_quit:
+                self._say(f"\nSIGINT again: quit at once. {self.on_quit}\n")
             os._exit(self.EXIT_CODES[signum])
+
+    @staticmethod
+    def _say(text: str) -> None:
+        # os.write, not print: a handler may run in the middle of another print. A terminal
+        # that hung up fails it: the run stops (and saves) all the same.
+        with contextlib.suppress(OSError):
+            os.write(2, text.encode())
 
     def __call__(self) -> bool:
         return self.received is not None

@@ -126,7 +126,7 @@ class Trainer:
                 return metrics
         announce = self.dist.is_main and self.progress.verbose
         with (  # signals first: TensorBoard's import takes a while
-            StopOnSignal(exit_on_second=not self.dist.enabled, announce=announce) as stop,
+            StopOnSignal(not self.dist.enabled, announce, self.continue_with()) as stop,
             self.progress.open(self.config, resumed_at_step=run.global_step),
         ):
             # Resumed from a best.pt further on than last.pt (whose write failed): last.pt is
@@ -316,9 +316,12 @@ class Trainer:
         )
         return Interrupted(
             f"{stop.name} received: stopped {where} and saved {self.run_dir.path / LAST}.\n"
-            f"Continue with: ptblm train --resume {shell_word(self.run_dir.path)}",
+            f"{self.continue_with()}",
             stop.exit_code,
         )
+
+    def continue_with(self) -> str:
+        return f"Continue with: ptblm train --resume {shell_word(self.run_dir.path)}"
 
     def save(self, name: str) -> None:
         """Write a checkpoint (and flush TensorBoard with it); a collective under torchrun."""

@@ -283,7 +283,9 @@ def test_a_second_ctrl_c_exits_at_once_without_corrupting_anything(tmp_path, cor
     assert returncode == 130, stderr
     assert "Traceback" not in stderr
     assert "Ctrl-C again to quit at once" in stderr  # the first was heard
-    assert "Continue with" not in stderr  # the graceful path did not run to its end
+    assert "received: stopped" not in stderr  # the graceful path did not run to its end
+    # ...yet the user is told how to go on.
+    assert f"quit at once. Continue with: ptblm train --resume {tmp_path / 'twice'}" in stderr
     last = torch.load(tmp_path / "twice" / "last.pt", weights_only=True)  # intact
     assert last["global_step"] == 7  # the save of step 11 never happened
     result = ptblm("train", "--resume", tmp_path / "twice")
