@@ -175,6 +175,29 @@ def test_an_error_that_cannot_be_printed_still_exits_with_its_code(tmp_path):
     assert result.returncode == 2
 
 
+def test_ctrl_c_while_the_command_starts_is_a_quiet_exit_130():
+    """A Ctrl-C in the first tenth of a second (Python importing typer, before main's handling)
+    printed a KeyboardInterrupt traceback. The interrupt is raised here by the import itself,
+    where a real one lands at a moment the machine's speed decides."""
+    interrupt_the_import = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'typer':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "sys.argv = ['ptblm', 'runs']\n"
+        "from ptblm.__main__ import main\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", interrupt_the_import], capture_output=True, text=True,
+        timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert result.returncode == 130
+    assert result.stdout + result.stderr == ""
+
+
 def test_download_from_a_mirror_then_nothing_more(tmp_path, ptb_dir, serve_dir):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
