@@ -55,9 +55,16 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         os.close(directory)
 
 
-def refused_by_permission(error: BaseException) -> bool:
-    """Did the write fail for want of permission (a read-only or immutable place), not space?"""
-    return isinstance(error, PermissionError) or getattr(error, "errno", None) == errno.EROFS
+def write_fix(error: BaseException) -> str:
+    """What to do about a write that failed with `error`, by its cause ("free some space", ...)."""
+    number = getattr(error, "errno", None)
+    if isinstance(error, PermissionError) or number == errno.EROFS:  # read-only or immutable
+        return "make it writable"
+    if number == errno.EISDIR:
+        return "move aside the directory in its place"
+    if number in (errno.ENOSPC, errno.EDQUOT) or not isinstance(error, OSError):
+        return "free some space"  # torch's zip writer says a full disk with a RuntimeError
+    return "check that disk"
 
 
 def remove_stale_temp_files(folder: Path) -> None:

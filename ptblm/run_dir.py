@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ptblm import __version__
-from ptblm.atomic import atomic_write, refused_by_permission, remove_stale_temp_files
+from ptblm.atomic import atomic_write, remove_stale_temp_files, write_fix
 from ptblm.checkpoint import model_from_checkpoint, save_checkpoint
 from ptblm.checkpoint_load import load_checkpoint
 from ptblm.config import Config, config_to_yaml
@@ -231,9 +231,9 @@ class RunDirectory:
         try:
             atomic_write(path, lambda file: file.write(text))
         except OSError as error:
-            fix = "make it writable" if refused_by_permission(error) else "free some space"
             raise CheckpointError(
-                f"could not write {path} ({error.strerror}); the checkpoints are saved: {fix}, "
+                f"could not write {path} ({error.strerror}); the checkpoints are saved: "
+                f"{write_fix(error)}, "
                 f"then ptblm train --resume {shell_word(self.path)} writes it."
             ) from None
 

@@ -28,6 +28,7 @@ def test_round_trip_restores_the_model_exactly(tmp_path):
         (OSError(errno.ENOSPC, "No space left on device"), "Free some space"),
         (PermissionError(errno.EPERM, "Operation not permitted"), "Make it writable"),  # chattr +i
         (OSError(errno.EROFS, "Read-only file system"), "Make it writable"),
+        (OSError(errno.EIO, "Input/output error"), "Check that disk"),
     ],
 )
 def test_a_refused_write_keeps_the_previous_checkpoint_and_says_why(
@@ -46,6 +47,17 @@ def test_a_refused_write_keeps_the_previous_checkpoint_and_says_why(
         save_checkpoint(path, make_checkpoint(window=4))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_directory_where_the_checkpoint_goes_is_named_as_the_cause(tmp_path):
+    """It was blamed on the disk's space, with gigabytes free."""
+    (tmp_path / "last.pt").mkdir()
+    with pytest.raises(CheckpointError) as raised:
+        save_checkpoint(tmp_path / "last.pt", make_checkpoint())
+    message = str(raised.value)
+    assert "(Is a directory)" in message and "Move aside the directory in its place" in message
+    assert "space" not in message and "MB free" not in message
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
 
 
 def test_a_full_disk_in_torchs_zip_writer_is_the_same_one_line_error(tmp_path, monkeypatch):
