@@ -125,7 +125,7 @@ def runs(runs_dir: RunsDir = DEFAULT_RUNS_DIR, as_json: AsJson = False) -> None:
     differ only in their seed as mean +- std beside the published row."""
     from ptblm.run_table import read_runs, render, seed_groups
 
-    if as_json and not runs_dir.is_dir():  # nothing trained yet: an empty table for scripts
+    if as_json and not runs_dir.exists():  # nothing trained yet: an empty table for scripts
         typer.echo(json_text({"runs": [], "seed_groups": []}))
         return
     rows = read_runs(runs_dir)

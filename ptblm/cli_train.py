@@ -93,7 +93,7 @@ def train(
             "--resume",
             metavar="RUN_DIR",
             help="Continue the run in this directory (or of this name under --runs-dir) from "
-            "its last.pt.",
+            "its latest checkpoint (last.pt, or best.pt where that is further on).",
         ),
     ] = None,
     quiet: Annotated[

@@ -117,15 +117,16 @@ def resolve_config_path(name_or_path: str) -> Path:
     if name_or_path in shipped:
         return shipped[name_or_path]
     path = Path(name_or_path)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        # no option named: `config show` takes it as an argument, `train` as --config
-        raise ConfigError(f"config {name_or_path} is a directory: give a config's YAML file.")
-    if path.exists():  # a FIFO, a device
-        raise ConfigError(
-            f"config {name_or_path} is not a regular file: give a config's YAML file."
-        )
+    if name_or_path.strip():  # Path("") is the working directory
+        if path.is_file():
+            return path
+        if path.is_dir():
+            # no option named: `config show` takes it as an argument, `train` as --config
+            raise ConfigError(f"config {name_or_path} is a directory: give a config's YAML file.")
+        if path.exists():  # a FIFO, a device
+            raise ConfigError(
+                f"config {name_or_path} is not a regular file: give a config's YAML file."
+            )
     raise ConfigError(
         f"unknown config '{name_or_path}': not a shipped config and no such file. "
         f"Shipped configs: {', '.join(sorted(shipped))}; or give the path of a YAML file."

@@ -215,6 +215,12 @@ def test_the_shipped_configs_are_found_where_a_wheel_installs_them(tmp_path):
 # --- resolving a config -----------------------------------------------------------------------
 
 
+def test_an_empty_config_name_is_unknown_not_the_working_directory():
+    """`--config ""` was said to be "a directory" (Path("") is ".")."""
+    with pytest.raises(ConfigError, match="unknown config '': not a shipped config"):
+        load_config("")
+
+
 def test_unknown_config_name_lists_the_shipped_names():
     with pytest.raises(ConfigError) as excinfo:
         load_config("smal")

@@ -307,6 +307,8 @@ def test_a_runs_directory_that_is_a_run_or_a_file_says_what_to_give(tmp_path):
         f"{run} is a run directory, not a directory of runs: use --runs-dir {tmp_path / 'runs'}",
     )  # fmt: skip
     (tmp_path / "notes.txt").write_text("x")
-    assert_clean_failure(
-        ptblm("runs", "--runs-dir", tmp_path / "notes.txt"), 1, "notes.txt is a file: give the"
-    )
+    for json_flag in ([], ["--json"]):  # --json gave an empty table, exit 0
+        assert_clean_failure(
+            ptblm("runs", "--runs-dir", tmp_path / "notes.txt", *json_flag), 1,
+            "notes.txt is a file: give the",
+        )  # fmt: skip
