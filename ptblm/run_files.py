@@ -120,8 +120,8 @@ def config_name_of(run_dir: Path, depth: int = 0) -> str | None:
         return None
     try:
         command = shlex.split(line)  # as cli_train.command_line quoted it
-    except ValueError:  # an edited header: its words as they stand
-        command = line.split()
+    except ValueError:  # an edited header, its quotes unbalanced: its words, unquoted
+        command = [word.strip("'\"") for word in line.split()]
     for option, following in zip(command, [*command[1:], ""]):
         name, equals, value = option.partition("=")
         if name in ("--config", "-c"):

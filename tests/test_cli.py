@@ -250,7 +250,7 @@ def test_download_from_a_host_that_never_answers_times_out_on_each_try(tmp_path)
         # turns that into a failure.
         result = subprocess.run(
             command, env={**os.environ, "PTBLM_DATA_URL": url},
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         silent.setblocking(False)
         tries = 0
@@ -653,8 +653,9 @@ def test_a_directory_the_user_may_not_read_is_one_line_not_a_traceback(tmp_path)
         "main()\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code, "eval", str(theirs)], capture_output=True, text=True
-    )
+        [sys.executable, "-c", code, "eval", str(theirs)], capture_output=True, text=True,
+        timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
     assert_clean_failure(
         result, 1, f"error: {theirs / 'best.pt'}: Permission denied. Check its permissions"
     )

@@ -99,16 +99,16 @@ def test_tune_on_a_text_file_shows_its_grid_as_on_a_split(home):
     ],
 )
 def test_bad_adaptive_options_are_refused_before_anything_is_read(
-    home, args, fragment, monkeypatch
+    tmp_path, args, fragment, monkeypatch
 ):
     """In-process (the command itself, exit code and all: the test below): each is a ConfigError,
-    raised before the checkpoint or any text is read."""
+    raised before the checkpoint or any text is read, which here do not even exist."""
     from typer.testing import CliRunner
 
     from ptblm.cli import app
     from ptblm.errors import ConfigError
 
-    monkeypatch.chdir(home)
+    monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["eval", "runs/a", *args], standalone_mode=False)
     assert isinstance(result.exception, ConfigError), result.exception
     assert fragment in str(result.exception) and "\n" not in str(result.exception)

@@ -4,7 +4,6 @@ bad options refused; for a long text, the words show as they are drawn, Ctrl-C k
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -26,6 +25,7 @@ VOCAB = ["<eos>", "the", "cat", "sat", "on", "mat", "<unk>"]
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     config = load_config("test", [f"vocab_size={len(VOCAB)}", "hidden_size=8"])
+    torch.manual_seed(0)  # the same untrained weights whichever tests ran before
     path = tmp_path_factory.mktemp("model") / "best.pt"
     save_checkpoint(
         path,
@@ -71,7 +71,7 @@ def test_ctrl_c_keeps_the_words_printed_and_exits_130(checkpoint):
     try:
         shown = read_words(process, 20)
         process.send_signal(signal.SIGINT)
-        rest, stderr = process.communicate(timeout=60)
+        rest, stderr = process.communicate(timeout=300)
     finally:
         process.kill()
     assert process.returncode == 130, stderr
@@ -88,7 +88,7 @@ def test_a_reader_that_goes_away_ends_it_quietly(checkpoint):
     try:
         read_words(process, 5)
         process.stdout.close()
-        _, stderr = process.communicate(timeout=60)
+        _, stderr = process.communicate(timeout=300)
     finally:
         process.kill()
     assert process.returncode == 0, stderr
@@ -179,9 +179,8 @@ def test_a_model_without_eos_is_a_checkpoint_fault(tmp_path):
 
 
 def test_generate_without_a_run_says_which_it_took(two_runs):
-    newest = json.loads(ptblm("eval", "--json", cwd=two_runs).stdout)["checkpoint"]
     taken = ptblm("generate", "--words", "5", "--seed", "1", cwd=two_runs)
     assert taken.returncode == 0, taken.stderr
-    assert f"from {newest}" in taken.stderr.splitlines()
+    assert "from runs/other/best.pt" in taken.stderr.splitlines()  # the one trained last
     named = ptblm("generate", "runs/a", "--words", "5", "--seed", "1", cwd=two_runs)
     assert not any(line.startswith("from ") for line in named.stderr.splitlines())

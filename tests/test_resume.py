@@ -105,6 +105,7 @@ def test_kill_9_then_resume_ends_bitwise_equal(tmp_path, corpus, reference, poin
     assert not list((tmp_path / "killed").glob(".*.tmp"))  # no temp file left
     assert_same_run(tmp_path / "killed", reference)
     # TensorBoard shows each step once: what the killed process logged after last.pt is purged.
+    # (At the validate points only has it logged past its last.pt; the others check the rest.)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "killed"))
