@@ -163,6 +163,17 @@ def test_bad_configs_are_refused_with_exit_2(tmp_path, yaml_text, args, fragment
     assert not (tmp_path / "runs").exists()  # nothing written for a refused config
 
 
+@pytest.mark.parametrize("command", [["config", "show", "small"], ["runs", "--json"]])
+def test_output_to_a_full_disk_is_one_line_and_exit_1(tmp_path, command):
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "ptblm", *command], stdout=full, stderr=subprocess.PIPE,
+            text=True, cwd=tmp_path, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == "error: cannot write the output (No space left on device).\n"
+
+
 def test_an_error_that_cannot_be_printed_still_exits_with_its_code(tmp_path):
     """A terminal that hung up (SIGHUP) fails the last message: the exit code must still say
     what happened (it became 1, with a traceback nobody could read)."""
