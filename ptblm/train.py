@@ -316,7 +316,7 @@ class Trainer:
         )
         return Interrupted(
             f"{stop.name} received: stopped {where} and saved {self.run_dir.path / LAST}.\n"
-            f"{self.continue_with()}",
+            + self.continue_with(),
             stop.exit_code,
         )
 
