@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build of torch, pinned for the dev/CI path only; the package itself accepts torch>=2.5.
 TORCH_DEV := torch==2.13.0
-# pytest-xdist processes for `make test`: the CI machine's two cores (each test uses one thread).
+# pytest-xdist processes for `make test`: the CI machine's two cores (each test uses one
+# thread). Whole files to a process, so that a module's trained-run fixture is trained once.
 WORKERS ?= 2
 
 .PHONY: setup test oldest lint format bench smoke clean
@@ -17,7 +18,7 @@ setup:  ## create .venv and install ptblm (editable) with its dev tools
 	@echo "ready: $(BIN)/ptblm --help"
 
 test:  ## the full test suite (the real-corpus tests read ../shared/ptb), on WORKERS processes
-	$(BIN)/pytest -q -n $(WORKERS)
+	$(BIN)/pytest -q -n $(WORKERS) --dist loadfile
 
 oldest:  ## the suite on the oldest releases pyproject.toml admits (PyPI's torch: a CUDA build, GBs)
 	PYTHON=$(PYTHON) bash scripts/oldest.sh

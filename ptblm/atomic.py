@@ -62,6 +62,8 @@ def write_fix(error: BaseException) -> str:
         return "make it writable"
     if number == errno.EISDIR:
         return "move aside the directory in its place"
+    if number in (errno.ENOENT, errno.ENOTDIR):  # the folder was removed or replaced
+        return "put its folder back"
     if number in (errno.ENOSPC, errno.EDQUOT) or not isinstance(error, OSError):
         return "free some space"  # torch's zip writer says a full disk with a RuntimeError
     return "check that disk"

@@ -117,7 +117,7 @@ def resolve_config_path(name_or_path: str) -> Path:
     if name_or_path in shipped:
         return shipped[name_or_path]
     path = Path(name_or_path)
-    if name_or_path.strip():  # Path("") is the working directory
+    if name_or_path:  # Path("") is the working directory
         if path.is_file():
             return path
         if path.is_dir():

@@ -116,10 +116,17 @@ def render(info: dict[str, Any]) -> str:
     else:
         files = data["files"]
         state = ", ".join(f"{name} {status}" for name, status in files.items())
-        bad = [name for name, status in files.items() if status == "wrong sha256"]
-        if set(files.values()) - {"verified", "missing", "wrong sha256"}:  # an OSError's reason
+        # One OSError's reason for all three ("Not a directory", ...): the folder is at fault.
+        reasons = set(files.values()) - {
+            "verified",
+            "missing",
+            "wrong sha256",
+            "not a regular file",
+        }
+        if len(set(files.values())) == 1 and reasons:
             state += " (--data-dir DIR must be a folder you may read; the files go in DIR/ptb/)"
         else:  # download refuses to replace a file it did not write: it must be removed first
+            bad = [name for name, status in files.items() if status not in ("verified", "missing")]
             then = f"remove {' and '.join(bad)}, then " if bad else ""
             state += f" ({then}ptblm download fetches them)"
     lines.append(f"data       {data['folder']}: {state}")

@@ -67,18 +67,21 @@ def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Config, Path]:
     path. A run continues with the config it started with: a config.yaml edited since is refused,
     naming the keys that differ; a lost one is written anew on resume (RunDirectory.reopen)."""
     config_file = run_dir / CONFIG_FILE
+    not_a_run = CheckpointError(
+        f"{run_dir} is not a ptblm run directory (it needs a ptblm checkpoint, {LAST} or {BEST}, "
+        f"beside its {CONFIG_FILE}). Name the directory a `ptblm train` run wrote, e.g. "
+        f"runs/small-20261122-101500."
+    )
     path = resumable_checkpoint(run_dir) if run_dir.is_dir() else None
     if path is None and not config_file.is_file():
-        raise CheckpointError(
-            f"{run_dir} is not a ptblm run directory (it needs {CONFIG_FILE}, and {LAST} or "
-            f"{BEST}). Name the directory a `ptblm train` run wrote, e.g. "
-            f"runs/small-20261122-101500."
-        )
+        raise not_a_run
     if path is None:
         raise CheckpointError(never_saved(run_dir, resuming=True))
     try:
         checkpoint = load_checkpoint(path)
     except CheckpointError as error:
+        if not config_file.exists():  # another tool's last.pt, say
+            raise not_a_run from None
         other = ({run_dir / LAST, run_dir / BEST} - {path}).pop()
         if not other.is_file():
             hint = "The run has no other checkpoint to resume from: start it again."

@@ -158,8 +158,8 @@ class RunDirectory:
                 failure = error
             except OSError as error:
                 failure = CheckpointError(
-                    f"cannot write {self.path / CONFIG_FILE} ({error.strerror}). Make the run "
-                    f"directory writable, or copy the run to a writable place and resume that copy."
+                    f"cannot write {self.path / CONFIG_FILE} ({error.strerror}): "
+                    f"{write_fix(error)}, or copy the run to a writable place and resume that copy."
                 )
         if dist.any(failure is not None, device):
             raise failure or RankFailed("rank 0 could not take over the run directory.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -22,14 +23,19 @@ class StopOnSignal:
     Under torchrun a Ctrl-C reaches each worker twice within milliseconds (from the terminal and
     forwarded by torchrun), so there `exit_on_second` is off: torchrun itself escalates to
     SIGKILL if the workers do not stop in time. `announce` says on stderr that the signal was
-    heard (rank 0 only), and on leaving at once, `on_quit`: how to continue.
+    heard (rank 0 only), and on leaving at once, what `on_quit()` says (how to go on).
     """
 
     EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
     if hasattr(signal, "SIGHUP"):  # not on Windows
         EXIT_CODES[signal.SIGHUP] = 129
 
-    def __init__(self, exit_on_second: bool = True, announce: bool = False, on_quit: str = ""):
+    def __init__(
+        self,
+        exit_on_second: bool = True,
+        announce: bool = False,
+        on_quit: Callable[[], str] | None = None,
+    ):
         self.received: int | None = None
         self.exit_on_second = exit_on_second
         self.announce, self.on_quit = announce, on_quit
@@ -57,8 +63,8 @@ class StopOnSignal:
                 name = signal.Signals(signum).name
                 self._say(f"\n{name}: stopping after this window{again}...\n")
         elif signum == signal.SIGINT and self.exit_on_second:
-            if self.announce and self.on_quit:
-                self._say(f"\nSIGINT again: quit at once. {self.on_quit}\n")
+            if self.announce and self.on_quit is not None:
+                self._say(f"\nSIGINT: quit at once. {self.on_quit()}\n")
             os._exit(self.EXIT_CODES[signum])
 
     @staticmethod

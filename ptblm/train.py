@@ -99,11 +99,12 @@ class Trainer:
             self.run_state = RunState(config_name, max_steps, eval_tokens)
             self.run_dir.create(config, command, dist, device, again, unique_name)
         else:  # everything the checkpoint holds, --max-steps and --eval-tokens included
-            self.run_dir.reopen(config, command, again, dist, device)
             self.run_state, self.step.state = restore_training(
                 *resume, self.model, self.optimizer, self.step.scaler,
                 self.rank_rows, self.windows_per_epoch, dist, device,
             )  # fmt: skip
+            # Once the checkpoint is found whole: a refused resume writes nothing.
+            self.run_dir.reopen(config, command, again, dist, device)
         self.progress = Progress(self.run_dir.path, enabled=dist.is_main, verbose=verbose)
         total = self.windows_per_epoch * config.max_max_epoch
         self.log_every = log_every(self.run_state.max_steps or total)
@@ -126,7 +127,7 @@ class Trainer:
                 return metrics
         announce = self.dist.is_main and self.progress.verbose
         with (  # signals first: TensorBoard's import takes a while
-            StopOnSignal(not self.dist.enabled, announce, self.continue_with()) as stop,
+            StopOnSignal(not self.dist.enabled, announce, self.quit_note) as stop,
             self.progress.open(self.config, resumed_at_step=run.global_step),
         ):
             # Resumed from a best.pt further on than last.pt (whose write failed): last.pt is
@@ -322,6 +323,13 @@ class Trainer:
 
     def continue_with(self) -> str:
         return f"Continue with: ptblm train --resume {shell_word(self.run_dir.path)}"
+
+    def quit_note(self) -> str:
+        """What a second Ctrl-C, which quits at once, says (in the signal handler: no torch)."""
+        path = self.run_dir.path
+        if (path / LAST).exists() or (path / BEST).exists():
+            return self.continue_with()
+        return f"It had saved no checkpoint: start it again (first rm -r {shell_word(path)})."
 
     def save(self, name: str) -> None:
         """Write a checkpoint (and flush TensorBoard with it); a collective under torchrun."""

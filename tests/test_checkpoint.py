@@ -29,6 +29,7 @@ def test_round_trip_restores_the_model_exactly(tmp_path):
         (PermissionError(errno.EPERM, "Operation not permitted"), "Make it writable"),  # chattr +i
         (OSError(errno.EROFS, "Read-only file system"), "Make it writable"),
         (OSError(errno.EIO, "Input/output error"), "Check that disk"),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory"), "Put its folder back"),
     ],
 )
 def test_a_refused_write_keeps_the_previous_checkpoint_and_says_why(

@@ -18,3 +18,10 @@ def test_a_data_dir_that_is_a_file_is_not_sent_to_download(tmp_path):
     line = render(collect(tmp_path / "data")).splitlines()[-1]
     assert "ptb.train.txt Not a directory" in line
     assert "ptblm download" not in line and "must be a folder" in line
+
+
+def test_one_file_in_the_way_is_named_not_the_folder(tmp_path):
+    (tmp_path / "ptb" / "ptb.train.txt").mkdir(parents=True)
+    line = render(collect(tmp_path)).splitlines()[-1]
+    assert "ptb.train.txt not a regular file" in line
+    assert "(remove ptb.train.txt, then ptblm download fetches them)" in line

@@ -169,6 +169,14 @@ def test_a_finished_run_whose_last_pt_was_lost_gets_it_back_on_resume(tmp_path, 
     assert json.loads(scored.stdout)["perplexity"] == metrics["test_ppl"]
 
 
+def test_another_tools_last_pt_is_not_taken_for_a_run(tmp_path):
+    """A run without config.yaml may be resumed (it is written anew), but only from a ptblm
+    checkpoint: other tools name theirs last.pt and best.pt too."""
+    torch.save({"epoch": 3, "model": {}}, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="is not a ptblm run directory"):
+        load_resumable(tmp_path)
+
+
 def test_resume_refuses_an_edited_config(tmp_path, reference):
     import shutil
 
@@ -292,6 +300,25 @@ def test_a_second_ctrl_c_exits_at_once_without_corrupting_anything(tmp_path, cor
     result = ptblm("train", "--resume", tmp_path / "twice")
     assert result.returncode == 0, result.stderr
     assert_same_run(tmp_path / "twice", reference)
+
+
+def test_a_second_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(
+    tmp_path, corpus
+):
+    """It said to --resume a run that had no checkpoint, which --resume then refused."""
+    run = HeldRun(corpus, tmp_path, "early", "step:2", "before:last.pt:1", settings=SETTINGS)
+    run.wait_held(0)
+    run.send(signal.SIGINT)
+    run.release(0)
+    run.wait_held(1)  # the graceful stop is about to write the run's first last.pt
+    run.send(signal.SIGINT)
+    returncode, _, stderr = run.finish()
+    assert returncode == 130 and "Traceback" not in stderr
+    assert (
+        f"It had saved no checkpoint: start it again (first rm -r {tmp_path / 'early'})" in stderr
+    )
+    assert "Continue with" not in stderr
+    assert resumable_checkpoint(tmp_path / "early") is None
 
 
 def windows_per_epoch(reference) -> int:

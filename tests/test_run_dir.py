@@ -35,6 +35,36 @@ def test_resolving_checkpoints(tmp_path):
         resolve_checkpoint(tmp_path / "nope", tmp_path)
 
 
+def test_a_lost_config_yaml_is_written_anew_on_reopen_and_its_failure_names_the_cause(
+    tmp_path, monkeypatch
+):
+    import torch
+
+    from ptblm import run_dir as module
+    from ptblm.distributed import SINGLE_PROCESS
+
+    config, cpu = load_config("test"), torch.device("cpu")
+    run = RunDirectory(tmp_path / "run")
+    run.path.mkdir()
+    real_write = module.atomic_write
+
+    def full_disk(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(module, "atomic_write", full_disk)
+    with pytest.raises(
+        CheckpointError, match=r"config.yaml \(No space left on device\): free some"
+    ):
+        run.reopen(config, "ptblm train --resume run", "", SINGLE_PROCESS, cpu)
+    run.unlock()
+    monkeypatch.setattr(module, "atomic_write", real_write)
+    run.reopen(config, "ptblm train --resume run", " --max-steps 9", SINGLE_PROCESS, cpu)
+    assert load_config(str(run.path / "config.yaml")) == config
+    assert "--resume run" in (run.path / "config.yaml").read_text().splitlines()[1]
+    assert (run.path / "config.yaml").read_text().splitlines()[2].endswith(" --max-steps 9")
+    run.unlock()
+
+
 def test_a_lock_that_cannot_be_opened_is_a_checkpoint_error(tmp_path, monkeypatch):
     """The stand-in for a read-only disk where tmpfs cannot be mounted (test_cli_train.py)."""
 
