@@ -21,6 +21,9 @@ from ptblm.runtime import (
 )
 
 PACKAGES = ("numpy", "typer", "tensorboard", "pyyaml", "tqdm")
+# corpus_status's words that are about the file itself (open_regular's "not a regular file"
+# included); another OSError's reason, the same for all three files, is about their folder.
+FILE_STATUSES = ("verified", "missing", "wrong sha256", "not a regular file")
 
 
 def package_version(name: str) -> str | None:
@@ -116,14 +119,8 @@ def render(info: dict[str, Any]) -> str:
     else:
         files = data["files"]
         state = ", ".join(f"{name} {status}" for name, status in files.items())
-        # One OSError's reason for all three ("Not a directory", ...): the folder is at fault.
-        reasons = set(files.values()) - {
-            "verified",
-            "missing",
-            "wrong sha256",
-            "not a regular file",
-        }
-        if len(set(files.values())) == 1 and reasons:
+        statuses = set(files.values())
+        if len(statuses) == 1 and statuses.isdisjoint(FILE_STATUSES):
             state += " (--data-dir DIR must be a folder you may read; the files go in DIR/ptb/)"
         else:  # download refuses to replace a file it did not write: it must be removed first
             bad = [name for name, status in files.items() if status not in ("verified", "missing")]
