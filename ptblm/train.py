@@ -329,7 +329,7 @@ class Trainer:
         path = self.run_dir.path
         if (path / LAST).exists() or (path / BEST).exists():
             return self.continue_with()
-        return f"It had saved no checkpoint: start it again (first rm -r {shell_word(path)})."
+        return f"The run had saved no checkpoint: start it again (first rm -r {shell_word(path)})."
 
     def save(self, name: str) -> None:
         """Write a checkpoint (and flush TensorBoard with it); a collective under torchrun."""

@@ -315,7 +315,8 @@ def test_a_second_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_re
     returncode, _, stderr = run.finish()
     assert returncode == 130 and "Traceback" not in stderr
     assert (
-        f"It had saved no checkpoint: start it again (first rm -r {tmp_path / 'early'})" in stderr
+        f"The run had saved no checkpoint: start it again (first rm -r {tmp_path / 'early'})"
+        in stderr
     )
     assert "Continue with" not in stderr
     assert resumable_checkpoint(tmp_path / "early") is None
