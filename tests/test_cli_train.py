@@ -68,12 +68,19 @@ def test_a_disk_too_full_for_the_first_checkpoint_says_to_start_again(tmp_path, 
 
 
 def test_resuming_a_run_on_a_read_only_disk_is_one_line(tiny_corpus_dir, small_disk):
+    """Unless the run is finished and tested: then it only shows its results, as on any disk
+    (it said to copy the run elsewhere)."""
     runs = small_disk(20)
-    assert train(tiny_corpus_dir, runs, "r", "--max-steps", 3).returncode == 0
+    for name in ("done", "r"):
+        assert train(tiny_corpus_dir, runs, name, "--max-steps", 3).returncode == 0
+    (runs / "r" / "metrics.json").unlink()  # its test still to run: a resume must write
     small_disk.remount(runs, "ro")
     result = ptblm("train", "--resume", runs / "r")
     assert_clean_failure(result, 1, "cannot lock", "Read-only file system", "writable")
     one_line(result)
+    result = ptblm("train", "--resume", runs / "done")
+    assert result.returncode == 0, result.stderr
+    assert "has finished already" in result.stdout + result.stderr
 
 
 def test_a_finished_run_cut_off_before_its_summary_gets_it_on_resume(tiny_corpus_dir, tmp_path):
@@ -181,6 +188,7 @@ def test_a_default_name_that_is_taken_gets_a_number(tiny_corpus_dir, tmp_path):
 def test_a_lock_that_is_a_link_or_a_fifo_is_never_followed_nor_waited_on(tiny_corpus_dir, tmp_path):
     runs = tmp_path / "runs"
     assert train(tiny_corpus_dir, runs, "r", "--max-steps", 3).returncode == 0
+    (runs / "r" / "metrics.json").unlink()  # its test still to run: a resume takes the lock
     victim = tmp_path / "victim"
     victim.write_text("precious")
     lock = runs / "r" / ".lock"
