@@ -225,3 +225,19 @@ def test_a_corpus_of_another_vocabulary_size_gets_the_set_to_use(
     assert_clean_failure(result, 1, "has 40 distinct words", "--set vocab_size=40")
     one_line(result)
     assert not (tmp_path / "runs").exists()
+
+
+def test_train_again_flags_name_what_config_yaml_does_not_hold():
+    from pathlib import Path
+
+    from ptblm.cli_train import again_flags
+    from ptblm.download import DEFAULT_DATA_DIR
+
+    assert again_flags(DEFAULT_DATA_DIR, None, max_steps=None, eval_tokens=None) == ""
+    assert again_flags(Path("my data"), None, max_steps=3, eval_tokens=None) == (
+        " --max-steps 3 --data-dir 'my data'"
+    )
+    # The two are refused together (exit 2): with a corpus of its own, the run names that alone
+    assert again_flags(Path("elsewhere"), Path("corpus"), max_steps=None, eval_tokens=500) == (
+        " --eval-tokens 500 --corpus corpus"
+    )

@@ -51,6 +51,36 @@ def make_trainer(corpus, run_dir, *overrides, max_steps=None, eval_tokens=None):
     )
 
 
+def test_cpu_threads_follow_the_load_and_the_run_counts_windows_at_each(
+    corpus, tmp_path, monkeypatch
+):
+    """--threads left to ptblm: alone at the start it takes both cores; another busy process
+    seen at the first log point takes one back, and metrics.json says how many windows trained
+    at each count. (Every other test fixes the count with OMP_NUM_THREADS.)"""
+    from ptblm import runtime
+
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(runtime, "cpu_count", lambda: 2)
+    others = iter([0])  # busy processes elsewhere: none at the start, one from then on
+    monkeypatch.setattr(runtime, "busy_elsewhere", lambda: next(others, 1))
+    try:
+        threads = runtime.Threads()
+        assert threads.adaptive and torch.get_num_threads() == 2
+        trainer = make_trainer(corpus, tmp_path / "run", max_steps=60)
+        trainer.threads = threads
+        metrics = trainer.run()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(1)
+    first = trainer.log_every  # the first log point's windows, trained on both cores
+    assert 0 < first < 60
+    assert metrics["threads"] == "auto"
+    assert metrics["windows_by_threads"] == {"2": first, "1": 60 - first}
+    assert "CPU threads followed the machine's load" in format_summary(
+        metrics, trainer.run_dir.path
+    )
+
+
 def sigterm_after(monkeypatch, windows):
     """A real SIGTERM to this process right after the `windows`-th training window."""
     step, done = EagerStep.__call__, [0]
