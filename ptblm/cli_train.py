@@ -233,9 +233,8 @@ def _resume_trainer(run_dir: Path, data_dir, corpus_dir, device, dist, verbose, 
     corpus = load_corpus_on_all_ranks(data_dir, corpus_dir, dist, device, verbose)
     check_same_text(checkpoint, corpus, path)
     lost_config = not (run_dir / CONFIG_FILE).exists()
-    # Older checkpoints may lack them; a damaged value is refused further on (restore_training).
+    # Older checkpoints may lack them; restore_training refuses a damaged one before any write.
     limits = {key: checkpoint.get(key) for key in ("max_steps", "eval_tokens")}
-    limits = {key: value for key, value in limits.items() if type(value) is int}
     trainer = Trainer(
         saved,
         corpus,

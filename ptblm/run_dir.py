@@ -233,8 +233,7 @@ class RunDirectory:
         except OSError as error:
             raise CheckpointError(
                 f"could not write {path} ({error.strerror}); the checkpoints are saved: "
-                f"{write_fix(error)}, "
-                f"then ptblm train --resume {shell_word(self.path)} writes it."
+                f"{write_fix(error)}, then ptblm train --resume {shell_word(self.path)} writes it."
             ) from None
 
 
