@@ -33,8 +33,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX
     )
     try:
-        os.fchmod(handle, 0o666 & ~_UMASK)
-        with os.fdopen(handle, "wb") as file:
+        with os.fdopen(handle, "wb") as file:  # closed however the write ends
+            os.fchmod(file.fileno(), 0o666 & ~_UMASK)
             write(file)
             file.flush()
             os.fsync(file.fileno())

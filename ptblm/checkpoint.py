@@ -239,8 +239,9 @@ def restore_training(
         if checkpoint["state"] is not None:
             carried = tuple(t[:, rows.start : rows.stop].to(device) for t in checkpoint["state"])
             expected = (model.num_layers, len(rows), model.hidden_size)
-            if carried[0].shape != expected:
-                raise ValueError(f"carried state of shape {tuple(carried[0].shape)}")
+            shapes = [tuple(t.shape) for t in carried]
+            if shapes != [expected, expected]:  # (h, c)
+                raise ValueError(f"carried state of shapes {shapes}")
         set_rng_state(checkpoint["rng"])
         if dist.enabled:
             rngs = checkpoint["rank_rngs"]

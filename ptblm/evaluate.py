@@ -56,13 +56,15 @@ def evaluate(
     state = model.initial_state(data.size(0), device)
     nll = torch.zeros((), dtype=torch.float64, device=device)
     tokens = 0
-    for x, y in windows(data, num_steps, partial=batch_size == 1):
-        logits, state = model(x, state)
-        nll += token_nll(logits, y, "sum").double()
-        tokens += y.numel()
-        if should_stop():
-            break
-    model.train(was_training)
+    try:
+        for x, y in windows(data, num_steps, partial=batch_size == 1):
+            logits, state = model(x, state)
+            nll += token_nll(logits, y, "sum").double()
+            tokens += y.numel()
+            if should_stop():
+                break
+    finally:
+        model.train(was_training)
     return nll.item(), tokens
 
 

@@ -185,6 +185,7 @@ class RunDirectory:
                 return
             except BlockingIOError:
                 time.sleep(0.01 * attempt)
+        self.unlock()
         raise CheckpointError(
             f"another ptblm process is training {self.path}; wait for it or stop it first."
         )

@@ -37,3 +37,23 @@ def test_stale_temp_files_are_removed_and_nothing_else(tmp_path):
     (tmp_path / "notes.tmp").write_bytes(b"a user's file, not hidden")
     remove_stale_temp_files(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "notes.tmp"]
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd (Linux)")
+def test_a_file_system_that_refuses_chmod_leaves_no_temp_file_and_no_open_descriptor(
+    tmp_path, monkeypatch
+):
+    """Some mounts (CIFS, NTFS) refuse chmod: the write fails whole, as any failure does."""
+
+    def refuse(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", refuse)
+    before = open_descriptors()
+    with pytest.raises(PermissionError):
+        atomic_write(tmp_path / "last.pt", lambda file: file.write(b"x"))
+    assert open_descriptors() == before and list(tmp_path.iterdir()) == []

@@ -114,6 +114,11 @@ def widen_the_state(checkpoint):
     checkpoint["state"] = [torch.cat([t, t], dim=2) for t in checkpoint["state"]]
 
 
+def widen_c(checkpoint):
+    h, c = checkpoint["state"]
+    checkpoint["state"] = [h, torch.cat([c, c], dim=2)]
+
+
 @pytest.mark.parametrize(
     "damage, fragment",
     [
@@ -121,7 +126,10 @@ def widen_the_state(checkpoint):
         # it ran on silently.
         (lambda c: c.update(window=10**9), "(window 1000000000 of an epoch of"),
         # configs/test.yaml: 1 layer, batch_size 20; hidden_size 8, widened to 16
-        (widen_the_state, "(carried state of shape (1, 20, 16))"),
+        (widen_the_state, "(carried state of shapes [(1, 20, 16), (1, 20, 16)])"),
+        # c alone: it failed later, inside training, as a RuntimeError
+        (widen_c, "(carried state of shapes [(1, 20, 8), (1, 20, 16)])"),
+        (lambda c: c.update(state=c["state"][:1]), "(carried state of shapes [(1, 20, 8)])"),
         (without("optimizer"), "(missing 'optimizer')"),
         (without("rng"), "(missing 'rng')"),
         (lambda c: c.update(optimizer="sgd"), "('str' object has no attribute"),

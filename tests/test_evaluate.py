@@ -50,3 +50,16 @@ def test_validation_protocol_uses_full_windows_only():
     ids = torch.arange(203) % 50  # batch 4: rows of 50, (50 - 1) // 5 = 9 windows of 4 x 5
     _, tokens = evaluate(model, ids, batch_size=4, num_steps=5)
     assert tokens == 9 * 4 * 5
+
+
+def test_a_stop_raised_inside_evaluation_leaves_the_model_in_the_mode_it_was_in():
+    """Validation runs inside training: an exception from it (a signal's, a device's) must not
+    leave dropout off for the epochs a caller may still train."""
+    model = small_model(vocab_size=50).train()
+
+    def fail():
+        raise RuntimeError("device lost")
+
+    with pytest.raises(RuntimeError, match="device lost"):
+        evaluate(model, torch.arange(203) % 50, batch_size=4, num_steps=5, should_stop=fail)
+    assert model.training

@@ -76,6 +76,19 @@ def test_a_lock_that_cannot_be_opened_is_a_checkpoint_error(tmp_path, monkeypatc
         RunDirectory(tmp_path).lock()
 
 
+def test_a_lock_held_by_another_process_is_refused_and_let_go(tmp_path):
+    """The refused process closes its own handle: it holds nothing of the run afterwards."""
+    holder = RunDirectory(tmp_path)
+    holder.lock()
+    refused = RunDirectory(tmp_path)
+    with pytest.raises(CheckpointError, match="another ptblm process is training"):
+        refused.lock()
+    assert refused._lock is None
+    holder.unlock()
+    refused.lock()  # once the holder lets go
+    refused.unlock()
+
+
 @pytest.mark.parametrize(
     "failure", [CheckpointError("cannot lock"), OSError(28, "No space left on device")]
 )
