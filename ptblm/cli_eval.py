@@ -27,6 +27,7 @@ from ptblm.cli_options import (
     RunsDir,
     Threads,
     Tune,
+    check_one_text_source,
     checkpoints_of,
     json_text,
 )
@@ -124,6 +125,7 @@ def eval_(
     )
     windows = (batch_size, num_steps)
     _check_eval_options(adapting, targets, text, split, windows, per_line, reset_each_line, cell)
+    check_one_text_source(corpus, data_dir)
     ComputeThreads(threads)
     if text is not None:
         from ptblm.text import check_text

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from ptblm.config import shipped_configs
+from ptblm.errors import ConfigError
 
 SHIPPED = ", ".join(shipped_configs())  # for help texts and messages
 DEFAULT_RUNS_DIR = Path("runs")
@@ -35,6 +36,17 @@ CorpusDir = Annotated[
         "ptb.test.txt (one sentence a line). No download, no checksum.",
     ),
 ]
+
+
+def check_one_text_source(corpus: Path | None, data_dir: Path | None) -> None:
+    """--corpus and --data-dir both say where the text is: which one was meant? Neither silently."""
+    if corpus is not None and data_dir is not None:
+        raise ConfigError(
+            "--corpus and --data-dir both say where the text is: --corpus DIR reads the files in "
+            "DIR, --data-dir DIR PTB in DIR/ptb (downloaded if absent). Give one."
+        )
+
+
 RunsDir = Annotated[
     Path, typer.Option("--runs-dir", metavar="DIR", help="Parent directory of run directories.")
 ]

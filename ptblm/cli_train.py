@@ -20,6 +20,7 @@ from ptblm.cli_options import (
     RunDataDir,
     RunsDir,
     Threads,
+    check_one_text_source,
 )
 from ptblm.config import PRECISIONS, SEED_LIMIT, load_config, resolve_config_path
 from ptblm.download import DEFAULT_DATA_DIR
@@ -113,11 +114,7 @@ def train(
                 flag = f"--{key.replace('_', '-')}"
                 raise ConfigError(f"{flag} and --set {key}=... both set {key}: give one of them.")
             overrides.append(f"{key}={value}")
-    if corpus is not None and data_dir is not None:
-        raise ConfigError(
-            "--corpus and --data-dir both say where the text is: --corpus DIR trains on the "
-            "files in DIR, --data-dir DIR on PTB in DIR/ptb (downloaded if absent). Give one."
-        )
+    check_one_text_source(corpus, data_dir)
     _check_train_options(config, overrides, resume, name, max_steps, eval_tokens)
     # In the flags' own words (load_config would name `seed` and `precision`)
     if precision is not None and precision not in PRECISIONS:

@@ -160,6 +160,8 @@ def test_bad_text_files_are_refused(two_runs, content, code, message):
         (["--reset-each-line"], "--per-line and --reset-each-line go with --text FILE."),
         (["--text", "x.txt", "--batch-size", "4"], "drop --split, --batch-size and --num-steps"),
         (["--text", "x.txt", "--num-steps", "4"], "drop --split, --batch-size and --num-steps"),
+        # --data-dir was dropped without a word
+        (["--corpus", "corpus", "--data-dir", "d"], "both say where the text is"),
     ],
 )
 def test_eval_option_misuse_exits_2(two_runs, args, message):
