@@ -1,5 +1,7 @@
 """The `ptblm` command. The only module that turns errors into messages and exit codes:
-2 for usage and config errors, 1 for failures at run time, 130/143 for SIGINT/SIGTERM.
+2 for usage and config errors, 1 for failures at run time, 130/143 for SIGINT/SIGTERM. (Two
+exits happen before or beside it: a Ctrl-C while Python imports it, __main__.py, and a second
+Ctrl-C, which quits at once from the signal handler, signals.py.)
 """
 
 from __future__ import annotations

@@ -17,12 +17,16 @@ _REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple = 3, 8, 12, 12
 _REPR.maxstring = _REPR.maxother = QUOTE_LIMIT + 10
 
 
-def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
-    """repr(value), cut to `limit` characters and "...": a message names a bad value without
+def quote(value: object) -> str:
+    """repr(value), cut to QUOTE_LIMIT characters and "...": a message names a bad value without
     printing all of it (a value can be a 50 MB list, or an integer too long for repr)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value.bit_length() > 4 * QUOTE_LIMIT
+    ):
         return f"an integer of {int(value.bit_length() * 0.30103) + 1} digits"
-    return cut(_REPR.repr(value), limit)
+    return cut(_REPR.repr(value))
 
 
 def shell_word(value: object) -> str:

@@ -168,7 +168,8 @@ def detach_state(state: State) -> State:
 def token_nll(logits: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
     """Cross-entropy of every predicted token, in fp32 whatever the autocast dtype.
 
-    logits (batch, steps, vocab), targets (batch, steps) -> "mean" or "sum" over all tokens.
+    logits (batch, steps, vocab), targets (batch, steps) -> "mean" or "sum" over all tokens (a
+    scalar), or "none": each token's, (batch * steps,) in row order.
     """
     return nn.functional.cross_entropy(
         logits.float().flatten(0, 1), targets.flatten(), reduction=reduction
