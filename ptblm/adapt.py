@@ -23,7 +23,7 @@ from ptblm.data import windows
 from ptblm.dynamic import DynamicEvaluation, DynamicSettings
 from ptblm.errors import counted
 from ptblm.evaluate import TEST_NUM_STEPS, test_perplexity
-from ptblm.model import LSTMLanguageModel, detach_state, perplexity
+from ptblm.model import LSTMLanguageModel, detach_state, mean_perplexity
 
 
 class Adaptation:
@@ -106,10 +106,6 @@ def stream_logprobs(
     finally:
         adaptation.close()
     return torch.cat(scored)
-
-
-def mean_perplexity(logprobs: torch.Tensor) -> float:
-    return perplexity(-logprobs.sum().item(), logprobs.numel())
 
 
 def adapted_perplexity(model, ids, cache=None, dynamic=None) -> float:

@@ -22,7 +22,7 @@ from ptblm.config import Config
 from ptblm.data import batchify, num_windows, windows
 from ptblm.ensemble import average, load_members, member_corpus, member_logprobs
 from ptblm.errors import ConfigError
-from ptblm.model import LSTMLanguageModel, perplexity, token_nll
+from ptblm.model import LSTMLanguageModel, mean_perplexity, perplexity, token_nll
 from ptblm.published import published_ensemble
 
 TEST_BATCH_SIZE = 1
@@ -153,11 +153,11 @@ def evaluate_checkpoints(
         data = batchify(corpus.split(split), batch_size).to(device)
         logprobs = member_logprobs([m.model for m in members], data, num_steps, batch_size == 1)
         tokens = logprobs[0].numel()
-        result.update(perplexity=perplexity(-average(logprobs).sum().item(), tokens), tokens=tokens)
+        result.update(perplexity=mean_perplexity(average(logprobs)), tokens=tokens)
         result["members"] = [
             {
                 "checkpoint": str(member.path),
-                "perplexity": perplexity(-lp.sum().item(), tokens),
+                "perplexity": mean_perplexity(lp),
                 "run_eval_tokens": member.checkpoint.get("eval_tokens"),
             }
             for member, lp in zip(members, logprobs, strict=True)

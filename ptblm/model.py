@@ -194,3 +194,8 @@ def perplexity(nll: float, tokens: int) -> float:
         return math.exp(nll / tokens)
     except OverflowError:
         return math.inf
+
+
+def mean_perplexity(logprobs: torch.Tensor) -> float:
+    """logprobs (tokens,): each predicted token's log-probability -> their perplexity."""
+    return perplexity(-logprobs.sum().item(), logprobs.numel())

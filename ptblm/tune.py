@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from ptblm.adapt import Adaptation, adapted_perplexity, mean_perplexity
+from ptblm.adapt import Adaptation, adapted_perplexity
 from ptblm.cache import CacheSettings, ContinuousCache
 from ptblm.data import windows
 from ptblm.dynamic import DynamicSettings
 from ptblm.evaluate import TEST_NUM_STEPS
-from ptblm.model import LSTMLanguageModel
+from ptblm.model import LSTMLanguageModel, mean_perplexity
 
 # --tune's grids, searched on the validation split. The cache's covers the values Grave et al.
 # report for PTB (windows 100-2000, theta around 0.3, lambda around 0.1); dynamic evaluation's,
