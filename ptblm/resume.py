@@ -13,8 +13,10 @@ import torch
 from ptblm.checkpoint import checkpoint_config
 from ptblm.checkpoint_load import load_checkpoint
 from ptblm.config import Config, load_config
-from ptblm.errors import CheckpointError, ConfigError, shell_word
+from ptblm.errors import CheckpointError, ConfigError, Interrupted, shell_word
 from ptblm.run_files import BEST, CONFIG_FILE, LAST, is_locked
+from ptblm.run_state import RunState
+from ptblm.signals import StopOnSignal
 
 
 def never_saved(run_dir: Path, resuming: bool = False) -> str:
@@ -33,6 +35,32 @@ def never_saved(run_dir: Path, resuming: bool = False) -> str:
         f"to continue. Start it again (delete the directory first: rm -r {shell_word(run_dir)})"
         f"{another}."
     )
+
+
+def continue_with(run_dir: Path) -> str:
+    return f"Continue with: ptblm train --resume {shell_word(run_dir)}"
+
+
+def interrupted(stop: StopOnSignal, run: RunState, run_dir: Path) -> Interrupted:
+    """What a run stopped by a signal says: where it stopped, that last.pt is saved, and how to go
+    on."""
+    where = (
+        f"in the final test (training had ended at step {run.global_step})"
+        if run.finished
+        else f"at step {run.global_step} (epoch {run.epoch + 1})"
+    )
+    return Interrupted(
+        f"{stop.name} received: stopped {where} and saved {run_dir / LAST}.\n"
+        + continue_with(run_dir),
+        stop.exit_code,
+    )
+
+
+def quit_note(run_dir: Path) -> str:
+    """What a second Ctrl-C, which quits at once, says (in the signal handler: no torch)."""
+    if (run_dir / LAST).exists() or (run_dir / BEST).exists():
+        return continue_with(run_dir)
+    return f"The run had saved no checkpoint: start it again (first rm -r {shell_word(run_dir)})."
 
 
 def resumable_checkpoint(run_dir: Path) -> Path | None:

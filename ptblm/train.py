@@ -29,13 +29,13 @@ from ptblm.config import Config, learning_rate_at
 from ptblm.data import Corpus, batchify, check_corpus_fits, num_windows, windows
 from ptblm.distributed import SINGLE_PROCESS, Distributed
 from ptblm.divergence import Diverged, divergence_error
-from ptblm.errors import CheckpointError, DivergenceError, Interrupted, shell_word
+from ptblm.errors import CheckpointError, DivergenceError
 from ptblm.evaluate import evaluate, test_perplexity
 from ptblm.memory import check_training_fits
 from ptblm.model import LSTMLanguageModel, perplexity
 from ptblm.progress import Progress, log_every
 from ptblm.results import hparams, run_metrics
-from ptblm.resume import resumable_checkpoint
+from ptblm.resume import interrupted, quit_note, resumable_checkpoint
 from ptblm.run_dir import RunDirectory
 from ptblm.run_files import BEST, CONFIG_FILE, LAST, METRICS_FILE
 from ptblm.run_state import RunState
@@ -128,9 +128,9 @@ class Trainer:
                     self.progress.say(f"{self.run_dir.path} has finished already.")
                     self.run_dir.complete_summary(metrics)  # if a full disk or a kill cut it off
                 return metrics
-        announce = self.dist.is_main and self.progress.verbose
+        announce, path = self.dist.is_main and self.progress.verbose, self.run_dir.path
         with (  # signals first: TensorBoard's import takes a while
-            StopOnSignal(not self.dist.enabled, announce, self.quit_note) as stop,
+            StopOnSignal(not self.dist.enabled, announce, lambda: quit_note(path)) as stop,
             self.progress.open(self.config, resumed_at_step=run.global_step),
         ):
             # Resumed from a best.pt further on than last.pt (whose write failed): last.pt is
@@ -149,11 +149,11 @@ class Trainer:
             while not run.finished:
                 ended = self.train_epoch(stop)
                 if ended is EpochEnd.INTERRUPTED:
-                    raise self.interrupted(stop)
+                    raise interrupted(stop, run, path)
                 valid_ppl = self.validate(stop)
                 if stop.agreed(self.dist, self.device):
                     self.save(LAST)  # the epoch's training is kept; validation reruns
-                    raise self.interrupted(stop)
+                    raise interrupted(stop, run, path)
                 self.end_epoch(ended, valid_ppl)
             if not self.dist.is_main:
                 return None  # rank 0 tests and writes the results
@@ -161,8 +161,8 @@ class Trainer:
             self.progress.say("Testing (batch size 1, the whole test stream)...")
             test_ppl = self.test(self.model, stop)
             best_test_ppl = self.test_best(test_ppl, stop)
-            if stop():
-                raise self.interrupted(stop)  # last.pt is final: resuming only tests again
+            if stop():  # last.pt is final: resuming only tests again
+                raise interrupted(stop, run, path)
             self.progress.scalar("test/ppl", test_ppl, run.global_step)
             untested = {"best_untested": True} if best_test_ppl is None else {}
             summary = self.summary(
@@ -310,29 +310,6 @@ class Trainer:
 
     def test(self, model: LSTMLanguageModel, stop: StopOnSignal) -> float:
         return test_perplexity(model, self.corpus.test[: self.run_state.eval_tokens], stop)
-
-    def interrupted(self, stop: StopOnSignal) -> Interrupted:
-        run = self.run_state
-        where = (
-            f"in the final test (training had ended at step {run.global_step})"
-            if run.finished
-            else f"at step {run.global_step} (epoch {run.epoch + 1})"
-        )
-        return Interrupted(
-            f"{stop.name} received: stopped {where} and saved {self.run_dir.path / LAST}.\n"
-            + self.continue_with(),
-            stop.exit_code,
-        )
-
-    def continue_with(self) -> str:
-        return f"Continue with: ptblm train --resume {shell_word(self.run_dir.path)}"
-
-    def quit_note(self) -> str:
-        """What a second Ctrl-C, which quits at once, says (in the signal handler: no torch)."""
-        path = self.run_dir.path
-        if (path / LAST).exists() or (path / BEST).exists():
-            return self.continue_with()
-        return f"The run had saved no checkpoint: start it again (first rm -r {shell_word(path)})."
 
     def save(self, name: str) -> None:
         """Write a checkpoint (and flush TensorBoard with it); a collective under torchrun."""
