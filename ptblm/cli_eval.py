@@ -184,6 +184,7 @@ def _eval_split(paths, split, batch_size, num_steps, data_dir, corpus, device, c
     )
     if as_json:
         typer.echo(json_text(result))
+        _note_eval_tokens(result, split)  # on stderr: stdout stays one JSON object
         return
     what = f" of the ensemble of {len(paths)} models:" if len(paths) > 1 else ""
     typer.echo(

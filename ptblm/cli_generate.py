@@ -19,8 +19,8 @@ def generate(
         Path | None,
         typer.Argument(
             metavar="RUN_OR_CKPT",
-            help="A run directory (its best.pt; a run's name alone looks under --runs-dir) or a "
-            "checkpoint file. Default: the newest run.",
+            help="A run directory (its best.pt, else last.pt; a run's name alone looks under "
+            "--runs-dir) or a checkpoint file. Default: the newest run.",
             show_default=False,
         ),
     ] = None,

@@ -85,7 +85,8 @@ def train(
             "--checkpoint-every",
             metavar="N",
             min=0,
-            help="Also write last.pt every N windows (0: per epoch only).",
+            help="Also write last.pt every N windows (0: per epoch only). Default: the config's "
+            "checkpoint_every (ptblm config show NAME).",
         ),
     ] = None,
     resume: Annotated[
@@ -148,8 +149,10 @@ def train(
         else:
             limits = {"max_steps": max_steps, "eval_tokens": eval_tokens}
             data_dir = data_dir or DEFAULT_DATA_DIR
+            # --threads too: a CPU run repeats to the last digit on as many threads
+            again = again_flags(data_dir, corpus, **limits, threads=threads)
             trainer = _new_trainer(
-                config, new_config, data_dir, corpus, runs_dir, name, limits, torch_device,
+                config, new_config, data_dir, corpus, runs_dir, name, limits, again, torch_device,
                 dist, not quiet, compute_threads,
             )  # fmt: skip
         metrics = trainer.run()
@@ -190,8 +193,9 @@ def _check_train_options(config, overrides, resume, name, max_steps, eval_tokens
 
 
 def _new_trainer(
-    config_arg, config, data_dir, corpus_dir, runs_dir, name, limits, device, dist, verbose, threads
-):
+    config_arg, config, data_dir, corpus_dir, runs_dir, name, limits, again, device, dist, verbose,
+    threads,
+):  # fmt: skip
     from ptblm.data import load_corpus_on_all_ranks
     from ptblm.run_dir import default_run_name
     from ptblm.train import Trainer
@@ -209,7 +213,7 @@ def _new_trainer(
         device,
         **limits,
         command=command_line(),
-        again=again_flags(data_dir, corpus_dir, **limits),
+        again=again,
         threads=threads,
         config_name=label,
         verbose=verbose,
@@ -258,10 +262,10 @@ def command_line() -> str:
     return shlex.join(["ptblm", *sys.argv[1:]])
 
 
-def again_flags(data_dir: Path, corpus_dir: Path | None, **limits: int | None) -> str:
+def again_flags(data_dir: Path, corpus_dir: Path | None, **given: int | None) -> str:
     """What the run's config.yaml does not hold, as the flags that train the same run again:
     ' --max-steps 80 --corpus my_corpus'."""
-    flags = [f"--{key.replace('_', '-')} {value}" for key, value in limits.items() if value]
+    flags = [f"--{key.replace('_', '-')} {value}" for key, value in given.items() if value]
     if corpus_dir is not None:
         flags.append(f"--corpus {shell_word(corpus_dir)}")
     elif Path(data_dir) != DEFAULT_DATA_DIR:

@@ -158,7 +158,8 @@ class Trainer:
             if not self.dist.is_main:
                 return None  # rank 0 tests and writes the results
 
-            self.progress.say("Testing (batch size 1, the whole test stream)...")
+            stream = f"its first {run.eval_tokens:,} tokens" if run.eval_tokens else "all of it"
+            self.progress.say(f"Testing (batch size 1, the test stream: {stream})...")
             test_ppl = self.test(self.model, stop)
             best_test_ppl = self.test_best(test_ppl, stop)
             if stop():  # last.pt is final: resuming only tests again

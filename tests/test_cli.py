@@ -286,14 +286,14 @@ def test_the_config_yaml_header_trains_the_same_run_again(tmp_path):
     make_corpus(tmp_path / "corpus")
     first = ptblm(
         "train", "-c", "test", "--set", "vocab_size=40", "--max-steps", "3", "--corpus",
-        "corpus", "--name", "first", "--quiet", cwd=tmp_path,
+        "corpus", "--threads", "1", "--name", "first", "--quiet", cwd=tmp_path,
     )  # fmt: skip
     assert first.returncode == 0, first.stderr
     header = (tmp_path / "runs/first/config.yaml").read_text().splitlines()[2]
     command = shlex.split(header.split("Train again with: ")[1])
     assert command == [
-        "ptblm", "train", "--config", "runs/first/config.yaml", "--max-steps", "3", "--corpus",
-        "corpus",
+        "ptblm", "train", "--config", "runs/first/config.yaml", "--max-steps", "3", "--threads",
+        "1", "--corpus", "corpus",
     ]  # fmt: skip
     again = ptblm(*command[1:], "--name", "again", "--quiet", cwd=tmp_path)
     assert again.returncode == 0, again.stderr

@@ -197,9 +197,10 @@ def test_eval_of_a_run_tested_on_a_prefix_scores_the_whole_split_and_says_so(tmp
     corpus = make_corpus(tmp_path / "corpus", vocab_size=40)
     result = ptblm(
         "train", "-c", "test", "--set", "vocab_size=40", "--max-steps", "3", "--eval-tokens",
-        "100", "--quiet", "--corpus", corpus, "--name", "quick", cwd=tmp_path,
+        "100", "--corpus", corpus, "--name", "quick", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert "Testing (batch size 1, the test stream: its first 100 tokens)" in result.stdout
     summary = json.loads((tmp_path / "runs/quick/summary.json").read_text())
     shown = ptblm("eval", "runs/quick", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
@@ -208,6 +209,8 @@ def test_eval_of_a_run_tested_on_a_prefix_scores_the_whole_split_and_says_so(tmp
         in (shown.stderr)
     )
     scored = eval_json(tmp_path, "runs/quick")
+    as_json = ptblm("eval", "runs/quick", "--json", cwd=tmp_path)  # said on stderr all the same
+    assert "(--eval-tokens); this is the whole test split" in as_json.stderr
     model = model_from_file(tmp_path / "runs/quick/best.pt")
     ids = split_ids(corpus, "test", tmp_path / "runs/quick/best.pt")
     assert scored["run_eval_tokens"] == 100 and scored["tokens"] == len(ids) - 1

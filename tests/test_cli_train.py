@@ -241,3 +241,4 @@ def test_train_again_flags_name_what_config_yaml_does_not_hold():
     assert again_flags(Path("elsewhere"), Path("corpus"), max_steps=None, eval_tokens=500) == (
         " --eval-tokens 500 --corpus corpus"
     )
+    assert again_flags(DEFAULT_DATA_DIR, None, max_steps=None, threads=2) == " --threads 2"
