@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU build of torch, pinned for the dev/CI path only; the package itself accepts torch>=2.5.
+# torch pinned for the dev/CI path only; the package itself accepts torch>=2.5. From PyPI, Linux
+# gets the CUDA build (GBs); TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU one.
 TORCH_DEV := torch==2.13.0
+TORCH_INDEX ?=
 # pytest-xdist processes for `make test`: the CI machine's two cores (each test uses one
 # thread). Whole files to a process, so that a module's trained-run fixture is trained once.
 WORKERS ?= 2
@@ -13,7 +15,7 @@ WORKERS ?= 2
 setup:  ## create .venv and install ptblm (editable) with its dev tools
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH_DEV)"
+	$(BIN)/pip install --quiet "$(TORCH_DEV)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e ".[dev]"
 	@echo "ready: $(BIN)/ptblm --help"
 

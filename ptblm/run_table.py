@@ -8,8 +8,10 @@ Its status:
     stopped     stopped before the end; `ptblm train --resume RUN` continues it
     diverged    the loss or gradient became NaN or infinite, or the loss grew far past an
                 untrained model's
-    unreadable  its summary.json cannot be read, or the directory itself (another user's:
-                "unreadable: Permission denied")
+    unreadable  its summary.json holds no status ptblm knows (edited, or from another version),
+                or the directory cannot be read (another user's: "unreadable: Permission denied");
+                a summary.json that is no JSON at all is taken as missing: the row comes from
+                metrics.json, or says "stopped" (resumable where a checkpoint is there)
 and, after it, "stalled at step N" where training warned of a stalled start (stall.py), with
 ", recovered" once the latest log point no longer was.
 Runs whose configs differ only in their seed are summarised as mean +- std beside the published
