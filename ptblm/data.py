@@ -30,7 +30,7 @@ from ptblm.download import (
     open_regular_file,
     sha256_of,
 )
-from ptblm.errors import ConfigError, DataError, RankFailed, counted
+from ptblm.errors import ConfigError, DataError, counted
 
 EOS = "<eos>"
 
@@ -169,8 +169,7 @@ def load_corpus_on_all_ranks(
                 download_ptb(data_dir, progress=verbose)
             except DataError as error:
                 failure = error
-        if dist.any(failure is not None, device):
-            raise failure or RankFailed("rank 0 could not download the corpus.")
+        dist.raise_if_failed(failure, device, "download the corpus")
     return load_corpus(data_dir, corpus_dir, progress=verbose and dist.is_main)
 
 

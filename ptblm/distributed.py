@@ -1,5 +1,5 @@
 """Multi-process training under torchrun: which rank this is, and the few collectives the
-trainer needs. Without torchrun this is rank 0 of 1 and every method is a no-op."""
+trainer needs. Without torchrun this is rank 0 of 1, and a collective gives back its own values."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 
 import torch
+
+from ptblm.errors import RankFailed
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,12 @@ class Distributed:
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every rank if `flag` is True on any rank."""
         return self.sum([float(flag)], device)[0] > 0
+
+    def raise_if_failed(self, failure: Exception | None, device: torch.device, what: str) -> None:
+        """After rank 0 alone tried something: if it failed, every rank stops, rank 0 with its
+        `failure`, the others with a quiet RankFailed ("rank 0 could not WHAT.")."""
+        if self.any(failure is not None, device):
+            raise failure or RankFailed(f"rank 0 could not {what}.")
 
     def sum(self, values: list[float], device: torch.device) -> list[float]:
         """Element-wise sum over the ranks (float64)."""

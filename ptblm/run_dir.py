@@ -23,7 +23,7 @@ from ptblm.checkpoint import model_from_checkpoint, save_checkpoint
 from ptblm.checkpoint_load import load_checkpoint
 from ptblm.config import Config, config_to_yaml
 from ptblm.distributed import Distributed
-from ptblm.errors import CheckpointError, ConfigError, DataError, RankFailed, shell_word
+from ptblm.errors import CheckpointError, ConfigError, DataError, shell_word
 from ptblm.model import LSTMLanguageModel
 from ptblm.results import METRICS_ONLY
 from ptblm.resume import never_saved, resumable_checkpoint
@@ -112,8 +112,7 @@ class RunDirectory:
                     parent.rmdir()  # only while empty
                 except OSError:
                     break
-        if dist.any(failure is not None, device):
-            raise failure or RankFailed("rank 0 could not create the run directory.")
+        dist.raise_if_failed(failure, device, "create the run directory")
         self.path = Path(dist.broadcast(str(self.path)))
 
     def _write_config(self, config: Config, command: str, again: str) -> None:
@@ -161,8 +160,7 @@ class RunDirectory:
                     f"cannot write {self.path / CONFIG_FILE} ({error.strerror}): "
                     f"{write_fix(error)}, or copy the run to a writable place and resume that copy."
                 )
-        if dist.any(failure is not None, device):
-            raise failure or RankFailed("rank 0 could not take over the run directory.")
+        dist.raise_if_failed(failure, device, "take over the run directory")
 
     def lock(self) -> None:
         """One process trains a run directory at a time (a second --resume is refused)."""
