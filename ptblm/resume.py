@@ -1,6 +1,7 @@
-"""Continuing a stopped run: which of its checkpoints to resume from (the one further in
-training, by its step, not its file time), and whether the run may go on (its config.yaml
-unedited, its checkpoint readable), with what to do where it may not.
+"""Continuing a stopped run: what a run stopped by a signal says to continue it, which of its
+checkpoints to resume from (the one further in training, by its step, not its file time), and
+whether the run may go on (its config.yaml unedited, its checkpoint readable), with what to do
+where it may not.
 """
 
 from __future__ import annotations

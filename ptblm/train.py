@@ -158,8 +158,8 @@ class Trainer:
             if not self.dist.is_main:
                 return None  # rank 0 tests and writes the results
 
-            stream = f"its first {run.eval_tokens:,} tokens" if run.eval_tokens else "all of it"
-            self.progress.say(f"Testing (batch size 1, the test stream: {stream})...")
+            stream = f"first {run.eval_tokens:,} tokens of the" if run.eval_tokens else "whole"
+            self.progress.say(f"Testing (batch size 1, the {stream} test stream)...")
             test_ppl = self.test(self.model, stop)
             best_test_ppl = self.test_best(test_ppl, stop)
             if stop():  # last.pt is final: resuming only tests again

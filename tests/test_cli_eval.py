@@ -200,7 +200,7 @@ def test_eval_of_a_run_tested_on_a_prefix_scores_the_whole_split_and_says_so(tmp
         "100", "--corpus", corpus, "--name", "quick", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "Testing (batch size 1, the test stream: its first 100 tokens)" in result.stdout
+    assert "Testing (batch size 1, the first 100 tokens of the test stream)" in result.stdout
     summary = json.loads((tmp_path / "runs/quick/summary.json").read_text())
     shown = ptblm("eval", "runs/quick", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
