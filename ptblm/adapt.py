@@ -19,11 +19,14 @@ from typing import Any
 import torch
 
 from ptblm.cache import CacheSettings, ContinuousCache
+from ptblm.checkpoint import vocab_dict
 from ptblm.data import windows
 from ptblm.dynamic import DynamicEvaluation, DynamicSettings
+from ptblm.ensemble import load_members, member_corpus
 from ptblm.errors import counted
 from ptblm.evaluate import TEST_NUM_STEPS, test_perplexity
 from ptblm.model import LSTMLanguageModel, detach_state, mean_perplexity
+from ptblm.text import TextScorer, check_covered, read_lines
 
 
 class Adaptation:
@@ -146,8 +149,7 @@ def evaluate_checkpoint_adapted(
     tuning: bool,
 ) -> dict[str, Any]:
     """`ptblm eval RUN --cache/--dynamic [--tune]` on a split: the JSON-ready result."""
-    from ptblm.ensemble import load_members, member_corpus
-    from ptblm.tune import settle
+    from ptblm.tune import settle  # tune.py grids over this module's adapted_perplexity
 
     (member,) = load_members([path], device, cell)
     corpus = member_corpus(member, data_dir, corpus_dir)  # loaded once, for --tune and the split
@@ -172,10 +174,7 @@ def score_text_adapted(
 ) -> dict[str, Any]:
     """`ptblm eval RUN --text FILE --cache/--dynamic [--tune]`: the file's plain and adapted
     perplexity (its lines one stream, the state carried), as a JSON-ready result."""
-    from ptblm.checkpoint import vocab_dict
-    from ptblm.ensemble import load_members, member_corpus
-    from ptblm.text import TextScorer, check_covered, read_lines
-    from ptblm.tune import settle
+    from ptblm.tune import settle  # tune.py grids over this module's adapted_perplexity
 
     (member,) = load_members([path], device, cell)
     valid = lambda: member_corpus(member, data_dir, corpus_dir).valid  # noqa: E731 (--tune only)

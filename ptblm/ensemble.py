@@ -20,10 +20,16 @@ from typing import Any
 
 import torch
 
-from ptblm.checkpoint import checkpoint_config, model_from_checkpoint
+from ptblm.checkpoint import (
+    check_vocabulary,
+    checkpoint_config,
+    corpus_dir_for,
+    data_dir_for,
+    model_from_checkpoint,
+)
 from ptblm.checkpoint_load import load_checkpoint
 from ptblm.config import Config
-from ptblm.data import windows
+from ptblm.data import Corpus, load_corpus, windows
 from ptblm.errors import CheckpointError
 from ptblm.model import LSTMLanguageModel, token_nll
 from ptblm.runtime import configure_tf32
@@ -88,12 +94,9 @@ def members_window(
 
 def member_corpus(
     member: Member, data_dir: Path | None, corpus_dir: Path | None, progress: bool = False
-):
+) -> Corpus:
     """The corpus a checkpoint is evaluated on: --corpus (or --data-dir), else the one it was
     trained on (recorded in the checkpoint); CheckpointError for another vocabulary."""
-    from ptblm.checkpoint import check_vocabulary, corpus_dir_for, data_dir_for
-    from ptblm.data import load_corpus
-
     corpus = load_corpus(
         data_dir_for(member.checkpoint, data_dir),
         corpus_dir_for(member.checkpoint, corpus_dir),

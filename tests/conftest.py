@@ -22,6 +22,15 @@ from helpers import make_corpus, ptblm
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+
+@pytest.fixture(autouse=True)
+def same_random_state_for_every_test():
+    """Every test starts from one RNG state, so that a draw it does not seed itself (weights,
+    dropout masks) is the same whatever ran before it in its process: under pytest-xdist that
+    order changes with the number of workers and the files each is given."""
+    torch.manual_seed(0)
+
+
 # ../shared/ptb relative to the repository root (this file is <root>/tests/conftest.py).
 PTB_DIR = Path(__file__).resolve().parents[2] / "shared" / "ptb"
 PTB_FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")

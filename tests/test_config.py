@@ -485,6 +485,9 @@ def test_the_largest_float_values_accepted_still_build_and_train(tmp_path):
     overrides = ["init_scale=1.7e38", "learning_rate=3.4e38", "weight_decay=3.4e38",
                  "forget_bias=-3.4e38", "vocab_size=12", "hidden_size=4"]  # fmt: skip
     config = load_config("test", overrides)
+    # Seeded: in about one draw of the weights in thirteen the target's logit tops the others by
+    # some 1e38, the loss is exactly 0, and the window trains without diverging (seeds 4, 12, 31).
+    torch.manual_seed(0)
     model = LSTMLanguageModel.from_config(config)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
