@@ -143,6 +143,6 @@ def json_text(data: Any) -> str:
 
 def checkpoints_of(targets: list[Path] | None, runs_dir: Path) -> list[Path]:
     """The checkpoint files that run directories or files name (the newest run's for none)."""
-    from ptblm.run_dir import resolve_checkpoint
+    from ptblm.run_files import resolve_checkpoint
 
     return [resolve_checkpoint(target, runs_dir) for target in targets or [None]]

@@ -1,6 +1,5 @@
-"""The run directory (its files: run_files.py): creating and locking it, writing its JSON
-files, and finding runs and their checkpoints again for eval and generate (for --resume:
-resume.py).
+"""The run directory (its files, and finding runs and their checkpoints for eval and generate:
+run_files.py; for --resume: resume.py): creating and locking it, writing its files.
 
 Under torchrun only rank 0 creates, locks and writes it, checkpoints included.
 """
@@ -30,14 +29,12 @@ from ptblm.resume import never_saved, resumable_checkpoint
 from ptblm.run_files import (
     BEST,
     CONFIG_FILE,
-    LAST,
     LOCK_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
     is_locked,
     open_regular,
     read_json,
-    run_path,
 )
 
 
@@ -234,44 +231,3 @@ class RunDirectory:
                 f"could not write {path} ({error.strerror}); the checkpoints are saved: "
                 f"{write_fix(error)}, then ptblm train --resume {shell_word(self.path)} writes it."
             ) from None
-
-
-def newest_run(runs_dir: Path) -> Path:
-    """The run directory under runs_dir whose checkpoint was written last."""
-    candidates = [
-        path
-        for path in Path(runs_dir).glob("*/*.pt")
-        if path.name in (BEST, LAST) and path.is_file()  # not a dangling link
-    ]
-    if not candidates:
-        raise CheckpointError(
-            f"no run with a checkpoint under {runs_dir}. Train one first (ptblm train --config "
-            f"small), or name a run directory or checkpoint file."
-        )
-    return max(candidates, key=lambda path: path.stat().st_mtime).parent
-
-
-def resolve_checkpoint(target: Path | None, runs_dir: Path) -> Path:
-    """A checkpoint file as given, or a run directory's best.pt, else its last.pt (newest run when
-    None)."""
-    run_dir = newest_run(runs_dir) if target is None else run_path(target, runs_dir)
-    if run_dir.is_file():
-        return run_dir
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: no such run directory or checkpoint file.")
-    for name in (BEST, LAST):
-        if (run_dir / name).is_file():
-            return run_dir / name
-    summary = read_json(run_dir / SUMMARY_FILE) or {}
-    if summary.get("status") == "diverged":
-        raise CheckpointError(
-            f"{run_dir} diverged at step {summary.get('diverged_at_step', '?')} before its first "
-            f"checkpoint: it has no weights to evaluate. Train it again with the change its "
-            f"training's last message named."
-        )
-    if (run_dir / CONFIG_FILE).is_file():
-        raise CheckpointError(
-            f"{run_dir} holds no checkpoint yet: a run saves one at the end of each epoch (and "
-            f"every --checkpoint-every N windows), and this one has not."
-        )
-    raise CheckpointError(f"{run_dir} holds no {BEST} or {LAST}: it is not a ptblm run directory.")

@@ -1,4 +1,5 @@
-"""The files of a run directory, their names, and reading them safely, without torch.
+"""The files of a run directory, their names, reading them safely, and finding a run's
+checkpoint (for eval and generate), without torch.
 
     runs/small-20261122-101500/
         config.yaml               the resolved config, headed by the command that wrote it
@@ -27,6 +28,7 @@ from typing import Any
 import yaml
 
 from ptblm import safe_yaml
+from ptblm.errors import CheckpointError
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -140,3 +142,44 @@ def run_path(target: Path | str, runs_dir: Path) -> Path:
     if len(target.parts) == 1 and not target.exists() and under.exists():
         return under
     return target
+
+
+def newest_run(runs_dir: Path) -> Path:
+    """The run directory under runs_dir whose checkpoint was written last."""
+    candidates = [
+        path
+        for path in Path(runs_dir).glob("*/*.pt")
+        if path.name in (BEST, LAST) and path.is_file()  # not a dangling link
+    ]
+    if not candidates:
+        raise CheckpointError(
+            f"no run with a checkpoint under {runs_dir}. Train one first (ptblm train --config "
+            f"small), or name a run directory or checkpoint file."
+        )
+    return max(candidates, key=lambda path: path.stat().st_mtime).parent
+
+
+def resolve_checkpoint(target: Path | None, runs_dir: Path) -> Path:
+    """A checkpoint file as given, or a run directory's best.pt, else its last.pt (newest run when
+    None)."""
+    run_dir = newest_run(runs_dir) if target is None else run_path(target, runs_dir)
+    if run_dir.is_file():
+        return run_dir
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: no such run directory or checkpoint file.")
+    for name in (BEST, LAST):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    summary = read_json(run_dir / SUMMARY_FILE) or {}
+    if summary.get("status") == "diverged":
+        raise CheckpointError(
+            f"{run_dir} diverged at step {summary.get('diverged_at_step', '?')} before its first "
+            f"checkpoint: it has no weights to evaluate. Train it again with the change its "
+            f"training's last message named."
+        )
+    if (run_dir / CONFIG_FILE).is_file():
+        raise CheckpointError(
+            f"{run_dir} holds no checkpoint yet: a run saves one at the end of each epoch (and "
+            f"every --checkpoint-every N windows), and this one has not."
+        )
+    raise CheckpointError(f"{run_dir} holds no {BEST} or {LAST}: it is not a ptblm run directory.")

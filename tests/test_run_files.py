@@ -1,6 +1,10 @@
 import json
+import os
 
-from ptblm.run_files import config_name_of
+import pytest
+
+from ptblm.errors import CheckpointError
+from ptblm.run_files import config_name_of, newest_run, resolve_checkpoint
 
 
 def run(folder, command, summary=None):
@@ -40,3 +44,30 @@ def test_a_run_started_from_another_runs_config_yaml_takes_that_runs_name(tmp_pa
     assert config_name_of(third) == "small"  # neither wrote a summary.json yet
     loop = run(tmp_path / "loop", f"ptblm train --config {tmp_path / 'loop' / 'config.yaml'}")
     assert config_name_of(loop) == "config"  # a header naming itself ends, with the file's stem
+
+
+def test_resolving_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="no run with a checkpoint"):
+        newest_run(tmp_path)
+    old, new = tmp_path / "a", tmp_path / "b"
+    for run in (old, new):
+        run.mkdir()
+    (old / "best.pt").write_bytes(b"x")
+    (new / "last.pt").write_bytes(b"x")
+    os.utime(old / "best.pt", (1, 1))
+    assert resolve_checkpoint(None, tmp_path) == new / "last.pt"
+    (new / "best.pt").write_bytes(b"x")
+    assert resolve_checkpoint(new, tmp_path) == new / "best.pt"
+    assert resolve_checkpoint(old / "best.pt", tmp_path) == old / "best.pt"
+    (tmp_path / "dangling").mkdir()
+    (tmp_path / "dangling" / "last.pt").symlink_to(tmp_path / "gone.pt")
+    assert resolve_checkpoint(None, tmp_path) == new / "best.pt"  # not a FileNotFoundError
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a ptblm run directory"):
+        resolve_checkpoint(tmp_path / "empty", tmp_path)
+    (tmp_path / "early").mkdir()  # a run killed (or still training) before its first checkpoint
+    (tmp_path / "early" / "config.yaml").write_text("seed: 0\n")
+    with pytest.raises(CheckpointError, match="holds no checkpoint yet: a run saves one"):
+        resolve_checkpoint(tmp_path / "early", tmp_path)
+    with pytest.raises(CheckpointError, match="no such"):
+        resolve_checkpoint(tmp_path / "nope", tmp_path)
