@@ -58,8 +58,8 @@ class Adaptation:
         self.cudnn = not (self.learner and device.type == "cuda")
 
     def model_pass(self, x, y, state):
-        """One segment: the top layer's output (T, H), log p_model(y) (T,) float64, the new
-        state; with dynamic evaluation, the weights then take their step."""
+        """One segment, x and y (1, T): the top layer's output (T, H), log p_model(y) (T,)
+        float64, the new state; with dynamic evaluation, the weights then take their step."""
         with (
             torch.backends.cudnn.flags(enabled=self.cudnn),
             torch.set_grad_enabled(self.learner is not None),

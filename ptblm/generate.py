@@ -97,7 +97,8 @@ def sample(
 
 
 def _read_prompt(model: LSTMLanguageModel, ids: list[int], device: torch.device):
-    """The logits after the last id, and the state: the ids in windows, the state carried."""
+    """The logits after the last id, (vocab,), and the state: the ids in windows, the state
+    carried."""
     state = None
     for start in range(0, len(ids), PROMPT_WINDOW):
         window = torch.tensor([ids[start : start + PROMPT_WINDOW]], device=device)

@@ -142,7 +142,8 @@ class LSTMLanguageModel(nn.Module):
         return self.lstm(x, state)
 
     def layers(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """The LSTM stack one layer at a time, the model's dropout between layers."""
+        """The LSTM stack one layer at a time, the model's dropout between layers: x (batch,
+        steps, emb), state (h, c) each (layers, batch, H) -> (batch, steps, H), the new state."""
 
         def layer(k: int, x: torch.Tensor, layer_state: State) -> tuple[torch.Tensor, State]:
             weights = layer_weights(self.lstm, k)
@@ -160,7 +161,7 @@ class LSTMLanguageModel(nn.Module):
 def detach_state(state: State) -> State:
     """Cut the graph at the window edge: the values carry over, the gradients stop here.
 
-    Cast to fp32 so that the carried state stays fp32 under autocast.
+    (h, c), each (layers, batch, H), cast to fp32 so that it stays fp32 under autocast.
     """
     return tuple(tensor.detach().float() for tensor in state)
 

@@ -28,8 +28,8 @@ DYNAMIC_GRID = {"lr": [0.1, 0.3, 1.0], "decay": [0.0, 0.01]}
 
 
 def model_passes(model: LSTMLanguageModel, ids: torch.Tensor) -> list:
-    """The plain model's (h, log p(y), y) of every window of the stream: what the cache's grid
-    mixes with, made once."""
+    """The plain model's (h (T, H), log p(y) (T,), y (T,)) of every window of the stream (T its
+    length): what the cache's grid mixes with, made once."""
     device = next(model.parameters()).device
     adaptation = Adaptation(model)
     state, passes = model.initial_state(1, device), []
@@ -43,6 +43,7 @@ def model_passes(model: LSTMLanguageModel, ids: torch.Tensor) -> list:
 
 
 def mixed(passes: list, cache: CacheSettings) -> torch.Tensor:
+    """The cache's log p(y) of the whole stream, (tokens,), from the passes of model_passes."""
     memory = ContinuousCache(cache)
     return torch.cat([memory.mix(h, logprob, y).cpu() for h, logprob, y in passes])
 
