@@ -24,7 +24,7 @@ from ptblm.cli_options import (
 )
 from ptblm.config import PRECISIONS, SEED_LIMIT, load_config, resolve_config_path
 from ptblm.download import DEFAULT_DATA_DIR
-from ptblm.errors import ConfigError, quote, shell_word
+from ptblm.errors import ConfigError, PtblmError, quote, shell_word
 from ptblm.run_files import CONFIG_FILE, run_path
 
 
@@ -133,6 +133,7 @@ def train(
     from ptblm.results import format_summary
     from ptblm.runtime import Threads as ComputeThreads
     from ptblm.runtime import check_precision, keep_freed_memory, resolve_device
+    from ptblm.signals import ignore_termination
 
     torch_device = resolve_device(device)
     if new_config is not None:
@@ -156,6 +157,9 @@ def train(
                 dist, not quiet, compute_threads,
             )  # fmt: skip
         metrics = trainer.run()
+    except PtblmError:
+        ignore_termination()  # until rank 0 has said what stopped the run
+        raise
     finally:
         shutdown(dist)
     if metrics is not None:

@@ -93,3 +93,13 @@ class StopOnSignal:
     @property
     def exit_code(self) -> int:
         return self.EXIT_CODES[self.received]
+
+
+def ignore_termination() -> None:
+    """For a process that is about to exit with its message: a SIGTERM or SIGHUP from now on must
+    not cut that message off. Under torchrun the first rank to exit makes torchrun SIGTERM the
+    others, and rank 0, which saves and speaks last, would die silent; a scheduler may repeat its
+    SIGTERM."""
+    for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if signum is not None:
+            signal.signal(signum, signal.SIG_IGN)

@@ -58,6 +58,21 @@ def test_more_sigterms_are_ignored():
         assert stop.name == "SIGTERM" and stop.exit_code == 143
 
 
+def test_a_run_stopped_with_its_message_to_say_outlives_more_sigterms():
+    """After the stop, until it exits: torchrun SIGTERMs rank 0 once another rank has exited, and
+    rank 0 must still print how to continue (a process of its own: no handler changes here)."""
+    script = (
+        "import os, signal\n"
+        "from ptblm.signals import ignore_termination\n"
+        "ignore_termination()\n"
+        "for signum in (signal.SIGTERM, signal.SIGHUP):\n"
+        "    os.kill(os.getpid(), signum)\n"
+        "print('Continue with: ptblm train --resume runs/x')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (0, "Continue with: ptblm train --resume runs/x\n")
+
+
 def test_under_torchrun_a_second_ctrl_c_does_not_quit():
     """torchrun forwards the terminal's Ctrl-C: each worker hears it twice within milliseconds."""
     with StopOnSignal(exit_on_second=False) as stop:
