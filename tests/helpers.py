@@ -57,6 +57,10 @@ def make_corpus(folder: Path, vocab_size: int = 40, sentences: int = 300, seed: 
     return folder
 
 
+# The tests' mirrors are servers on 127.0.0.1: a proxy set for the machine must not stand between.
+LOCAL_WITHOUT_PROXY = {"no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}
+
+
 def ptblm(*args, cwd=None, env=None, timeout=300) -> subprocess.CompletedProcess:
     """Run `python -m ptblm ARGS` as a user would; PTBLM_DATA_URL only if `env` sets it.
 
@@ -64,7 +68,7 @@ def ptblm(*args, cwd=None, env=None, timeout=300) -> subprocess.CompletedProcess
     wrote to a default place (./runs, ./data) where the test gave it another would otherwise
     write into the checkout, unseen."""
     environment = {key: value for key, value in os.environ.items() if key != "PTBLM_DATA_URL"}
-    environment.update(env or {})
+    environment.update(LOCAL_WITHOUT_PROXY, **(env or {}))
     # Importable from any folder, installed or not (the GPU machine runs the checkout as it is).
     paths = [environment.get("PYTHONPATH"), str(Path(__file__).resolve().parents[1])]
     environment["PYTHONPATH"] = os.pathsep.join(path for path in paths if path)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import (
+    LOCAL_WITHOUT_PROXY,
     assert_clean_failure,
     cpu_has_native_bf16_by_its_flags,
     dead_url,
@@ -260,7 +261,7 @@ def test_download_from_a_host_that_never_answers_times_out_on_each_try(tmp_path)
         # Without a timeout on the read this would wait forever: the subprocess' own timeout
         # turns that into a failure.
         result = subprocess.run(
-            command, env={**os.environ, "PTBLM_DATA_URL": url},
+            command, env={**os.environ, **LOCAL_WITHOUT_PROXY, "PTBLM_DATA_URL": url},
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         silent.setblocking(False)

@@ -201,7 +201,7 @@ def test_a_config_yaml_that_no_longer_loads_is_written_anew_once_moved_aside(tmp
     run = tmp_path / "damaged"
     shutil.copytree(reference, run)
     original = (run / "config.yaml").read_text().replace(str(reference), str(run))  # the copy
-    (run / "config.yaml").write_bytes(os.urandom(64))
+    (run / "config.yaml").write_bytes(bytes(range(128, 192)))  # no UTF-8, so no YAML
     result = ptblm("train", "--resume", run)
     assert_clean_failure(result, 1, "no longer loads", "move it aside")
     move = result.stderr[result.stderr.index("(mv ") + 1 : result.stderr.index(") and resume")]
