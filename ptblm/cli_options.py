@@ -38,15 +38,6 @@ CorpusDir = Annotated[
 ]
 
 
-def check_one_text_source(corpus: Path | None, data_dir: Path | None) -> None:
-    """--corpus and --data-dir both say where the text is: which one was meant? Neither silently."""
-    if corpus is not None and data_dir is not None:
-        raise ConfigError(
-            "--corpus and --data-dir both say where the text is: --corpus DIR reads the files in "
-            "DIR, --data-dir DIR PTB in DIR/ptb (downloaded if absent). Give one."
-        )
-
-
 RunsDir = Annotated[
     Path, typer.Option("--runs-dir", metavar="DIR", help="Parent directory of run directories.")
 ]
@@ -132,6 +123,15 @@ Tune = Annotated[
         "small grid), then score the split or text with them.",
     ),
 ]
+
+
+def check_one_text_source(corpus: Path | None, data_dir: Path | None) -> None:
+    """--corpus and --data-dir both say where the text is: which one was meant? Neither silently."""
+    if corpus is not None and data_dir is not None:
+        raise ConfigError(
+            "--corpus and --data-dir both say where the text is: --corpus DIR reads the files in "
+            "DIR, --data-dir DIR PTB in DIR/ptb (downloaded if absent). Give one."
+        )
 
 
 def json_text(data: Any) -> str:

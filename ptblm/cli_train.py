@@ -158,7 +158,8 @@ def train(
             )  # fmt: skip
         metrics = trainer.run()
     except PtblmError:
-        ignore_termination()  # until rank 0 has said what stopped the run
+        if dist.enabled:  # until rank 0 has said what stopped the run: signals.py
+            ignore_termination()
         raise
     finally:
         shutdown(dist)

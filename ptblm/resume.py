@@ -7,7 +7,7 @@ where it may not.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,8 +16,10 @@ from ptblm.checkpoint_load import load_checkpoint
 from ptblm.config import Config, load_config
 from ptblm.errors import CheckpointError, ConfigError, Interrupted, shell_word
 from ptblm.run_files import BEST, CONFIG_FILE, LAST, is_locked
-from ptblm.run_state import RunState
-from ptblm.signals import StopOnSignal
+
+if TYPE_CHECKING:
+    from ptblm.run_state import RunState
+    from ptblm.signals import StopOnSignal
 
 
 def never_saved(run_dir: Path, resuming: bool = False) -> str:
@@ -42,7 +44,7 @@ def continue_with(run_dir: Path) -> str:
     return f"Continue with: ptblm train --resume {shell_word(run_dir)}"
 
 
-def interrupted(stop: StopOnSignal, run: RunState, run_dir: Path) -> Interrupted:
+def stopped_by_signal(stop: StopOnSignal, run: RunState, run_dir: Path) -> Interrupted:
     """What a run stopped by a signal says: where it stopped, that last.pt is saved, and how to go
     on."""
     where = (

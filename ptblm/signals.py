@@ -96,10 +96,10 @@ class StopOnSignal:
 
 
 def ignore_termination() -> None:
-    """For a process that is about to exit with its message: a SIGTERM or SIGHUP from now on must
-    not cut that message off. Under torchrun the first rank to exit makes torchrun SIGTERM the
-    others, and rank 0, which saves and speaks last, would die silent; a scheduler may repeat its
-    SIGTERM."""
+    """For a torchrun worker about to exit with its message: a SIGTERM or SIGHUP from now on must
+    not cut that message off. The first rank to exit makes torchrun SIGTERM the others, and rank
+    0, which saves and speaks last, would die silent. (torchrun's SIGKILL, 30 s later, and Ctrl-C
+    still end a worker that hangs.)"""
     for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if signum is not None:
             signal.signal(signum, signal.SIG_IGN)

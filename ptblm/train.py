@@ -6,7 +6,8 @@
             step(x, y)                                     clip, guard, update, carry the state
         validate (training batch_size and num_steps, dropout off)
         save best.pt (lowest validation so far) and last.pt
-    test with the table's protocol (batch_size 1, the whole stream): the final model and best.pt
+    test with the table's protocol (batch_size 1, the whole stream or its first --eval-tokens):
+        the final model and best.pt
 
 A run's state apart from its tensors is one RunState (run_state.py), saved in every checkpoint
 (`save`) and restored from one (`__init__`). Everything a run writes lives in its run directory
@@ -35,7 +36,7 @@ from ptblm.memory import check_training_fits
 from ptblm.model import LSTMLanguageModel, perplexity
 from ptblm.progress import Progress, log_every
 from ptblm.results import hparams, run_metrics
-from ptblm.resume import interrupted, quit_note, resumable_checkpoint
+from ptblm.resume import quit_note, resumable_checkpoint, stopped_by_signal
 from ptblm.run_dir import RunDirectory
 from ptblm.run_files import BEST, CONFIG_FILE, LAST, METRICS_FILE
 from ptblm.run_state import RunState
@@ -128,7 +129,8 @@ class Trainer:
                     self.progress.say(f"{self.run_dir.path} has finished already.")
                     self.run_dir.complete_summary(metrics)  # if a full disk or a kill cut it off
                 return metrics
-        announce, path = self.dist.is_main and self.progress.verbose, self.run_dir.path
+        announce = self.dist.is_main and self.progress.verbose
+        path = self.run_dir.path
         with (  # signals first: TensorBoard's import takes a while
             StopOnSignal(not self.dist.enabled, announce, lambda: quit_note(path)) as stop,
             self.progress.open(self.config, resumed_at_step=run.global_step),
@@ -149,11 +151,11 @@ class Trainer:
             while not run.finished:
                 ended = self.train_epoch(stop)
                 if ended is EpochEnd.INTERRUPTED:
-                    raise interrupted(stop, run, path)
+                    raise stopped_by_signal(stop, run, path)
                 valid_ppl = self.validate(stop)
                 if stop.agreed(self.dist, self.device):
                     self.save(LAST)  # the epoch's training is kept; validation reruns
-                    raise interrupted(stop, run, path)
+                    raise stopped_by_signal(stop, run, path)
                 self.end_epoch(ended, valid_ppl)
             if not self.dist.is_main:
                 return None  # rank 0 tests and writes the results
@@ -163,7 +165,7 @@ class Trainer:
             test_ppl = self.test(self.model, stop)
             best_test_ppl = self.test_best(test_ppl, stop)
             if stop():  # last.pt is final: resuming only tests again
-                raise interrupted(stop, run, path)
+                raise stopped_by_signal(stop, run, path)
             self.progress.scalar("test/ppl", test_ppl, run.global_step)
             untested = {"best_untested": True} if best_test_ppl is None else {}
             summary = self.summary(
