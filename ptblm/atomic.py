@@ -64,9 +64,15 @@ def write_fix(error: BaseException) -> str:
         return "move aside the directory in its place"
     if number in (errno.ENOENT, errno.ENOTDIR):  # the folder was removed or replaced
         return "put its folder back"
-    if number in (errno.ENOSPC, errno.EDQUOT) or not isinstance(error, OSError):
-        return "free some space"  # torch's zip writer says a full disk with a RuntimeError
+    if out_of_space(error):
+        return "free some space"
     return "check that disk"
+
+
+def out_of_space(error: BaseException) -> bool:
+    """A full disk or quota (torch's zip writer says a full disk with a RuntimeError)."""
+    number = getattr(error, "errno", None)
+    return number in (errno.ENOSPC, errno.EDQUOT) or not isinstance(error, OSError)
 
 
 def remove_stale_temp_files(folder: Path) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from ptblm import __version__
-from ptblm.atomic import atomic_write, write_fix
+from ptblm.atomic import atomic_write, out_of_space, write_fix
 from ptblm.config import Config, build_config
 from ptblm.data import Corpus
 from ptblm.distributed import Distributed
@@ -57,13 +57,13 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
         atomic_write(path, lambda file: torch.save(checkpoint, file))
     except (OSError, RuntimeError) as error:
         # torch's zip writer reports a full disk as a RuntimeError ("unexpected pos ...").
-        reason, fix = getattr(error, "strerror", None) or "the write failed", write_fix(error)
-        if fix == "free some space":
+        reason = getattr(error, "strerror", None) or "the write failed"
+        if out_of_space(error):
             with contextlib.suppress(OSError):
                 reason += f"; {shutil.disk_usage(path.parent).free / 2**20:.1f} MB free there"
         raise CheckpointError(
             f"could not write {path} ({reason}); the previous checkpoint there, if any, is "
-            f"intact. {fix.capitalize()} or choose another --runs-dir."
+            f"intact. {write_fix(error).capitalize()} or choose another --runs-dir."
         ) from None
 
 

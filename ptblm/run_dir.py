@@ -137,12 +137,21 @@ class RunDirectory:
         self.path.mkdir(parents=True, exist_ok=False)
 
     def reopen(
-        self, config: Config, command: str, again: str, dist: Distributed, device: torch.device
+        self,
+        config: Config,
+        command: str,
+        again: str,
+        dist: Distributed,
+        device: torch.device,
+        finished: bool = False,
     ) -> None:
         """Take over an existing run (resume): rank 0 locks it, removes the temp file that a
         process killed while saving left behind (never the checkpoint itself) and writes a lost
         config.yaml anew from `config`, the checkpoint's; if that fails, no rank trains on (a
-        collective under torchrun)."""
+        collective under torchrun). A run `finished` and tested, its files in place, is only
+        shown: not taken over, no lock, so that it may lie on a read-only disk."""
+        if finished and all((self.path / name).is_file() for name in (METRICS_FILE, CONFIG_FILE)):
+            return
         failure = None
         if dist.is_main:
             try:

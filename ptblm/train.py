@@ -38,7 +38,7 @@ from ptblm.progress import Progress, log_every
 from ptblm.results import hparams, run_metrics
 from ptblm.resume import quit_note, resumable_checkpoint, stopped_by_signal
 from ptblm.run_dir import RunDirectory
-from ptblm.run_files import BEST, CONFIG_FILE, LAST, METRICS_FILE
+from ptblm.run_files import BEST, LAST
 from ptblm.run_state import RunState
 from ptblm.runtime import Threads, configure_tf32, seed_everything
 from ptblm.signals import StopOnSignal
@@ -104,11 +104,8 @@ class Trainer:
                 *resume, self.model, self.optimizer, self.step.scaler,
                 self.rank_rows, self.windows_per_epoch, dist, device,
             )  # fmt: skip
-            # Once the checkpoint is found whole: a refused resume writes nothing. A run finished
-            # and tested only shows its results: no lock, so that it may lie on a read-only disk.
-            done = self.run_state.finished and (run_dir / METRICS_FILE).is_file()
-            if not (done and (run_dir / CONFIG_FILE).is_file()):
-                self.run_dir.reopen(config, command, again, dist, device)
+            # Once the checkpoint is found whole: a refused resume writes nothing.
+            self.run_dir.reopen(config, command, again, dist, device, self.run_state.finished)
         self.progress = Progress(self.run_dir.path, enabled=dist.is_main, verbose=verbose)
         total = self.windows_per_epoch * config.max_max_epoch
         self.log_every = log_every(self.run_state.max_steps or total)
