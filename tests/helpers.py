@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -159,6 +160,12 @@ def plain_perplexity(model, ids) -> float:
 HOLD = Path(__file__).resolve().parent / "hold.py"
 
 
+def hangup_as_in_a_terminal() -> None:
+    """SIGHUP's default disposition in a child: under `nohup make test` it arrives ignored, which
+    ptblm rightly keeps, so the tests that hang a run up would see no hangup at all."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 class HeldRun:
     """`ptblm train` in a subprocess that stops at the given hold points (see hold.py) until
     released: the test kills or signals it at an exact place in the run, not after a sleep.
@@ -182,8 +189,9 @@ class HeldRun:
             env.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", PTBLM_HOLD_RANK=str(hold_rank))
         command = [*launcher, str(HOLD), *map(str, args)]
         self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            preexec_fn=hangup_as_in_a_terminal,
+        )  # fmt: skip
         self.stderr_read = ""  # what wait_for_stderr has read so far
 
     def wait_for_stderr(self, fragment):
