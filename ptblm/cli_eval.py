@@ -48,7 +48,9 @@ Targets = Annotated[
 Cell = Annotated[
     str | None,
     typer.Option(
-        "--cell", metavar="CELL", help="Run the LSTM with another cell: fused or reference."
+        "--cell",
+        metavar="CELL",
+        help="Run the LSTM with another cell than the checkpoint's: fused or reference.",
     ),
 ]
 
@@ -205,7 +207,7 @@ def _note_eval_tokens(result: dict[str, Any], split: str) -> None:
     if not prefixes or split == "train":
         return
     whose = f"{len(prefixes)} of its {len(members)} members' runs" if members else "its run"
-    tokens = " / ".join(str(n) for n in sorted(set(prefixes)))
+    tokens = " / ".join(f"{n:,}" for n in sorted(set(prefixes)))
     typer.echo(
         f"Note: {whose} validated and tested on the first {tokens} tokens of the valid and test "
         f"splits (--eval-tokens); this is the whole {split} split.",

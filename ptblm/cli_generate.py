@@ -25,7 +25,13 @@ def generate(
         ),
     ] = None,
     prompt: Annotated[
-        str, typer.Option("--prompt", metavar="TEXT", help="Text the model continues (PTB tokens).")
+        str,
+        typer.Option(
+            "--prompt",
+            metavar="TEXT",
+            help="Text the model continues (PTB tokens; default: none, the text starts a "
+            "sentence).",
+        ),
     ] = "",
     words: Annotated[
         int, typer.Option("--words", metavar="N", help="How many words to sample.")

@@ -76,7 +76,8 @@ def train(
             metavar="N",
             min=2,
             help="Validate and test on the first N tokens of each split only: a quick smoke run "
-            "whose perplexities are not comparable with the table.",
+            "whose perplexities are not comparable with the table. At least the config's "
+            "batch_size x (num_steps + 1).",
         ),
     ] = None,
     checkpoint_every: Annotated[

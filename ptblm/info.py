@@ -125,6 +125,7 @@ def render(info: dict[str, Any]) -> str:
         else:  # download refuses to replace a file it did not write: it must be removed first
             bad = [name for name, status in files.items() if status not in ("verified", "missing")]
             then = f"remove {' and '.join(bad)}, then " if bad else ""
-            state += f" ({then}ptblm download fetches them)"
+            fetched = [name for name, status in files.items() if status != "verified"]
+            state += f" ({then}ptblm download fetches {'it' if len(fetched) == 1 else 'them'})"
     lines.append(f"data       {data['folder']}: {state}")
     return "\n".join(lines)

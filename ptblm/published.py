@@ -118,8 +118,8 @@ def shipped_config_table() -> str:
     lines.append(
         "test ppl: the published single-model test perplexity (the tutorial's table; for the "
         "variants, the literature's number to beat). Times are for a full PTB run in fp32 at the "
-        "size's plain speed (variational and weight-drop variants run slower). CPU: measured by "
-        "ptblm on a 2-core AMD EPYC VM. GPU: measured by ptblm on one NVIDIA H200 (fp32, TF32 "
-        "off), training only."
+        "size's plain speed (variational and weight-drop variants run slower). CPU: ptblm's "
+        "speed on a 2-core AMD EPYC VM, between one with AVX-512 and one with AVX2 only. GPU: "
+        "measured by ptblm on one NVIDIA H200 (fp32, TF32 off), training only."
     )
     return "\n".join(lines)

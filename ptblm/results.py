@@ -81,7 +81,7 @@ def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
     ]
     if metrics.get("eval_tokens"):
         lines.append(
-            f"Validated and tested on the first {metrics['eval_tokens']} tokens of each split "
+            f"Validated and tested on the first {metrics['eval_tokens']:,} tokens of each split "
             f"(--eval-tokens): not comparable with the table."
         )
     if metrics.get("cut_short"):

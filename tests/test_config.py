@@ -95,7 +95,7 @@ def test_shipped_config_matches_reference_table(name):
 
 
 def test_learning_rate_schedule_matches_the_tutorial():
-    # docs/reference.md: "Small trains 4 epochs at 1.0, then halves it every epoch." The numbers are
+    # docs/reference.md: small trains 4 epochs at 1.0, then halves the rate every epoch. The numbers are
     # written out by hand; medium decays by 0.8 after 6 epochs, large by 1/1.15 after 14.
     small = load_config("small")
     assert [learning_rate_at(small, epoch) for epoch in range(13)] == [

@@ -25,3 +25,12 @@ def test_one_file_in_the_way_is_named_not_the_folder(tmp_path):
     line = render(collect(tmp_path)).splitlines()[-1]
     assert "ptb.train.txt not a regular file" in line
     assert "(remove ptb.train.txt, then ptblm download fetches them)" in line
+
+
+def test_one_file_to_fetch_is_it_not_them(tmp_path, ptb_dir):
+    folder = tmp_path / "ptb"
+    folder.mkdir()
+    for name in ("ptb.train.txt", "ptb.valid.txt"):
+        (folder / name).symlink_to(ptb_dir / name)
+    line = render(collect(tmp_path)).splitlines()[-1]
+    assert line.endswith("ptb.test.txt missing (ptblm download fetches it)")

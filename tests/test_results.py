@@ -58,7 +58,7 @@ def test_a_run_cut_short_is_not_compared():
 def test_a_run_tested_on_a_prefix_says_so():
     text = format_summary(metrics(eval_tokens=5000, published=None), RUN_DIR)
     assert (
-        "Validated and tested on the first 5000 tokens of each split (--eval-tokens): not "
+        "Validated and tested on the first 5,000 tokens of each split (--eval-tokens): not "
         "comparable with the table." in text
     )
     assert "published" not in text and len(text.splitlines()) == 4
